@@ -1,0 +1,106 @@
+# Makefile — developer entry points.
+#
+#   make venv         create .venv (python3.11) and install the project with its test+dev extras
+#   make servers      fetch and start Kafka, Elasticsearch and PostgreSQL (deploy/local/servers.sh)
+#   make up           venv + servers + the app (bootstrap, API, indexer, demo data) when it exists
+#   make down         stop the app processes started by `up`, then all servers
+#   make reset        down + wipe all server data
+#   make test         servers + lint + pytest over tests/ (benchmarks excluded)
+#   make lint         ruff format --check, ruff check, mypy
+#   make bench        benchmarks (tests.benchmarks.run); bench-quick: the short variant
+#   make status       one line per server and app process
+#
+# Runtime state lives in .local/ (git-ignored); app pid files and logs in .local/run.
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+PY := .venv/bin/python
+SERVERS := deploy/local/servers.sh
+RUN_DIR := .local/run
+
+# where deploy/local/servers.sh runs the servers (same port variables as the script)
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
+export ELASTICSEARCH_URL ?= http://127.0.0.1:$(or $(ES_PORT),9200)
+export POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:$(or $(PG_PORT),55432)/postgres
+
+PYTEST_ARGS ?=
+
+.PHONY: help venv servers up down reset test lint bench bench-quick status
+
+help:
+	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+
+venv:
+	@if [ ! -x $(PY) ]; then \
+	  command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }; \
+	  echo "creating .venv with $(PYTHON)"; $(PYTHON) -m venv .venv; \
+	fi
+	$(PY) -m pip install -q -e '.[test,dev]'
+
+servers:
+	$(SERVERS) fetch all
+	$(SERVERS) start all
+
+# start a long-running app command in the background: @$(call bg,NAME,ARGS)
+bg = mkdir -p $(RUN_DIR); \
+  if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null; then \
+    echo "$(1): already running (pid $$(cat $(RUN_DIR)/$(1).pid))"; \
+  else \
+    setsid nohup $(PY) -m services.cli $(2) >$(RUN_DIR)/$(1).log 2>&1 </dev/null & \
+    echo $$! >$(RUN_DIR)/$(1).pid; echo "$(1): started (pid $$!, log $(RUN_DIR)/$(1).log)"; \
+  fi
+
+up: venv servers
+ifneq ($(wildcard services/cli.py),)
+# ---- app hooks: run only once services/cli.py exists ----
+	$(PY) -m services.cli bootstrap
+	@$(call bg,api,api)
+	@$(call bg,indexer,indexer)
+	$(PY) -m services.cli demo
+	@echo
+	@echo "Try:  curl -s -X POST http://127.0.0.1:4200/api/artifacts/filter -H 'Content-Type: application/json' -d '{\"limit\": 5}'"
+else
+	@echo "services/cli.py does not exist yet: servers are up, no app started."
+endif
+
+down:
+	@for f in $(RUN_DIR)/*.pid; do \
+	  [ -f "$$f" ] || continue; pid=$$(cat "$$f"); name=$$(basename "$$f" .pid); \
+	  if kill -0 "$$pid" 2>/dev/null; then \
+	    echo "$$name: stopping pid $$pid"; kill -TERM "$$pid" 2>/dev/null || true; \
+	    for i in $$(seq 1 40); do kill -0 "$$pid" 2>/dev/null || break; sleep 0.25; done; \
+	    kill -KILL "$$pid" 2>/dev/null || true; \
+	  fi; rm -f "$$f"; \
+	done
+	$(SERVERS) stop all
+
+reset: down
+	$(SERVERS) reset all
+	rm -rf $(RUN_DIR)
+
+test:
+	@$(SERVERS) status all >/dev/null 2>&1 || $(MAKE) --no-print-directory servers
+	$(MAKE) --no-print-directory lint
+	$(PY) -m pytest tests --ignore=tests/benchmarks $(PYTEST_ARGS)
+
+lint:
+	$(PY) -m ruff format --check .
+	$(PY) -m ruff check .
+	$(PY) -m mypy
+
+bench bench-quick:
+	@if [ ! -f tests/benchmarks/run.py ] && [ ! -f tests/benchmarks/run/__main__.py ]; then \
+	  echo "no benchmark runner yet: tests/benchmarks/run.py does not exist" >&2; exit 1; \
+	fi
+	$(PY) -m tests.benchmarks.run $(if $(filter bench-quick,$@),--quick,)
+
+status:
+	@$(SERVERS) status all || true
+	@for f in $(RUN_DIR)/*.pid; do \
+	  [ -f "$$f" ] || continue; pid=$$(cat "$$f"); name=$$(basename "$$f" .pid); \
+	  if kill -0 "$$pid" 2>/dev/null; then printf '%-6s running  pid=%s\n' "$$name" "$$pid"; \
+	  else printf '%-6s stopped\n' "$$name"; fi; \
+	done
