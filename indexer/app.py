@@ -1,0 +1,250 @@
+"""The indexer's composition root: FastStream over aiokafka, one batch subscriber.
+
+Offsets are committed explicitly per partition, and only after `Engine.apply`
+returned for the whole batch (every effect accepted by Elasticsearch) and every
+poison record of the batch was published to the dead-letter topic. Batches are
+processed one at a time, so the committed position of each partition is always
+a contiguous watermark. FastStream's own acknowledgement is disabled
+(`AckPolicy.MANUAL`): its batch `ack()` would commit every fetched position.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any, cast
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+from elasticsearch import AsyncElasticsearch
+from faststream import AckPolicy, FastStream
+from faststream.kafka import KafkaBroker, KafkaMessage
+
+from indexer import metrics
+from indexer.engine import Engine
+from indexer.sink import Sink
+from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
+from services.contract import Event, parse_record
+from services.errors import PoisonEventError, TransientError
+from services.es.admin import ensure_indices
+from services.es.client import make_es_client
+from services.es.indices import IndexNames
+from services.kafka import broker_kwargs, producer_kwargs
+
+log = logging.getLogger("indexer")
+
+
+@dataclass(frozen=True)
+class Poison:
+    """A record to dead-letter, with why."""
+
+    record: ConsumerRecord[Any, Any]
+    reason: str
+    detail: str
+
+
+def split_batch(
+    records: tuple[ConsumerRecord[Any, Any], ...], entity_by_topic: dict[str, str], max_bytes: int
+) -> tuple[list[Event], list[Poison]]:
+    """Parse records in order; poison ones are set aside with their reason."""
+    events: list[Event] = []
+    poison: list[Poison] = []
+    for record in records:
+        entity = entity_by_topic.get(record.topic)
+        try:
+            if entity is None:
+                raise PoisonEventError("unknown_topic", f"no entity is mapped to {record.topic}")
+            if record.value is not None and len(record.value) > max_bytes:
+                raise PoisonEventError(
+                    "oversized", f"value of {len(record.value)} bytes > {max_bytes}"
+                )
+            events.append(parse_record(entity, record.key, record.value))
+        except PoisonEventError as exc:
+            poison.append(Poison(record, exc.reason, exc.detail))
+    return events, poison
+
+
+def dlq_headers(item: Poison) -> list[tuple[str, bytes]]:
+    """Headers describing the error and the record's source, plus the original headers."""
+    rec = item.record
+    headers = [
+        ("dlq.reason", item.reason.encode()),
+        ("dlq.detail", item.detail.encode("utf-8", "replace")[:2000]),
+        ("dlq.topic", rec.topic.encode()),
+        ("dlq.partition", str(rec.partition).encode()),
+        ("dlq.offset", str(rec.offset).encode()),
+    ]
+    for name, value in rec.headers or ():
+        headers.append((f"original.{name}", value))
+    return headers
+
+
+def commit_positions(records: tuple[ConsumerRecord[Any, Any], ...]) -> dict[TopicPartition, int]:
+    """The next offset to consume, per partition, after all of `records`."""
+    out: dict[TopicPartition, int] = {}
+    for rec in records:
+        tp = TopicPartition(rec.topic, rec.partition)
+        out[tp] = max(out.get(tp, 0), rec.offset + 1)
+    return out
+
+
+class Indexer:
+    """Wires settings, Elasticsearch, the engine and the Kafka broker."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        es_settings: ElasticsearchSettings,
+        settings: IndexerSettings,
+    ) -> None:
+        self.kafka = kafka
+        self.es_settings = es_settings
+        self.settings = settings
+        self.names = IndexNames(es_settings.index_prefix)
+        self.es: AsyncElasticsearch = make_es_client(es_settings)
+        self.engine = Engine(Sink(self.es, self.names, settings.bulk_chunk))
+        self.entity_by_topic = kafka.entity_by_topic()
+        self.broker = KafkaBroker(**broker_kwargs(kafka))
+        self.stopping = asyncio.Event()
+        self.batches = 0
+        self._register()
+
+    def _register(self) -> None:
+        subscriber = self.broker.subscriber(
+            *self.entity_by_topic,
+            batch=True,
+            group_id=self.kafka.group_id,
+            auto_offset_reset="earliest",
+            ack_policy=AckPolicy.MANUAL,
+            max_records=self.settings.max_batch,
+            batch_timeout_ms=self.settings.batch_timeout_ms,
+            max_poll_interval_ms=900_000,
+            parser=_raw_parser,
+            decoder=_raw_decoder,
+        )
+        subscriber(self.handle)
+        self._producer: AIOKafkaProducer | None = None
+
+    def _dlq_producer(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "the indexer is not started"
+        return self._producer
+
+    async def handle(self, body: Any, message: KafkaMessage) -> None:
+        """Apply one batch, dead-letter its poison, then commit its positions."""
+        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        if not records:
+            return
+        events, poison = split_batch(records, self.entity_by_topic, self.settings.max_event_bytes)
+        await self._apply_with_retry(events)
+        for item in poison:
+            log.warning(
+                "dead-lettering record",
+                extra={
+                    "reason": item.reason,
+                    "topic": item.record.topic,
+                    "offset": item.record.offset,
+                },
+            )
+            await self._dlq_producer().send_and_wait(
+                self.kafka.dlq_topic,
+                value=item.record.value,
+                key=item.record.key,
+                headers=dlq_headers(item),
+            )
+            metrics.DLQ.labels(reason=item.reason).inc()
+        for event in events:
+            metrics.EVENTS.labels(entity=event.entity).inc()
+        consumer = cast(AIOKafkaConsumer, message.consumer)
+        try:
+            await consumer.commit(commit_positions(records))
+        except CommitFailedError:
+            log.warning("commit failed after a rebalance; the new owner re-applies (idempotent)")
+        self.batches += 1
+
+    async def _apply_with_retry(self, events: list[Event]) -> None:
+        delay = self.settings.retry_initial_s
+        while True:
+            try:
+                with metrics.BATCH_SECONDS.time():
+                    stats = await self.engine.apply(events)
+                metrics.BATCH_SIZE.observe(len(events))
+                metrics.PROPAGATED.inc(stats.propagated)
+                return
+            except TransientError as exc:
+                metrics.RETRIES.inc()
+                log.warning("batch failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
+
+    async def bootstrap(self) -> None:
+        """Create indices and aliases if missing (idempotent)."""
+        await ensure_indices(
+            self.es,
+            self.names,
+            self.es_settings.number_of_shards,
+            self.es_settings.number_of_replicas,
+        )
+
+    async def start(self) -> None:
+        """Bootstrap indices, start the dead-letter producer, then consume."""
+        await self.bootstrap()
+        self._producer = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
+        await self._producer.start()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        """Stop consuming (a batch in flight is not committed), then close clients."""
+        await self.broker.stop()
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        await self.es.close()
+
+    def app(self) -> FastStream:
+        """The FastStream application to run (SIGTERM stops it gracefully)."""
+        app = FastStream(self.broker)
+
+        @app.on_startup
+        async def _start() -> None:
+            await self.bootstrap()
+            self._producer = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
+            await self._producer.start()
+
+        @app.after_shutdown
+        async def _close() -> None:
+            if self._producer is not None:
+                await self._producer.stop()
+            await self.es.close()
+
+        return app
+
+
+async def _raw_parser(msg: Any, original: Any) -> Any:
+    """Build the batch message without decoding headers (non-UTF-8 headers must not crash)."""
+    safe = []
+    for rec in msg:
+        if any(_bad_header(v) for _, v in (rec.headers or ())):
+            fixed = [(k, v.decode("utf-8", "replace").encode()) for k, v in rec.headers]
+            rec = dataclasses.replace(rec, headers=fixed)
+        safe.append(rec)
+    return await original(tuple(safe))
+
+
+def _bad_header(value: bytes | None) -> bool:
+    if value is None:
+        return False
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return True
+    return False
+
+
+async def _raw_decoder(msg: Any, original: Any) -> Any:
+    """Skip FastStream's body decoding: the handler parses raw bytes itself."""
+    return None
+
+
+__all__ = ["Indexer", "KafkaError", "commit_positions", "dlq_headers", "split_batch"]

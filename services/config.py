@@ -1,0 +1,112 @@
+"""Settings shared by both deployables, read from environment variables.
+
+Each deployable builds its settings once in its entry point and passes them
+down; nothing here is read at import time. Secrets are ``SecretStr`` so they
+never appear in logs or reprs.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach Kafka and which topics carry the lifecycle events."""
+
+    model_config = SettingsConfigDict(env_prefix="KAFKA_", extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    security_protocol: str = Field(
+        default="PLAINTEXT", pattern="^(PLAINTEXT|SSL|SASL_PLAINTEXT|SASL_SSL)$"
+    )
+    sasl_mechanism: str | None = Field(
+        default=None, pattern="^(PLAIN|SCRAM-SHA-256|SCRAM-SHA-512)$"
+    )
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: str | None = None
+    topic_prefix: str = ""
+    topic_flows: str = "prefect.flows"
+    topic_deployments: str = "prefect.deployments"
+    topic_flow_runs: str = "prefect.flow-runs"
+    topic_task_runs: str = "prefect.task-runs"
+    topic_artifacts: str = "prefect.artifacts"
+    topic_dlq: str = "prefect.dlq"
+    partitions: int = Field(default=3, ge=1)
+    replication_factor: int = Field(default=1, ge=1)
+    group_id: str = "prefect-artifact-indexer"
+
+    def topic_for(self, entity: str) -> str:
+        """The full topic name for one of the five entity names."""
+        name = {
+            "flow": self.topic_flows,
+            "deployment": self.topic_deployments,
+            "flow_run": self.topic_flow_runs,
+            "task_run": self.topic_task_runs,
+            "artifact": self.topic_artifacts,
+        }[entity]
+        return self.topic_prefix + name
+
+    @property
+    def dlq_topic(self) -> str:
+        """The full dead-letter topic name."""
+        return self.topic_prefix + self.topic_dlq
+
+    def entity_by_topic(self) -> dict[str, str]:
+        """Map each full topic name back to its entity name."""
+        return {
+            self.topic_for(e): e for e in ("flow", "deployment", "flow_run", "task_run", "artifact")
+        }
+
+
+class ElasticsearchSettings(BaseSettings):
+    """How to reach Elasticsearch and how the indices are named."""
+
+    model_config = SettingsConfigDict(env_prefix="ELASTICSEARCH_", extra="ignore")
+
+    url: str = "http://127.0.0.1:9200"
+    ca_certs: str | None = None
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    index_prefix: str = "prefect-"
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    number_of_shards: int = Field(default=1, ge=1)
+    number_of_replicas: int = Field(default=0, ge=0)
+
+    @field_validator("url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must start with http:// or https://")
+        return value.rstrip("/")
+
+
+class IndexerSettings(BaseSettings):
+    """Tuning of the indexer's batches and retries."""
+
+    model_config = SettingsConfigDict(env_prefix="INDEXER_", extra="ignore")
+
+    max_batch: int = Field(default=2000, ge=1)
+    batch_timeout_ms: int = Field(default=100, ge=1)
+    bulk_concurrency: int = Field(default=2, ge=1)
+    bulk_chunk: int = Field(default=1000, ge=1)
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+    max_event_bytes: int = Field(default=1_000_000, ge=1024)
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+
+class QuerySettings(BaseSettings):
+    """The query API's own knobs; defaults mirror Prefect server's."""
+
+    model_config = SettingsConfigDict(env_prefix="QUERY_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=4200, ge=1, le=65535)
+    default_limit: int = Field(default=200, ge=1)
+    max_body_bytes: int = Field(default=1_000_000, ge=1024)
+    max_result_window: int = Field(default=10_000, ge=1)
+    auth_string: SecretStr | None = None
+    api_keys: list[SecretStr] = Field(default_factory=list)

@@ -1,0 +1,262 @@
+"""The lifecycle event contract, version 1 (docs/contract.md): parse only.
+
+`parse_record` turns one Kafka record into an `Event` (upsert, delete or
+tombstone) or raises `PoisonEventError` naming why the record can never apply.
+Envelope fields are strict; unknown fields in the envelope and in `data` are
+ignored, as the contract allows producers to add optional fields.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Any, Literal
+
+import orjson
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+)
+
+from services.errors import PoisonEventError
+
+ENTITIES: tuple[str, ...] = ("flow", "deployment", "flow_run", "task_run", "artifact")
+EntityName = Literal["flow", "deployment", "flow_run", "task_run", "artifact"]
+
+
+def _utc(value: datetime) -> datetime:
+    """Naive timestamps are taken as UTC; aware ones are converted to UTC."""
+    if value.tzinfo is None:
+        return value.replace(tzinfo=UTC)
+    return value.astimezone(UTC)
+
+
+UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
+
+
+class StateType(StrEnum):
+    """Prefect's run state types."""
+
+    SCHEDULED = "SCHEDULED"
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+    CRASHED = "CRASHED"
+    PAUSED = "PAUSED"
+    CANCELLING = "CANCELLING"
+
+
+class _Data(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID
+    created: UtcDatetime
+    updated: UtcDatetime
+
+
+class FlowData(_Data):
+    """A flow snapshot."""
+
+    name: str
+    tags: list[str] = Field(default_factory=list)
+
+
+class DeploymentData(_Data):
+    """A deployment snapshot."""
+
+    name: str
+    flow_id: uuid.UUID
+    tags: list[str] = Field(default_factory=list)
+    paused: bool = False
+    work_queue_name: str | None = None
+    concurrency_limit: int | None = None
+
+
+class CreatedBy(BaseModel):
+    """Who created a flow run (Prefect's `created_by` object)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    id: uuid.UUID | None = None
+    type: str | None = None
+    display_value: str | None = None
+
+
+class FlowRunData(_Data):
+    """A flow run snapshot."""
+
+    name: str
+    flow_id: uuid.UUID
+    deployment_id: uuid.UUID | None = None
+    work_queue_name: str | None = None
+    flow_version: str | None = None
+    tags: list[str] = Field(default_factory=list)
+    state_type: StateType | None = None
+    state_name: str | None = None
+    start_time: UtcDatetime | None = None
+    end_time: UtcDatetime | None = None
+    expected_start_time: UtcDatetime | None = None
+    next_scheduled_start_time: UtcDatetime | None = None
+    parent_task_run_id: uuid.UUID | None = None
+    idempotency_key: str | None = None
+    created_by: CreatedBy | None = None
+
+
+class TaskRunData(_Data):
+    """A task run snapshot."""
+
+    name: str
+    flow_run_id: uuid.UUID | None = None
+    tags: list[str] = Field(default_factory=list)
+    state_type: StateType | None = None
+    state_name: str | None = None
+    start_time: UtcDatetime | None = None
+    end_time: UtcDatetime | None = None
+    expected_start_time: UtcDatetime | None = None
+
+
+class ArtifactData(_Data):
+    """An artifact snapshot."""
+
+    key: str | None = None
+    type: str | None = None
+    description: str | None = None
+    data: Any = None
+    metadata_: dict[str, str] | None = None
+    flow_run_id: uuid.UUID | None = None
+    task_run_id: uuid.UUID | None = None
+
+
+EntityData = FlowData | DeploymentData | FlowRunData | TaskRunData | ArtifactData
+
+DATA_MODELS: dict[str, type[_Data]] = {
+    "flow": FlowData,
+    "deployment": DeploymentData,
+    "flow_run": FlowRunData,
+    "task_run": TaskRunData,
+    "artifact": ArtifactData,
+}
+
+
+class Envelope(BaseModel):
+    """The JSON value of a non-tombstone record."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: uuid.UUID
+    op: Literal["upsert", "delete"]
+    entity: EntityName
+    entity_id: uuid.UUID
+    version: StrictInt = Field(ge=0, le=2**63 - 1)
+    occurred: UtcDatetime
+    data: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One parsed record. `op` is 'upsert', 'delete' or 'tombstone'."""
+
+    entity: str
+    entity_id: str
+    op: str
+    version: int
+    data: EntityData | None
+    event_id: str | None
+
+
+def _canonical_key(key: bytes | None) -> str:
+    if key is None:
+        raise PoisonEventError("missing_key", "the record has no key")
+    try:
+        text = key.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise PoisonEventError("invalid_key", "the record key is not UTF-8") from exc
+    try:
+        parsed = uuid.UUID(text)
+    except ValueError as exc:
+        raise PoisonEventError(
+            "invalid_key", f"the record key {text[:80]!r} is not a UUID"
+        ) from exc
+    if str(parsed) != text:
+        raise PoisonEventError(
+            "invalid_key", f"the record key {text[:80]!r} is not a canonical lowercase UUID"
+        )
+    return text
+
+
+def _describe(exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = ".".join(str(p) for p in err["loc"]) or "<root>"
+        parts.append(f"{loc}: {err['msg']}")
+    return "; ".join(parts)
+
+
+def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
+    """Parse one record consumed from the topic of `entity`.
+
+    Raises `PoisonEventError` for anything the contract says must be
+    dead-lettered: bad key, bad JSON, envelope or data validation failures,
+    entity/topic or entity_id/key/data.id mismatches.
+    """
+    entity_id = _canonical_key(key)
+    if value is None:
+        return Event(entity, entity_id, "tombstone", 0, None, None)
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise PoisonEventError("invalid_json", f"value is not valid UTF-8 JSON: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise PoisonEventError("invalid_envelope", "value is not a JSON object")
+    try:
+        envelope = Envelope.model_validate(raw)
+    except ValidationError as exc:
+        raise PoisonEventError("invalid_envelope", _describe(exc)) from exc
+    if envelope.entity != entity:
+        raise PoisonEventError(
+            "entity_mismatch", f"entity {envelope.entity!r} arrived on the topic of {entity!r}"
+        )
+    if str(envelope.entity_id) != entity_id:
+        raise PoisonEventError(
+            "key_mismatch", f"entity_id {envelope.entity_id} differs from the key {entity_id}"
+        )
+    if envelope.op == "delete":
+        return Event(entity, entity_id, "delete", envelope.version, None, str(envelope.event_id))
+    if envelope.data is None:
+        raise PoisonEventError("invalid_data", "an upsert needs `data`")
+    try:
+        data: EntityData = DATA_MODELS[entity].model_validate(envelope.data)  # type: ignore[assignment]
+    except ValidationError as exc:
+        raise PoisonEventError("invalid_data", _describe(exc)) from exc
+    if str(data.id) != entity_id:
+        raise PoisonEventError("id_mismatch", f"data.id {data.id} differs from the key {entity_id}")
+    return Event(entity, entity_id, "upsert", envelope.version, data, str(envelope.event_id))
+
+
+def encode_event(
+    entity: str,
+    entity_id: str,
+    op: str,
+    version: int,
+    data: dict[str, Any] | None,
+    occurred: datetime | None = None,
+) -> bytes:
+    """Serialize an envelope the way producers must (used by demo, replay tests, backfill)."""
+    envelope = {
+        "event_id": str(uuid.uuid4()),
+        "op": op,
+        "entity": entity,
+        "entity_id": entity_id,
+        "version": version,
+        "occurred": (occurred or datetime.now(UTC)).isoformat().replace("+00:00", "Z"),
+        "data": data,
+    }
+    return orjson.dumps(envelope, default=str)

@@ -1,0 +1,158 @@
+"""Index names, aliases, mappings and settings as plain data (docs/document-model.md)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+SCHEMA_VERSION = 1
+
+_KW: dict[str, Any] = {"type": "keyword"}
+_LONG: dict[str, Any] = {"type": "long"}
+_BOOL: dict[str, Any] = {"type": "boolean"}
+_STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
+_OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
+
+
+def _obj(**fields: dict[str, Any]) -> dict[str, Any]:
+    return {"type": "object", "dynamic": "strict", "properties": fields}
+
+
+_FLOW_RUN = _obj(
+    id=_KW,
+    name=_KW,
+    name_ci=_KW,
+    flow_id=_KW,
+    deployment_id=_KW,
+    work_queue_name=_KW,
+    flow_version=_KW,
+    tags=_KW,
+    state_type=_KW,
+    state_name=_KW,
+    start_time_us=_LONG,
+    end_time_us=_LONG,
+    expected_start_time_us=_LONG,
+    next_scheduled_start_time_us=_LONG,
+    start_or_expected_us=_LONG,
+    parent_task_run_id=_KW,
+    parent_flow_run_id=_KW,
+    idempotency_key=_KW,
+    created_by_id=_KW,
+    created_by_type=_KW,
+    created_by_set=_BOOL,
+)
+_FLOW = _obj(id=_KW, name=_KW, name_ci=_KW, tags=_KW, has_deployment=_BOOL)
+_DEPLOYMENT = _obj(
+    id=_KW,
+    name=_KW,
+    name_ci=_KW,
+    flow_id=_KW,
+    flow_name_ci=_KW,
+    paused=_BOOL,
+    tags=_KW,
+    work_queue_name=_KW,
+)
+_TASK_RUN = _obj(
+    id=_KW,
+    name=_KW,
+    name_ci=_KW,
+    flow_run_id=_KW,
+    tags=_KW,
+    state_type=_KW,
+    state_name=_KW,
+    start_time_us=_LONG,
+    end_time_us=_LONG,
+    expected_start_time_us=_LONG,
+    has_subflow_run=_BOOL,
+)
+_REFS = {"fr": _FLOW_RUN, "flow": _FLOW, "dep": _DEPLOYMENT, "tr": _TASK_RUN}
+_COMMON = {
+    "id": _KW,
+    "created": _STORED_ONLY,
+    "updated": _STORED_ONLY,
+    "key": _KW,
+    "key_ci": _KW,
+    "type": _KW,
+    "description": {"type": "text", "index": False},
+    "data": _OPAQUE,
+    "metadata_": _OPAQUE,
+    "flow_run_id": _KW,
+    "task_run_id": _KW,
+    "created_us": _LONG,
+    "updated_us": _LONG,
+}
+
+ARTIFACTS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        **_COMMON,
+        "live": _BOOL,
+        "version": _LONG,
+        "prev_keys": _STORED_ONLY,
+        **_REFS,
+    },
+}
+COLLECTIONS_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {**_COMMON, "latest_id": _KW, **_REFS},
+}
+ENTITIES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "entity": _KW,
+        "version": _LONG,
+        "deleted": _BOOL,
+        "data": _OPAQUE,
+        "prev": _OPAQUE,
+        "members": _STORED_ONLY,
+    },
+}
+
+
+@dataclass(frozen=True)
+class IndexNames:
+    """Aliases and their versioned concrete indices for one prefix."""
+
+    prefix: str
+    version: int = SCHEMA_VERSION
+
+    @property
+    def artifacts(self) -> str:
+        """Alias of the artifact documents."""
+        return f"{self.prefix}artifacts"
+
+    @property
+    def collections(self) -> str:
+        """Alias of the collection documents."""
+        return f"{self.prefix}collections"
+
+    @property
+    def entities(self) -> str:
+        """Alias of the entity snapshots and relation candidates."""
+        return f"{self.prefix}entities"
+
+    def concrete(self, alias: str, version: int | None = None) -> str:
+        """The concrete index behind `alias` at a schema/build version."""
+        return f"{alias}-v{self.version if version is None else version}"
+
+    def all_aliases(self) -> tuple[str, str, str]:
+        """The three aliases."""
+        return (self.artifacts, self.collections, self.entities)
+
+    def mapping_for(self, alias: str) -> dict[str, Any]:
+        """The mapping of the index behind `alias`."""
+        return {
+            self.artifacts: ARTIFACTS_MAPPING,
+            self.collections: COLLECTIONS_MAPPING,
+            self.entities: ENTITIES_MAPPING,
+        }[alias]
+
+
+def index_settings(shards: int, replicas: int) -> dict[str, Any]:
+    """Settings for every index: sized by configuration, 1 s refresh."""
+    return {
+        "number_of_shards": shards,
+        "number_of_replicas": replicas,
+        "refresh_interval": "1s",
+        "max_result_window": 10_000,
+    }

@@ -1,0 +1,105 @@
+"""Turn a generated dataset into a stream of v1 events (demo, tests, benchmarks).
+
+The stream's final state is the dataset: every surviving entity's last event is
+an upsert of its snapshot; deleted entities get an upsert then a delete (or a
+tombstone). Optional noise makes it hard: earlier versions with different
+content, exact duplicates, and stale versions re-sent after the newest.
+Per-key order is kept (as Kafka keeps it); keys of different entities are
+interleaved at random across topics.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from services.contract import ENTITIES, encode_event
+from services.datagen import Dataset, DatasetScale, generate_dataset
+
+Record = tuple[str, bytes, bytes | None]
+
+
+@dataclass(frozen=True, slots=True)
+class Noise:
+    """How much disorder to inject (probabilities per entity)."""
+
+    earlier_versions: float = 0.0
+    duplicates: float = 0.0
+    stale_after: float = 0.0
+    tombstone_deletes: float = 0.5
+
+
+NONE = Noise()
+HARD = Noise(earlier_versions=0.3, duplicates=0.2, stale_after=0.2)
+
+
+def _mutate(entity: str, data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    other = dict(data)
+    if entity == "artifact":
+        other["type"] = rng.choice(["stale", "table", None])
+        other["key"] = rng.choice([None, "stale-key", data.get("key")])
+    elif entity in ("flow_run", "task_run"):
+        other["state_type"] = "PENDING"
+        other["tags"] = ["stale"]
+    else:
+        other["name"] = "stale-" + str(data.get("name"))
+    return other
+
+
+def _entity_stream(
+    entity: str, data: dict[str, Any], deleted: bool, rng: random.Random, noise: Noise, version: int
+) -> list[Record]:
+    key = str(data["id"]).encode()
+    out: list[Record] = []
+
+    def emit(op: str, version: int, payload: dict[str, Any] | None) -> None:
+        out.append((entity, key, encode_event(entity, str(data["id"]), op, version, payload)))
+
+    if rng.random() < noise.earlier_versions:
+        emit("upsert", version - 2, _mutate(entity, data, rng))
+    emit("upsert", version, data)
+    if rng.random() < noise.duplicates:
+        emit("upsert", version, data)
+    if deleted:
+        if rng.random() < noise.tombstone_deletes:
+            out.append((entity, key, None))
+        else:
+            emit("delete", version + 1, None)
+    if rng.random() < noise.stale_after:
+        emit("upsert", version - 1, _mutate(entity, data, rng))
+    return out
+
+
+def dataset_records(dataset: Dataset, seed: int = 0, noise: Noise = NONE) -> list[Record]:
+    """All records of the dataset, interleaved at random with per-key order kept."""
+    rng = random.Random(seed)
+    streams: list[list[Record]] = []
+    for entity in ENTITIES:
+        for data in dataset.entities(entity):
+            streams.append(
+                _entity_stream(entity, data, False, rng, noise, 10 + rng.randrange(1000))
+            )
+        for data in dataset.deleted.get(entity, []):
+            streams.append(_entity_stream(entity, data, True, rng, noise, 10 + rng.randrange(1000)))
+    return list(_interleave(streams, rng))
+
+
+def _interleave(streams: list[list[Record]], rng: random.Random) -> Iterator[Record]:
+    positions = [0] * len(streams)
+    live = [i for i, s in enumerate(streams) if s]
+    while live:
+        pick = rng.randrange(len(live))
+        index = live[pick]
+        yield streams[index][positions[index]]
+        positions[index] += 1
+        if positions[index] == len(streams[index]):
+            live[pick] = live[-1]
+            live.pop()
+
+
+def dataset_events(seed: int, artifacts: int) -> list[Record]:
+    """The demo stream: a seeded dataset of `artifacts` artifacts, in random order."""
+    dataset = generate_dataset(seed, DatasetScale.for_artifacts(artifacts))
+    return dataset_records(dataset, seed)
