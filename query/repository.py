@@ -1,0 +1,156 @@
+"""Elasticsearch adapter of the query service: run translated searches and counts.
+
+Hits come back already in Prefect's response shape (`_source` filtering), so
+the service returns them without re-validating. Windows deeper than
+`max_result_window` are walked with `search_after` under a point in time.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch, ConnectionTimeout, TransportError
+from elasticsearch import ConnectionError as EsConnectionError
+from elasticsearch import NotFoundError as EsNotFoundError
+
+from query.paging import EmptyPlan, FromSizePlan, SearchAfterPlan, plan_paging
+from query.search import build_count_body, build_search_body, source_fields
+from query.sort import SortClause
+from query.translate import Query
+from services.documents import collection_id
+from services.errors import BackendUnavailableError
+from services.es.indices import IndexNames
+
+
+def _unavailable(exc: Exception) -> BackendUnavailableError:
+    return BackendUnavailableError(f"Elasticsearch is unavailable: {type(exc).__name__}")
+
+
+class Repository:
+    """Searches over the artifact and collection aliases."""
+
+    def __init__(self, es: AsyncElasticsearch, names: IndexNames, max_result_window: int) -> None:
+        self.es = es
+        self.names = names
+        self.max_result_window = max_result_window
+
+    def _index(self, collection: bool) -> str:
+        return self.names.collections if collection else self.names.artifacts
+
+    async def search(
+        self,
+        query: Query,
+        sort: Sequence[SortClause],
+        offset: int,
+        limit: int,
+        collection: bool,
+    ) -> list[dict[str, Any]]:
+        """The page of response objects, in Prefect's order."""
+        plan = plan_paging(offset, limit, self.max_result_window)
+        if isinstance(plan, EmptyPlan):
+            return []
+        index = self._index(collection)
+        try:
+            if isinstance(plan, FromSizePlan):
+                body = build_search_body(
+                    query, sort, collection=collection, size=plan.size, from_=plan.from_
+                )
+                resp = await self.es.search(index=index, body=body, filter_path="hits.hits._source")
+                return [hit["_source"] for hit in resp.get("hits", {}).get("hits", [])]
+            return await self._walk(index, query, sort, plan, collection)
+        except (EsConnectionError, ConnectionTimeout) as exc:
+            raise _unavailable(exc) from exc
+        except TransportError as exc:
+            raise _unavailable(exc) from exc
+
+    async def _walk(
+        self,
+        index: str,
+        query: Query,
+        sort: Sequence[SortClause],
+        plan: SearchAfterPlan,
+        collection: bool,
+    ) -> list[dict[str, Any]]:
+        pit = await self.es.open_point_in_time(index=index, keep_alive="1m")
+        pit_id = pit["id"]
+        out: list[dict[str, Any]] = []
+        try:
+            after: list[Any] | None = None
+            seen = 0
+            for size in plan.page_sizes():
+                keep_from = max(plan.skip - seen, 0)
+                body = build_search_body(
+                    query,
+                    sort,
+                    collection=collection,
+                    size=size,
+                    search_after=after,
+                    with_source=keep_from < size,
+                )
+                body["pit"] = {"id": pit_id, "keep_alive": "1m"}
+                resp = await self.es.search(body=body)
+                hits = resp["hits"]["hits"]
+                pit_id = resp.get("pit_id", pit_id)
+                for hit in hits[keep_from:]:
+                    out.append(hit["_source"])
+                seen += len(hits)
+                if len(hits) < size:
+                    break
+                after = hits[-1]["sort"]
+        finally:
+            with contextlib.suppress(TransportError, EsConnectionError, EsNotFoundError):
+                await self.es.close_point_in_time(id=pit_id)
+        return out[: plan.take]
+
+    async def count(self, query: Query, collection: bool) -> int:
+        """The exact number of matching documents."""
+        try:
+            resp = await self.es.count(index=self._index(collection), body=build_count_body(query))
+        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+            raise _unavailable(exc) from exc
+        return int(resp["count"])
+
+    async def get_artifact(self, artifact_id: str) -> dict[str, Any] | None:
+        """One live artifact by id (realtime), or None."""
+        try:
+            resp = await self.es.options(ignore_status=404).get(
+                index=self.names.artifacts,
+                id=artifact_id,
+                source_includes=[*source_fields(False), "live"],
+            )
+        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+            raise _unavailable(exc) from exc
+        if not resp.get("found"):
+            return None
+        source: dict[str, Any] = resp["_source"]
+        if not source.pop("live", False):
+            return None
+        return source
+
+    async def latest_by_key(self, key: str) -> dict[str, Any] | None:
+        """Prefect's `/{key}/latest`: the key's collection, shaped as an artifact.
+
+        Prefect validates the collection row as an `Artifact`, so the answer carries
+        the collection's own id and no `latest_id`.
+        """
+        try:
+            resp = await self.es.options(ignore_status=404).get(
+                index=self.names.collections,
+                id=collection_id(key),
+                source_includes=list(source_fields(False)),
+            )
+        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+            raise _unavailable(exc) from exc
+        if not resp.get("found"):
+            return None
+        source: dict[str, Any] = resp["_source"]
+        return source if source.get("key") == key else None
+
+    async def ping(self) -> bool:
+        """Whether the artifact alias is reachable."""
+        try:
+            return bool(await self.es.indices.exists_alias(name=self.names.artifacts))
+        except (EsConnectionError, ConnectionTimeout, TransportError):
+            return False
