@@ -95,6 +95,7 @@ class IndexerSettings(BaseSettings):
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=10.0, gt=0)
     max_event_bytes: int = Field(default=1_000_000, ge=1024)
+    metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
 
