@@ -388,6 +388,7 @@ kafka_start() {
   setsid nohup "$java" "${opts[@]}" -cp "$KAFKA_DIR/libs/*" kafka.Kafka \
     "$KAFKA_DIR/config/server.properties" >"$KAFKA_LOG" 2>&1 </dev/null &
   echo $! >"$KAFKA_PIDFILE"
+  sleep 1  # let the background job exec java (its command line identifies it as ours)
   kafka_wait_healthy
 }
 
@@ -537,6 +538,7 @@ es_start() {
     env "ES_JAVA_HOME=$java_home" "ES_PATH_CONF=$ES_DIR/config" "ES_TMPDIR=$ES_DIR/tmp" \
     "$ES_DIR/dist/bin/elasticsearch" -p "$ES_PIDFILE" >"$ES_OUT" 2>&1 </dev/null &
   echo $! >"$ES_LAUNCHER_PIDFILE"
+  sleep 1  # let the background job exec the launcher (its command line identifies it as ours)
   es_wait_healthy
 }
 
@@ -546,11 +548,11 @@ es_stop() {
   local pid lpid; pid="$(es_server_pid)"; lpid="$(read_pid "$ES_LAUNCHER_PIDFILE")"
   if ! es_running; then info "es: not running"; rm -f "$ES_PIDFILE" "$ES_LAUNCHER_PIDFILE"; return 0; fi
   if es_server_running; then stop_pid es "$pid"; fi
-  local i; for i in $(seq 1 20); do es_group_running || break; sleep 0.5; done  # exits by itself
+  local _; for _ in $(seq 1 20); do es_group_running || break; sleep 0.5; done  # exits by itself
   if es_group_running; then
     info "es: stopping process group $lpid"
     kill -TERM -- "-$lpid" 2>/dev/null || true
-    for i in $(seq 1 $(( STOP_TIMEOUT * 2 ))); do es_group_running || break; sleep 0.5; done
+    for _ in $(seq 1 $(( STOP_TIMEOUT * 2 ))); do es_group_running || break; sleep 0.5; done
     if es_group_running; then kill -KILL -- "-$lpid" 2>/dev/null || true; sleep 1; fi
   fi
   rm -f "$ES_PIDFILE" "$ES_LAUNCHER_PIDFILE"
