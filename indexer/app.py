@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from typing import Any, cast
@@ -21,12 +22,13 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from elasticsearch import AsyncElasticsearch
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
+from faststream.specification import AsyncAPI
 
 from indexer import metrics
 from indexer.engine import Engine
 from indexer.sink import Sink
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
-from services.contract import Event, parse_record
+from services.contract import EVENT_MODELS, Event, parse_record
 from services.errors import PoisonEventError, TransientError
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client
@@ -126,6 +128,29 @@ class Indexer:
         )
         subscriber(self.handle)
         self._producer: AIOKafkaProducer | None = None
+        self._document_topics()
+
+    def _document_topics(self) -> None:
+        """Declare each topic's message schema for the AsyncAPI document (never published to)."""
+        for topic, entity in self.entity_by_topic.items():
+            self.broker.publisher(
+                topic,
+                title=f"{topic}:produce",
+                description=(
+                    f"Lifecycle events of `{entity}` entities, keyed by the entity id "
+                    "(canonical lowercase UUID). A null value (tombstone) deletes the entity."
+                ),
+                schema=EVENT_MODELS[entity],
+            )
+        self.broker.publisher(
+            self.kafka.dlq_topic,
+            title=f"{self.kafka.dlq_topic}:dead-letters",
+            description=(
+                "Records the indexer could not apply: original key and value bytes, with "
+                "headers dlq.reason, dlq.detail, dlq.topic, dlq.partition, dlq.offset."
+            ),
+            schema=bytes,
+        )
 
     def _dlq_producer(self) -> AIOKafkaProducer:
         assert self._producer is not None, "the indexer is not started"
@@ -157,10 +182,15 @@ class Indexer:
         for event in events:
             metrics.EVENTS.labels(entity=event.entity).inc()
         consumer = cast(AIOKafkaConsumer, message.consumer)
+        positions = commit_positions(records)
         try:
-            await consumer.commit(commit_positions(records))
+            await consumer.commit(positions)
         except CommitFailedError:
             log.warning("commit failed after a rebalance; the new owner re-applies (idempotent)")
+        for tp, position in positions.items():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
         self.batches += 1
 
     async def _apply_with_retry(self, events: list[Event]) -> None:
@@ -204,7 +234,7 @@ class Indexer:
 
     def app(self) -> FastStream:
         """The FastStream application to run (SIGTERM stops it gracefully)."""
-        app = FastStream(self.broker)
+        app = FastStream(self.broker, specification=specification(self.kafka))
 
         @app.on_startup
         async def _start() -> None:
@@ -221,15 +251,41 @@ class Indexer:
         return app
 
 
+def specification(kafka: KafkaSettings) -> AsyncAPI:
+    """The AsyncAPI description of the topics this service consumes and produces."""
+    return AsyncAPI(
+        title="Prefect artifact search: lifecycle events v1",
+        version="1.0.0",
+        description=(
+            "Producers publish flow, deployment, flow-run, task-run and artifact lifecycle "
+            "events; the indexer consumes them. See docs/contract.md."
+        ),
+    )
+
+
+def asyncapi_json(kafka: KafkaSettings | None = None) -> str:
+    """The AsyncAPI document for default (or given) settings, as stable JSON."""
+    settings = kafka or KafkaSettings(bootstrap_servers="kafka:9092")
+    indexer = Indexer(settings, ElasticsearchSettings(), IndexerSettings())
+    spec = indexer.app().schema.to_specification().to_jsonable()
+    return json.dumps(spec, indent=2, sort_keys=True) + "\n"
+
+
 async def _raw_parser(msg: Any, original: Any) -> Any:
-    """Build the batch message without decoding headers (non-UTF-8 headers must not crash)."""
+    """Build the batch message without decoding headers (non-UTF-8 headers must not crash).
+
+    FastStream decodes header values as UTF-8, so it is given sanitized copies; the handler
+    still gets the untouched records, whose original header bytes go to the dead letters.
+    """
     safe = []
     for rec in msg:
         if any(_bad_header(v) for _, v in (rec.headers or ())):
             fixed = [(k, v.decode("utf-8", "replace").encode()) for k, v in rec.headers]
             rec = dataclasses.replace(rec, headers=fixed)
         safe.append(rec)
-    return await original(tuple(safe))
+    message = await original(tuple(safe))
+    message.raw_message = tuple(msg)
+    return message
 
 
 def _bad_header(value: bytes | None) -> bool:

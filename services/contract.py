@@ -22,6 +22,7 @@ from pydantic import (
     Field,
     StrictInt,
     ValidationError,
+    create_model,
 )
 
 from services.errors import PoisonEventError
@@ -137,6 +138,29 @@ class ArtifactData(_Data):
 
 EntityData = FlowData | DeploymentData | FlowRunData | TaskRunData | ArtifactData
 
+MAX_INDEXED_STRING_BYTES = 32_766
+"""Largest UTF-8 size of a string the index stores as a keyword term (Lucene's term limit).
+
+Elasticsearch rejects a longer term with a 400 (`immense term`) that no retry can fix, so
+such an event is dead-lettered at parse time (`value_too_large`) instead."""
+
+INDEXED_STRINGS: dict[str, tuple[str, ...]] = {
+    "flow": ("name", "tags"),
+    "deployment": ("name", "tags", "work_queue_name"),
+    "flow_run": (
+        "name",
+        "work_queue_name",
+        "flow_version",
+        "tags",
+        "state_name",
+        "idempotency_key",
+        "created_by.type",
+    ),
+    "task_run": ("name", "tags", "state_name"),
+    "artifact": ("key", "type"),
+}
+"""The `data` fields of each entity that end up in keyword fields of some index."""
+
 DATA_MODELS: dict[str, type[_Data]] = {
     "flow": FlowData,
     "deployment": DeploymentData,
@@ -200,12 +224,29 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _check_indexed_sizes(entity: str, data: BaseModel) -> None:
+    for path in INDEXED_STRINGS[entity]:
+        value: Any = data
+        for part in path.split("."):
+            value = getattr(value, part, None)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and len(item) * 4 > MAX_INDEXED_STRING_BYTES:
+                size = len(item.encode("utf-8"))
+                if size > MAX_INDEXED_STRING_BYTES:
+                    raise PoisonEventError(
+                        "value_too_large",
+                        f"data.{path} is {size} bytes of UTF-8, more than the "
+                        f"{MAX_INDEXED_STRING_BYTES} an indexed string may have",
+                    )
+
+
 def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
     """Parse one record consumed from the topic of `entity`.
 
     Raises `PoisonEventError` for anything the contract says must be
     dead-lettered: bad key, bad JSON, envelope or data validation failures,
-    entity/topic or entity_id/key/data.id mismatches.
+    entity/topic or entity_id/key/data.id mismatches, an indexed string longer
+    than `MAX_INDEXED_STRING_BYTES`.
     """
     entity_id = _canonical_key(key)
     if value is None:
@@ -238,6 +279,7 @@ def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
         raise PoisonEventError("invalid_data", _describe(exc)) from exc
     if str(data.id) != entity_id:
         raise PoisonEventError("id_mismatch", f"data.id {data.id} differs from the key {entity_id}")
+    _check_indexed_sizes(entity, data)
     return Event(entity, entity_id, "upsert", envelope.version, data, str(envelope.event_id))
 
 
@@ -260,3 +302,22 @@ def encode_event(
         "data": data,
     }
     return orjson.dumps(envelope, default=str)
+
+
+def _event_model(entity: str, data_model: type[_Data]) -> type[BaseModel]:
+    """A documentation model of one topic's envelope with its entity's `data`."""
+    fields: dict[str, Any] = {
+        "entity": (Literal[entity], Field(description="Always the topic's entity")),
+        "data": (
+            data_model | None,
+            Field(default=None, description="The full snapshot; required for `upsert`"),
+        ),
+    }
+    name = "".join(part.title() for part in entity.split("_")) + "Event"
+    return create_model(name, __base__=Envelope, **fields)
+
+
+EVENT_MODELS: dict[str, type[BaseModel]] = {
+    entity: _event_model(entity, model) for entity, model in DATA_MODELS.items()
+}
+"""Per-entity envelope models, used to document the topics (AsyncAPI)."""
