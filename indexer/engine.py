@@ -372,6 +372,7 @@ class Engine:
             for key in pending - set(keyed):
                 wanted[key] = None
             ids = {key: collection_id(key) for key in pending}
+            key_of = {doc_id: key for key, doc_id in ids.items()}
             current = await self.sink.mget(self.names.collections, list(ids.values()))
             writes = []
             for key, desired in wanted.items():
@@ -394,9 +395,11 @@ class Engine:
                     )
             if not writes:
                 return list(written.values())
-            # Verify after a refresh: a concurrent writer of the same key may have
-            # read the artifacts before ours became visible.
-            pending = set(keys)
+            # Verify what we wrote (or lost a race on) after a refresh: a concurrent
+            # writer of the same key may have read the artifacts before ours were
+            # visible. Keys found already correct need no second look: a writer that
+            # overwrites them later verifies its own write after such a refresh.
+            pending = {key_of[w.doc_id] for w in writes}
         raise ConflictError("collections did not settle")
 
     # -- 6. verification -----------------------------------------------------------------
