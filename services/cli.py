@@ -2,9 +2,11 @@
 
 Subcommands: `api` (query service), `indexer` (Kafka consumer), `bootstrap`
 (topics, indices, aliases; idempotent), `demo` (publish a generated dataset),
-`produce` (publish events from a JSON Lines file). Settings come from the
-environment (see README); invalid settings stop the command with a message
-naming the variable.
+`produce` (publish events from a JSON Lines file), `replay` (rebuild the index
+from the topics into a new index version and swap the aliases), `backfill-prefect`
+(publish an existing Prefect server's database as events). Settings come from
+the environment (see README); invalid settings stop the command with a message
+naming the variable. Logs are JSON lines on stderr; results go to stdout.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,22 +22,48 @@ from typing import Any
 
 import orjson
 from pydantic import ValidationError
+from pydantic_settings import SettingsError
 
-from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
+from services.config import (
+    BackfillSettings,
+    ElasticsearchSettings,
+    IndexerSettings,
+    KafkaSettings,
+    LoggingSettings,
+    QuerySettings,
+)
+from services.logging import configure_logging, correlation
 
 log = logging.getLogger("artifact-search")
 
+ENTITY_NAMES = ("flow", "deployment", "flow_run", "task_run", "artifact")
+
+ENV_HELP = """\
+settings come from environment variables (README, "Configuration"):
+  KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_GROUP_ID, KAFKA_SECURITY_PROTOCOL, ...
+  ELASTICSEARCH_URL, ELASTICSEARCH_INDEX_PREFIX, ELASTICSEARCH_API_KEY, ...
+  INDEXER_*, QUERY_*, BACKFILL_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
+"""
+
 
 def _settings(cls: type[Any]) -> Any:
+    """Build a settings class from the environment, or exit naming the bad variables.
+
+    The message never echoes a value (it could be a secret).
+    """
+    prefix = cls.model_config.get("env_prefix", "")
     try:
         return cls()
     except ValidationError as exc:
-        prefix = cls.model_config.get("env_prefix", "")
         lines = [
             f"  {prefix}{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
             for err in exc.errors()
         ]
         sys.exit("invalid configuration:\n" + "\n".join(lines))
+    except SettingsError as exc:  # e.g. a list-valued variable that is not JSON
+        match = re.search(r'field "([^"]+)"', str(exc))
+        name = f"{prefix}{match.group(1).upper()}" if match else cls.__name__
+        sys.exit(f"invalid configuration:\n  {name}: not valid JSON for this setting")
 
 
 def _cmd_api(args: argparse.Namespace) -> None:
@@ -55,11 +84,102 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
 def _cmd_indexer(_: argparse.Namespace) -> None:
     from indexer.app import Indexer
+    from indexer.health import HealthServer
 
-    indexer = Indexer(
-        _settings(KafkaSettings), _settings(ElasticsearchSettings), _settings(IndexerSettings)
+    settings: IndexerSettings = _settings(IndexerSettings)
+    indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
+    app = indexer.app()
+    if settings.metrics_port:
+        health = HealthServer(settings.metrics_host, settings.metrics_port)
+
+        async def ready() -> None:
+            health.ready = True
+
+        async def not_ready() -> None:
+            health.ready = False
+
+        app.on_startup(health.start)
+        app.after_startup(ready)
+        app.on_shutdown(not_ready)
+        app.after_shutdown(health.stop)
+    asyncio.run(app.run())
+
+
+def _cmd_replay(args: argparse.Namespace) -> None:
+    from indexer.replay import replay
+    from services.errors import PermanentError
+
+    kafka, es, indexer = (
+        _settings(KafkaSettings),
+        _settings(ElasticsearchSettings),
+        _settings(IndexerSettings),
     )
-    asyncio.run(indexer.app().run())
+    try:
+        result = asyncio.run(
+            replay(
+                kafka,
+                es,
+                indexer,
+                batch_size=args.batch_size,
+                keep_old=args.keep_old,
+                shards=args.shards,
+                replicas=args.replicas,
+            )
+        )
+    except PermanentError as exc:
+        sys.exit(f"replay failed (aliases unchanged): {exc}")
+    poison = sum(result.poison.values())
+    print(
+        f"replayed {result.records} records ({result.events} events, {poison} poison skipped"
+        f"{': ' + str(dict(result.poison)) if poison else ''}) into version {result.version} "
+        f"in {result.seconds:.1f}s"
+    )
+    print(f"aliases now on: {', '.join(result.new_indices)}")
+    if result.deleted:
+        print(f"deleted: {', '.join(result.deleted)}")
+    elif result.old_indices:
+        print(f"kept: {', '.join(result.old_indices)}")
+
+
+def _cmd_backfill(args: argparse.Namespace) -> None:
+    from services.backfill import backfill
+
+    settings: BackfillSettings = _settings(BackfillSettings)
+    dsn = args.dsn or (
+        settings.postgres_dsn.get_secret_value() if settings.postgres_dsn is not None else None
+    )
+    if not dsn:
+        sys.exit("backfill-prefect needs --dsn or BACKFILL_POSTGRES_DSN")
+    entities = tuple(e.strip() for e in args.entities.split(",") if e.strip())
+    unknown = sorted(set(entities) - set(ENTITY_NAMES))
+    if unknown:
+        sys.exit(
+            f"--entities: unknown {', '.join(unknown)} (choose from {', '.join(ENTITY_NAMES)})"
+        )
+    checkpoint = args.checkpoint if args.checkpoint is not None else settings.checkpoint
+    result = asyncio.run(
+        backfill(
+            _settings(KafkaSettings),
+            dsn,
+            checkpoint_path=Path(checkpoint) if checkpoint else None,
+            chunk_size=args.chunk_size or settings.chunk_size,
+            max_events_per_second=(
+                settings.max_events_per_second
+                if args.max_events_per_second is None
+                else args.max_events_per_second
+            ),
+            entities=entities,
+            restart=args.restart,
+        )
+    )
+    if result.resumed_from:
+        print(f"resumed after {result.resumed_from[0]} {result.resumed_from[1] or '(start)'}")
+    per_table = ", ".join(f"{t} {n}" for t, n in result.published.items()) or "nothing"
+    print(
+        f"published {sum(result.published.values())} events ({per_table}) in "
+        f"{result.seconds:.1f}s; {result.total_published} in total; "
+        f"{'complete' if result.complete else 'incomplete'}"
+    )
 
 
 async def _bootstrap() -> None:
@@ -145,42 +265,180 @@ def _cmd_produce(args: argparse.Namespace) -> None:
     print(f"published {len(records)} events")
 
 
+def _sub(
+    sub: Any, name: str, help_text: str, description: str, func: Any
+) -> argparse.ArgumentParser:
+    parser: argparse.ArgumentParser = sub.add_parser(
+        name,
+        help=help_text,
+        description=description,
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.set_defaults(func=func)
+    return parser
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also used by tests to check `--help`)."""
-    parser = argparse.ArgumentParser(prog="artifact-search", description=__doc__.split("\n")[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    api = sub.add_parser("api", help="serve the Prefect-compatible query API under /api")
+    parser = argparse.ArgumentParser(
+        prog="artifact-search",
+        description=__doc__.split("\n")[0],
+        epilog=ENV_HELP,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    api = _sub(
+        sub,
+        "api",
+        "serve the Prefect-compatible query API under /api",
+        "Serve Prefect 3.9.1's artifact endpoints under /api (uvicorn, one worker; scale with "
+        "replicas). Probes: GET /api/health (liveness), GET /api/ready (readiness: "
+        "Elasticsearch answers); Prometheus metrics at GET /metrics.",
+        _cmd_api,
+    )
     api.add_argument("--host", help="bind address (default QUERY_HOST, 127.0.0.1)")
     api.add_argument("--port", type=int, help="port (default QUERY_PORT, 4200)")
-    api.set_defaults(func=_cmd_api)
-    sub.add_parser("indexer", help="consume lifecycle events into Elasticsearch").set_defaults(
-        func=_cmd_indexer
+    _sub(
+        sub,
+        "indexer",
+        "consume lifecycle events into Elasticsearch",
+        "Consume the five entity topics with consumer group KAFKA_GROUP_ID and keep the "
+        "Elasticsearch documents current; poison records go to the dead-letter topic. "
+        "Serves /metrics, /livez and /readyz on INDEXER_METRICS_HOST:INDEXER_METRICS_PORT "
+        "(port 0 disables it). Stops gracefully on SIGTERM (the batch in flight is not "
+        "committed and is re-applied by the next owner).",
+        _cmd_indexer,
     )
-    sub.add_parser(
-        "bootstrap", help="create topics, indices and aliases (idempotent)"
-    ).set_defaults(func=lambda _: asyncio.run(_bootstrap()))
-    demo = sub.add_parser("demo", help="publish a generated, seeded dataset as events")
+    _sub(
+        sub,
+        "bootstrap",
+        "create topics, indices and aliases (idempotent)",
+        "Create the five entity topics and the dead-letter topic (KAFKA_PARTITIONS, "
+        "KAFKA_REPLICATION_FACTOR) and the three Elasticsearch aliases with their concrete "
+        "indices (ELASTICSEARCH_NUMBER_OF_SHARDS/_REPLICAS). Whatever exists is left alone, so "
+        "a second run changes nothing.",
+        lambda _: asyncio.run(_bootstrap()),
+    )
+    demo = _sub(
+        sub,
+        "demo",
+        "publish a generated, seeded dataset as events",
+        "Publish a generated, seeded dataset as v1 events to the entity topics.",
+        _cmd_demo,
+    )
     demo.add_argument("--seed", type=int, default=7, help="dataset seed (default 7)")
     demo.add_argument(
         "--artifacts", type=int, default=500, help="number of artifacts (default 500)"
     )
-    demo.set_defaults(func=_cmd_demo)
-    produce = sub.add_parser("produce", help="publish events from a JSON Lines file of envelopes")
+    produce = _sub(
+        sub,
+        "produce",
+        "publish events from a JSON Lines file of envelopes",
+        "Publish v1 envelopes from a JSON Lines file, each to its entity's topic with "
+        "entity_id as the key.",
+        _cmd_produce,
+    )
     produce.add_argument(
         "file", help="one envelope per line; {'tombstone': true, ...} for a null value"
     )
-    produce.set_defaults(func=_cmd_produce)
+    replay = _sub(
+        sub,
+        "replay",
+        "rebuild the index from the topics into a new index version and swap the aliases",
+        "Rebuild the index from the topics: create <alias>-v<N+1> for the three aliases, "
+        "consume every partition of the entity topics from the beginning up to the end "
+        "offsets captured at start (group-less consumer: nothing is committed), apply the "
+        "events with the indexer's engine (poison records are skipped and counted), then "
+        "move the three aliases to the new indices in one atomic POST _aliases and delete the "
+        "old indices. Readers are never without an index. On failure before the swap the new "
+        "indices are deleted and nothing changes.\n\n"
+        "Procedure: stop the indexer, run replay, start the indexer again with the same "
+        "KAFKA_GROUP_ID: it re-applies everything after its committed offsets, idempotently.",
+        _cmd_replay,
+    )
+    replay.add_argument(
+        "--batch-size",
+        type=int,
+        default=None,
+        help="records per engine batch (default INDEXER_MAX_BATCH, 2000)",
+    )
+    replay.add_argument(
+        "--keep-old",
+        action="store_true",
+        help="keep the previous indices after the swap (rollback: move the aliases back)",
+    )
+    replay.add_argument(
+        "--shards",
+        type=int,
+        default=None,
+        help="primary shards of the new indices (default ELASTICSEARCH_NUMBER_OF_SHARDS)",
+    )
+    replay.add_argument(
+        "--replicas",
+        type=int,
+        default=None,
+        help="replicas of the new indices (default ELASTICSEARCH_NUMBER_OF_REPLICAS)",
+    )
+    backfill = _sub(
+        sub,
+        "backfill-prefect",
+        "publish an existing Prefect server's PostgreSQL database as events",
+        "Read flows, deployments, flow runs, task runs and artifacts from a Prefect 3.x "
+        "PostgreSQL database (keyset pagination on id, in dependency order) and publish one "
+        "upsert per row (version = microseconds of `updated`). Resumable: the checkpoint file "
+        "holds the last (table, id) acknowledged by Kafka; a rerun continues after it. "
+        "Only database mode is implemented: reading through Prefect's REST API is not "
+        "supported.",
+        _cmd_backfill,
+    )
+    backfill.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL DSN of the Prefect database, postgresql:// or postgresql+asyncpg:// "
+        "(default BACKFILL_POSTGRES_DSN; prefer the variable: arguments are visible in ps)",
+    )
+    backfill.add_argument(
+        "--checkpoint",
+        default=None,
+        help="checkpoint file; empty string disables it (default BACKFILL_CHECKPOINT, "
+        "prefect-backfill.checkpoint.json)",
+    )
+    backfill.add_argument(
+        "--chunk-size",
+        type=int,
+        default=None,
+        help="rows per keyset page and per checkpoint (default BACKFILL_CHUNK_SIZE, 1000)",
+    )
+    backfill.add_argument(
+        "--max-events-per-second",
+        type=float,
+        default=None,
+        help="rate limit, 0 = unlimited (default BACKFILL_MAX_EVENTS_PER_SECOND, 0)",
+    )
+    backfill.add_argument(
+        "--entities",
+        default=",".join(ENTITY_NAMES),
+        help=f"comma-separated tables to publish (default {','.join(ENTITY_NAMES)})",
+    )
+    backfill.add_argument(
+        "--restart",
+        action="store_true",
+        help="ignore an existing checkpoint and start from the first row",
+    )
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point of the `artifact-search` command."""
-    logging.basicConfig(
-        level=logging.INFO,
-        format='{"level":"%(levelname)s","logger":"%(name)s","msg":"%(message)s"}',
-    )
     args = build_parser().parse_args(argv)
-    args.func(args)
+    logs: LoggingSettings = _settings(LoggingSettings)
+    if logs.format == "json":
+        configure_logging(logs.level)
+    else:
+        logging.basicConfig(level=logs.level, format="%(levelname)s %(name)s: %(message)s")
+    with correlation():
+        args.func(args)
 
 
 if __name__ == "__main__":

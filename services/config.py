@@ -111,3 +111,26 @@ class QuerySettings(BaseSettings):
     max_result_window: int = Field(default=10_000, ge=1)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
+
+
+class BackfillSettings(BaseSettings):
+    """`backfill-prefect`: where the Prefect database is and how fast to publish.
+
+    Every field can also be given as a command-line option, which wins.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="BACKFILL_", extra="ignore")
+
+    postgres_dsn: SecretStr | None = None
+    chunk_size: int = Field(default=1000, ge=1, le=100_000)
+    max_events_per_second: float = Field(default=0.0, ge=0)
+    checkpoint: str = "prefect-backfill.checkpoint.json"
+
+
+class LoggingSettings(BaseSettings):
+    """Log level and format of every command."""
+
+    model_config = SettingsConfigDict(env_prefix="LOG_", extra="ignore")
+
+    level: str = Field(default="INFO", pattern="^(DEBUG|INFO|WARNING|ERROR|CRITICAL)$")
+    format: str = Field(default="json", pattern="^(json|text)$")

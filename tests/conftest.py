@@ -36,6 +36,8 @@ FOLDER_MARKERS = {
     "e2e": "e2e",
     "conformance": "conformance",
     "faults": "faults",
+    "reliability": "reliability",
+    "ops": "integration",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)

@@ -111,41 +111,63 @@ ENTITIES_MAPPING: dict[str, Any] = {
 
 @dataclass(frozen=True)
 class IndexNames:
-    """Aliases and their versioned concrete indices for one prefix."""
+    """Aliases and their versioned concrete indices for one prefix.
+
+    `write_targets`, when set, names three concrete indices (artifacts,
+    collections, entities) that the `artifacts`/`collections`/`entities`
+    properties return instead of the aliases: replay runs the indexer engine over
+    a new, not yet aliased index version that way. Every existing caller leaves
+    it unset and gets the aliases.
+    """
 
     prefix: str
     version: int = SCHEMA_VERSION
+    write_targets: tuple[str, str, str] | None = None
 
     @property
     def artifacts(self) -> str:
-        """Alias of the artifact documents."""
-        return f"{self.prefix}artifacts"
+        """Alias of the artifact documents (or its write target)."""
+        return self.write_targets[0] if self.write_targets else self.alias("artifacts")
 
     @property
     def collections(self) -> str:
-        """Alias of the collection documents."""
-        return f"{self.prefix}collections"
+        """Alias of the collection documents (or its write target)."""
+        return self.write_targets[1] if self.write_targets else self.alias("collections")
 
     @property
     def entities(self) -> str:
-        """Alias of the entity snapshots and relation candidates."""
-        return f"{self.prefix}entities"
+        """Alias of the entity snapshots and relation candidates (or its write target)."""
+        return self.write_targets[2] if self.write_targets else self.alias("entities")
+
+    def alias(self, kind: str) -> str:
+        """The alias of `kind` ('artifacts', 'collections' or 'entities'), never a target."""
+        return f"{self.prefix}{kind}"
 
     def concrete(self, alias: str, version: int | None = None) -> str:
         """The concrete index behind `alias` at a schema/build version."""
         return f"{alias}-v{self.version if version is None else version}"
 
     def all_aliases(self) -> tuple[str, str, str]:
-        """The three aliases."""
+        """The three aliases (the write targets when they are set)."""
         return (self.artifacts, self.collections, self.entities)
 
+    def retarget(self, version: int) -> IndexNames:
+        """The same names with the concrete indices of `version` as write targets."""
+        a, c, e = (self.concrete(self.alias(k), version) for k in _KINDS)
+        return IndexNames(self.prefix, self.version, (a, c, e))
+
     def mapping_for(self, alias: str) -> dict[str, Any]:
-        """The mapping of the index behind `alias`."""
-        return {
-            self.artifacts: ARTIFACTS_MAPPING,
-            self.collections: COLLECTIONS_MAPPING,
-            self.entities: ENTITIES_MAPPING,
-        }[alias]
+        """The mapping of the index behind `alias` (an alias or a write target)."""
+        mappings = dict(
+            zip(_KINDS, (ARTIFACTS_MAPPING, COLLECTIONS_MAPPING, ENTITIES_MAPPING), strict=True)
+        )
+        by_name = {self.alias(k): m for k, m in mappings.items()}
+        if self.write_targets:
+            by_name.update(zip(self.write_targets, mappings.values(), strict=True))
+        return by_name[alias]
+
+
+_KINDS = ("artifacts", "collections", "entities")
 
 
 def index_settings(shards: int, replicas: int) -> dict[str, Any]:

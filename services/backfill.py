@@ -1,0 +1,301 @@
+"""Publish an existing Prefect server's state as v1 events, read from its PostgreSQL database.
+
+For each table in dependency order (flow, deployment, flow_run, task_run,
+artifact) the rows are read in keyset-paginated chunks (`WHERE id > $last ORDER
+BY id LIMIT n`, on the primary key), turned into the `data` snapshot the
+contract asks for, and published as `upsert` envelopes whose `version` is the
+microseconds since the epoch of the row's `updated` (what live producers send,
+so a live event for a newer state still wins and an older one still loses).
+Collections are derived by the indexer and never published.
+
+Resumable: after every chunk is acknowledged by Kafka (acks=all) the checkpoint
+file records the last `(table, id)` done; a rerun continues after it. Republishing
+a chunk after a crash is harmless (same version: idempotent redelivery).
+Rate-limited by a token bucket (`max_events_per_second`, 0 = unlimited).
+
+Only database mode exists; reading through Prefect's REST API is not implemented.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from aiokafka import AIOKafkaProducer
+
+from services.config import KafkaSettings
+from services.contract import ENTITIES, encode_event
+from services.documents import format_timestamp, to_micros
+from services.kafka import producer_kwargs
+from services.progress import Progress
+
+log = logging.getLogger("backfill")
+
+#: the columns read per table (Prefect 3.x `orm_models`); casts make asyncpg return plain types
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "flow": ("id", "created", "updated", "name", "tags"),
+    "deployment": (
+        "id",
+        "created",
+        "updated",
+        "name",
+        "flow_id",
+        "tags",
+        "paused",
+        "work_queue_name",
+        "concurrency_limit",
+    ),
+    "flow_run": (
+        "id",
+        "created",
+        "updated",
+        "name",
+        "flow_id",
+        "deployment_id",
+        "work_queue_name",
+        "flow_version",
+        "tags",
+        "state_type::text AS state_type",
+        "state_name",
+        "start_time",
+        "end_time",
+        "expected_start_time",
+        "next_scheduled_start_time",
+        "parent_task_run_id",
+        "idempotency_key",
+        "created_by",
+    ),
+    "task_run": (
+        "id",
+        "created",
+        "updated",
+        "name",
+        "flow_run_id",
+        "tags",
+        "state_type::text AS state_type",
+        "state_name",
+        "start_time",
+        "end_time",
+        "expected_start_time",
+    ),
+    "artifact": (
+        "id",
+        "created",
+        "updated",
+        "key",
+        "type",
+        "description",
+        "data",
+        "metadata_",
+        "flow_run_id",
+        "task_run_id",
+    ),
+}
+
+
+def asyncpg_dsn(dsn: str) -> str:
+    """Accept SQLAlchemy-style URLs (`postgresql+asyncpg://`) as Prefect configures them."""
+    for driver in ("+asyncpg", "+psycopg2", "+psycopg"):
+        dsn = dsn.replace(f"postgresql{driver}://", "postgresql://", 1)
+    return dsn
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, uuid.UUID):
+        return str(value)
+    if isinstance(value, datetime):
+        return format_timestamp(value)
+    return value
+
+
+def row_to_data(row: Any) -> dict[str, Any]:
+    """A database row -> the JSON `data` of an upsert (Prefect REST field names)."""
+    data = {name: _plain(row[name]) for name in row.keys()}  # noqa: SIM118 (asyncpg Record)
+    if "tags" in data and data["tags"] is None:
+        data["tags"] = []
+    return data
+
+
+@dataclass
+class Checkpoint:
+    """The last `(table, id)` published and acknowledged; `complete` after the last table."""
+
+    table: str | None = None
+    last_id: str | None = None
+    published: int = 0
+    complete: bool = False
+
+    @classmethod
+    def load(cls, path: Path | None) -> Checkpoint:
+        """The saved checkpoint, or a fresh one when there is none."""
+        if path is None or not path.exists():
+            return cls()
+        raw = json.loads(path.read_text())
+        return cls(raw.get("table"), raw.get("last_id"), raw.get("published", 0), raw["complete"])
+
+    def save(self, path: Path | None) -> None:
+        """Write atomically (rename), so a crash never leaves a torn file."""
+        if path is None:
+            return
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(
+            json.dumps(
+                {
+                    "table": self.table,
+                    "last_id": self.last_id,
+                    "published": self.published,
+                    "complete": self.complete,
+                }
+            )
+        )
+        os.replace(tmp, path)
+
+
+class RateLimiter:
+    """A token bucket allowing `rate` events per second with one second of burst."""
+
+    def __init__(self, rate: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.last = time.monotonic()
+
+    async def take(self, n: int = 1) -> None:
+        """Wait until `n` events may go."""
+        if self.rate <= 0:
+            return
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
+            self.last = now
+            if self.tokens >= n or (n > self.rate and self.tokens >= self.rate):
+                self.tokens -= n
+                return
+            await asyncio.sleep(max(0.001, (min(n, self.rate) - self.tokens) / self.rate))
+
+
+@dataclass
+class BackfillResult:
+    """What one run published (this run only) and where it stopped."""
+
+    published: dict[str, int] = field(default_factory=dict)
+    total_published: int = 0
+    complete: bool = False
+    resumed_from: tuple[str, str | None] | None = None
+    seconds: float = 0.0
+
+
+async def _chunks(
+    conn: Any, table: str, after: str | None, size: int
+) -> Any:  # AsyncIterator[list[Record]]
+    cols = ", ".join(COLUMNS[table])
+    while True:
+        if after is None:
+            rows = await conn.fetch(f"SELECT {cols} FROM {table} ORDER BY id LIMIT $1", size)
+        else:
+            rows = await conn.fetch(
+                f"SELECT {cols} FROM {table} WHERE id > $1::uuid ORDER BY id LIMIT $2",
+                after,
+                size,
+            )
+        if not rows:
+            return
+        yield rows
+        after = str(rows[-1]["id"])
+        if len(rows) < size:
+            return
+
+
+async def _connect(dsn: str) -> Any:
+    import asyncpg
+
+    conn = await asyncpg.connect(asyncpg_dsn(dsn))
+    for typ in ("json", "jsonb"):
+        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
+    return conn
+
+
+async def backfill(
+    kafka: KafkaSettings,
+    dsn: str,
+    *,
+    checkpoint_path: Path | None,
+    chunk_size: int = 1000,
+    max_events_per_second: float = 0.0,
+    entities: tuple[str, ...] = ENTITIES,
+    restart: bool = False,
+    stream: TextIO | None = None,
+) -> BackfillResult:
+    """Publish every row of the selected tables, resuming after the checkpoint."""
+    started = time.monotonic()
+    tables = [e for e in ENTITIES if e in entities]
+    checkpoint = Checkpoint() if restart else Checkpoint.load(checkpoint_path)
+    result = BackfillResult(total_published=checkpoint.published)
+    if checkpoint.complete:
+        result.complete = True
+        log.info("checkpoint says the backfill is complete; nothing to do (use --restart)")
+        return result
+    if checkpoint.table is not None:
+        result.resumed_from = (checkpoint.table, checkpoint.last_id)
+    conn = await _connect(dsn)
+    producer = AIOKafkaProducer(
+        **producer_kwargs(kafka), acks="all", linger_ms=20, enable_idempotence=True
+    )
+    limiter = RateLimiter(max_events_per_second)
+    producing = False
+    try:
+        totals = {t: int(await conn.fetchval(f"SELECT count(*) FROM {t}")) for t in tables}
+        await producer.start()
+        producing = True
+        skip = tables.index(checkpoint.table) if checkpoint.table in tables else 0
+        done_before = sum(totals[t] for t in tables[:skip])
+        progress = Progress("backfill", sum(totals.values()), stream)
+        progress.update(done_before, force=True)
+        for table in tables[skip:]:
+            after = checkpoint.last_id if table == checkpoint.table else None
+            if after is not None:
+                done_before += int(
+                    await conn.fetchval(f"SELECT count(*) FROM {table} WHERE id <= $1::uuid", after)
+                )
+            topic = kafka.topic_for(table)
+            async for rows in _chunks(conn, table, after, chunk_size):
+                pending = []
+                for row in rows:
+                    await limiter.take()
+                    updated: datetime = row["updated"]
+                    data = row_to_data(row)
+                    value = encode_event(
+                        table, data["id"], "upsert", to_micros(updated), data, occurred=updated
+                    )
+                    pending.append(await producer.send(topic, value=value, key=data["id"].encode()))
+                await asyncio.gather(*pending)
+                checkpoint.table, checkpoint.last_id = table, str(rows[-1]["id"])
+                checkpoint.published += len(rows)
+                checkpoint.save(checkpoint_path)
+                result.published[table] = result.published.get(table, 0) + len(rows)
+                done_before += len(rows)
+                progress.update(done_before, note=f"{table} {checkpoint.last_id}")
+            next_index = tables.index(table) + 1
+            checkpoint.table = tables[next_index] if next_index < len(tables) else table
+            checkpoint.last_id = None if next_index < len(tables) else checkpoint.last_id
+            checkpoint.save(checkpoint_path)
+        checkpoint.complete = True
+        checkpoint.save(checkpoint_path)
+        progress.finish()
+        result.complete = True
+        result.total_published = checkpoint.published
+        return result
+    finally:
+        result.seconds = time.monotonic() - started
+        try:
+            if producing:
+                await producer.stop()
+        finally:
+            await conn.close()

@@ -1,0 +1,95 @@
+"""Dockerfile, .dockerignore and deploy/compose.yaml: static checks (no Docker engine here)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from services.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _compose() -> dict[str, Any]:
+    data: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "compose.yaml").read_text())
+    return data
+
+
+def _stages(dockerfile: str) -> list[list[str]]:
+    stages: list[list[str]] = []
+    for raw in re.sub(r"\\\n", " ", dockerfile).splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages
+
+
+def test_dockerfile_is_multi_stage_non_root_without_build_tools() -> None:
+    stages = _stages((REPO / "Dockerfile").read_text())
+    assert len(stages) >= 2
+    assert all(stage[0].split()[1] == "python:3.11-slim" for stage in stages)
+    final = stages[-1]
+    text = "\n".join(final)
+    assert "build-essential" not in text and "gcc" not in text and "apt-get install" not in text
+    assert any(line.startswith("COPY --from=") for line in final)
+    users = [line for line in final if line.startswith("USER ")]
+    assert users and users[-1].split()[1].split(":")[0] == "10001"
+    assert 'ENTRYPOINT ["artifact-search"]' in final
+    # the build stage may compile; the final stage only copies the venv
+    assert "build-essential" in "\n".join(stages[0])
+
+
+def test_dockerignore_keeps_the_context_small() -> None:
+    lines = [
+        line.strip()
+        for line in (REPO / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    assert allowed == {"pyproject.toml", "README.md", "services", "indexer", "query"}
+
+
+def test_compose_services_commands_ports_and_order() -> None:
+    compose = _compose()
+    services = compose["services"]
+    assert set(services) == {"kafka", "elasticsearch", "bootstrap", "indexer", "api"}
+    es_env = services["elasticsearch"]["environment"]
+    assert es_env["discovery.type"] == "single-node"
+    assert es_env["xpack.security.enabled"] == "false"
+    kafka_env = services["kafka"]["environment"]
+    assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka_env
+    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    for name in ("bootstrap", "indexer", "api"):
+        service = services[name]
+        assert service["command"][0] in subcommands
+        assert service["command"][0] == name
+        assert service["user"] == "10001:10001"
+        assert service["read_only"] is True
+        assert service["environment"]["KAFKA_BOOTSTRAP_SERVERS"] == "kafka:9092"
+        assert service["environment"]["ELASTICSEARCH_URL"] == "http://elasticsearch:9200"
+        assert service["build"]["dockerfile"] == "Dockerfile"
+        assert (REPO / "deploy" / service["build"]["context"] / "Dockerfile").exists()
+    assert services["bootstrap"]["depends_on"] == {
+        "kafka": {"condition": "service_healthy"},
+        "elasticsearch": {"condition": "service_healthy"},
+    }
+    for name in ("indexer", "api"):
+        assert services[name]["depends_on"]["bootstrap"] == {
+            "condition": "service_completed_successfully"
+        }
+        assert "healthcheck" in services[name]
+    assert services["api"]["ports"] == ["127.0.0.1:4200:4200"]
+    assert services["api"]["command"][-2:] == ["--port", "4200"]
+    assert services["indexer"]["environment"]["INDEXER_METRICS_PORT"] == "9464"
+    assert services["indexer"]["ports"] == ["127.0.0.1:9464:9464"]
+    assert "/livez" in " ".join(services["indexer"]["healthcheck"]["test"])
+    assert "/api/ready" in " ".join(services["api"]["healthcheck"]["test"])
+    assert services["elasticsearch"]["image"].endswith(":9.2.4")

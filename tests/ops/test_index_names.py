@@ -1,0 +1,31 @@
+"""IndexNames.write_targets: replay's retargeting leaves every existing caller unchanged."""
+
+from __future__ import annotations
+
+from services.es.indices import (
+    ARTIFACTS_MAPPING,
+    COLLECTIONS_MAPPING,
+    ENTITIES_MAPPING,
+    IndexNames,
+)
+
+
+def test_default_names_are_the_aliases() -> None:
+    names = IndexNames("p-")
+    assert names.write_targets is None
+    assert names.all_aliases() == ("p-artifacts", "p-collections", "p-entities")
+    assert names.concrete(names.artifacts) == "p-artifacts-v1"
+    assert names.mapping_for("p-entities") is ENTITIES_MAPPING
+
+
+def test_retarget_points_the_engine_at_a_new_version() -> None:
+    names = IndexNames("p-").retarget(7)
+    assert (names.artifacts, names.collections, names.entities) == (
+        "p-artifacts-v7",
+        "p-collections-v7",
+        "p-entities-v7",
+    )
+    assert names.alias("artifacts") == "p-artifacts"
+    assert names.mapping_for("p-artifacts-v7") is ARTIFACTS_MAPPING
+    assert names.mapping_for("p-collections") is COLLECTIONS_MAPPING
+    assert names.prefix == "p-" and names == IndexNames("p-").retarget(7)

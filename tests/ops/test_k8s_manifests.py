@@ -1,0 +1,213 @@
+"""deploy/k8s: every overlay renders, validates against the Kubernetes schemas, and keeps
+the operational invariants (non-root, probes, resources, replicas <= partitions, PDBs...)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from tests.ops.kustomize import Obj, render
+
+K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
+OVERLAYS = ("dev", "prod")
+K8S_VERSIONS = ("1.30.0", "1.33.0")
+CRDS = {"ServiceMonitor"}
+
+
+@pytest.fixture(scope="module", params=OVERLAYS)
+def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Obj]]:
+    return request.param, render(K8S / "overlays" / request.param)
+
+
+def _one(objs: list[Obj], kind: str, name: str) -> Obj:
+    hits = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name]
+    assert len(hits) == 1, f"{kind}/{name}: {len(hits)} objects"
+    return hits[0]
+
+
+def _pod_spec(obj: Obj) -> dict[str, Any]:
+    spec: dict[str, Any] = obj["spec"]["template"]["spec"]
+    return spec
+
+
+def _workloads(objs: list[Obj]) -> list[Obj]:
+    return [o for o in objs if o["kind"] in ("Deployment", "Job")]
+
+
+def _config(objs: list[Obj]) -> dict[str, str]:
+    data: dict[str, str] = _one(objs, "ConfigMap", "artifact-search-config")["data"]
+    return data
+
+
+def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+@pytest.mark.parametrize("version", K8S_VERSIONS)
+def test_every_object_validates_against_the_schemas(
+    rendered: tuple[str, list[Obj]], version: str
+) -> None:
+    _, objs = rendered
+    checked = 0
+    for obj in objs:
+        if obj["kind"] in CRDS:
+            continue
+        kubernetes_validate.validate(obj, version, strict=True)
+        checked += 1
+    assert checked >= 14
+
+
+def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None:
+    overlay, objs = rendered
+    kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
+    for want in [
+        ("Deployment", "artifact-search-indexer"),
+        ("Deployment", "artifact-search-query"),
+        ("Service", "artifact-search-query"),
+        ("HorizontalPodAutoscaler", "artifact-search-query"),
+        ("PodDisruptionBudget", "artifact-search-query"),
+        ("PodDisruptionBudget", "artifact-search-indexer"),
+        ("Job", "artifact-search-bootstrap"),
+        ("Job", "artifact-search-replay"),
+        ("ConfigMap", "artifact-search-config"),
+        ("NetworkPolicy", "artifact-search-default"),
+    ]:
+        assert want in kinds
+    namespaces = {o["metadata"].get("namespace") for o in objs}
+    assert namespaces == {"artifact-search-dev" if overlay == "dev" else "artifact-search"}
+    assert all(
+        o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "prefect-artifact-search"
+        for o in objs
+    )
+    monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
+    assert bool(monitors) == (overlay == "prod")
+    for monitor in monitors:
+        services = [
+            s
+            for s in objs
+            if s["kind"] == "Service"
+            and _selects(monitor["spec"]["selector"], s["metadata"]["labels"])
+        ]
+        ports = {p["name"] for s in services for p in s["spec"]["ports"]}
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+
+
+def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    for obj in _workloads(objs):
+        pod = _pod_spec(obj)
+        name = obj["metadata"]["name"]
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert pod["securityContext"]["runAsUser"] == 10001, name
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
+        assert pod["automountServiceAccountToken"] is False, name
+        for container in pod["containers"]:
+            sc = container["securityContext"]
+            assert sc["runAsNonRoot"] is True, name
+            assert sc["readOnlyRootFilesystem"] is True, name
+            assert sc["allowPrivilegeEscalation"] is False, name
+            assert sc["capabilities"]["drop"] == ["ALL"], name
+            assert "add" not in sc["capabilities"], name
+            res = container["resources"]
+            assert {"cpu", "memory"} <= set(res["requests"]), name
+            assert "memory" in res["limits"], name
+            assert ":" in container["image"] and not container["image"].endswith(":latest")
+            refs = {next(iter(k for k in e if k.endswith("Ref"))): e for e in container["envFrom"]}
+            assert refs["configMapRef"]["configMapRef"]["name"] == "artifact-search-config"
+            assert refs["secretRef"]["secretRef"]["name"] == "artifact-search-secrets"
+
+
+def test_long_running_pods_have_probes_and_spread(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    expected_paths = {
+        "artifact-search-query": ("/api/health", "/api/ready"),
+        "artifact-search-indexer": ("/livez", "/readyz"),
+    }
+    for name, (live, ready) in expected_paths.items():
+        dep = _one(objs, "Deployment", name)
+        pod = _pod_spec(dep)
+        (container,) = pod["containers"]
+        assert container["startupProbe"]["httpGet"]["path"] == live
+        assert container["livenessProbe"]["httpGet"]["path"] == live
+        assert container["readinessProbe"]["httpGet"]["path"] == ready
+        ports = {p["name"] for p in container["ports"]}
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            assert container[probe]["httpGet"]["port"] in ports
+        keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
+        assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
+        for constraint in pod["topologySpreadConstraints"]:
+            assert _selects(constraint["labelSelector"], pod_labels(dep))
+
+
+def pod_labels(dep: Obj) -> dict[str, str]:
+    labels: dict[str, str] = dep["spec"]["template"]["metadata"]["labels"]
+    return labels
+
+
+def test_indexer_replicas_partitions_grace_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    config = _config(objs)
+    dep = _one(objs, "Deployment", "artifact-search-indexer")
+    replicas = dep["spec"]["replicas"]
+    assert 1 <= replicas <= int(config["KAFKA_PARTITIONS"])
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    # a batch gets its retries (up to INDEXER_RETRY_MAX_S each) and a minute of work
+    grace = _pod_spec(dep)["terminationGracePeriodSeconds"]
+    assert grace >= 60 + 2 * float(config["INDEXER_RETRY_MAX_S"])
+    pdb = _one(objs, "PodDisruptionBudget", "artifact-search-indexer")
+    assert _selects(pdb["spec"]["selector"], pod_labels(dep))
+    assert pdb["spec"].get("maxUnavailable", 0) >= 1 or pdb["spec"]["minAvailable"] < replicas
+    assert _selects(dep["spec"]["selector"], pod_labels(dep))
+
+
+def test_query_service_hpa_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    dep = _one(objs, "Deployment", "artifact-search-query")
+    svc = _one(objs, "Service", "artifact-search-query")
+    assert _selects({"matchLabels": svc["spec"]["selector"]}, pod_labels(dep))
+    (container,) = _pod_spec(dep)["containers"]
+    assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
+    hpa = _one(objs, "HorizontalPodAutoscaler", "artifact-search-query")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    pdb = _one(objs, "PodDisruptionBudget", "artifact-search-query")
+    assert _selects(pdb["spec"]["selector"], pod_labels(dep))
+    assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_jobs(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    bootstrap = _one(objs, "Job", "artifact-search-bootstrap")
+    replay = _one(objs, "Job", "artifact-search-replay")
+    assert _pod_spec(bootstrap)["containers"][0]["args"] == ["bootstrap"]
+    assert _pod_spec(replay)["containers"][0]["args"] == ["replay"]
+    # applying the manifests must never start a replay by itself
+    assert replay["spec"]["suspend"] is True
+
+
+def test_network_policies(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    default = _one(objs, "NetworkPolicy", "artifact-search-default")
+    assert set(default["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    assert "ingress" not in default["spec"]
+    egress_ports = {p["port"] for rule in default["spec"]["egress"] for p in rule["ports"]}
+    assert {53, 9092, 9200} <= egress_ports
+    query = _one(objs, "NetworkPolicy", "artifact-search-query-ingress")
+    assert {p["port"] for r in query["spec"]["ingress"] for p in r["ports"]} == {4200}
+
+
+def test_renderer_rejects_what_it_does_not_understand(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text("configMapGenerator: []\n")
+    with pytest.raises(NotImplementedError):
+        render(tmp_path)
+
+
+def test_schema_validation_catches_a_broken_object(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    broken = _one(objs, "Deployment", "artifact-search-query")
+    broken = {**broken, "spec": {**broken["spec"], "replica": 2}}
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, K8S_VERSIONS[-1], strict=True)
