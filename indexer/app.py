@@ -65,6 +65,9 @@ def split_batch(
             events.append(parse_record(entity, record.key, record.value))
         except PoisonEventError as exc:
             poison.append(Poison(record, exc.reason, exc.detail))
+        except Exception as exc:  # a parser bug must not take the whole batch down with it
+            log.exception("unexpected error parsing %s@%s", record.topic, record.offset)
+            poison.append(Poison(record, "parse_error", f"{type(exc).__name__}: {exc}"))
     return events, poison
 
 
@@ -106,7 +109,9 @@ class Indexer:
         self.settings = settings
         self.names = IndexNames(es_settings.index_prefix)
         self.es: AsyncElasticsearch = make_es_client(es_settings)
-        self.engine = Engine(Sink(self.es, self.names, settings.bulk_chunk))
+        self.engine = Engine(
+            Sink(self.es, self.names, settings.bulk_chunk, settings.bulk_concurrency)
+        )
         self.entity_by_topic = kafka.entity_by_topic()
         self.broker = KafkaBroker(**broker_kwargs(kafka))
         self.stopping = asyncio.Event()
@@ -201,12 +206,19 @@ class Indexer:
                     stats = await self.engine.apply(events)
                 metrics.BATCH_SIZE.observe(len(events))
                 metrics.PROPAGATED.inc(stats.propagated)
+                metrics.FANOUT_DOCUMENTS.observe(stats.propagated)
+                metrics.FANOUT_SECONDS.observe(stats.seconds.get("propagate", 0.0))
                 return
             except TransientError as exc:
                 metrics.RETRIES.inc()
                 log.warning("batch failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+            except Exception:
+                # not classified: retrying stalls the partition visibly (retries metric, log),
+                # while giving up would let the next batch's commit skip these events
+                metrics.RETRIES.inc()
+                log.exception("batch failed unexpectedly, retrying in %.1fs", delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, self.settings.retry_max_s)
 
     async def bootstrap(self) -> None:
         """Create indices and aliases if missing (idempotent)."""

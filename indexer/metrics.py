@@ -15,3 +15,10 @@ PROPAGATED = Counter("indexer_propagated_documents_total", "Documents re-resolve
 LAG = Gauge(
     "indexer_consumer_lag", "Records behind the end of each partition", ["topic", "partition"]
 )
+BULK_SECONDS = Histogram("indexer_bulk_seconds", "Latency of one _bulk request")
+FANOUT_DOCUMENTS = Histogram(
+    "indexer_fanout_documents",
+    "Documents re-resolved by fan-out per batch",
+    buckets=(0, 1, 10, 100, 1000, 10_000, 100_000),
+)
+FANOUT_SECONDS = Histogram("indexer_fanout_seconds", "Time spent in fan-out per batch")

@@ -7,6 +7,7 @@ caller retries the batch with backoff and never skips an event.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 from elasticsearch import AsyncElasticsearch, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
+from indexer.metrics import BULK_SECONDS
 from services.errors import TransientError
 from services.es.indices import IndexNames
 
@@ -68,10 +70,13 @@ class Write:
 class Sink:
     """Thin async wrapper over the Elasticsearch client for the indexer."""
 
-    def __init__(self, es: AsyncElasticsearch, names: IndexNames, chunk: int = 1000) -> None:
+    def __init__(
+        self, es: AsyncElasticsearch, names: IndexNames, chunk: int = 1000, concurrency: int = 2
+    ) -> None:
         self.es = es
         self.names = names
         self.chunk = chunk
+        self.concurrency = concurrency
 
     async def mget(self, index: str, ids: Sequence[str]) -> dict[str, Got]:
         """Realtime multi-get; ids absent from the index map to an empty `Got`."""
@@ -93,32 +98,46 @@ class Sink:
         return found
 
     async def bulk(self, writes: Sequence[Write]) -> list[ItemResult]:
-        """Run the writes; raise `TransientError` on retryable failures."""
-        results: list[ItemResult] = []
-        for start in range(0, len(writes), self.chunk):
-            part = writes[start : start + self.chunk]
-            body: list[dict[str, Any]] = []
-            for write in part:
-                body.extend(write.action())
-            try:
+        """Run the writes in chunks, at most `concurrency` requests at a time.
+
+        Results keep the order of `writes`. Raises `TransientError` on retryable
+        failures (the whole batch is then re-run; every write is idempotent).
+        """
+        chunks = [writes[i : i + self.chunk] for i in range(0, len(writes), self.chunk)]
+        gate = asyncio.Semaphore(self.concurrency)
+
+        async def run(part: Sequence[Write]) -> list[ItemResult]:
+            async with gate:
+                return await self._bulk_chunk(part)
+
+        done = await asyncio.gather(*(run(part) for part in chunks))
+        return [result for part in done for result in part]
+
+    async def _bulk_chunk(self, part: Sequence[Write]) -> list[ItemResult]:
+        body: list[dict[str, Any]] = []
+        for write in part:
+            body.extend(write.action())
+        try:
+            with BULK_SECONDS.time():
                 resp = await self.es.bulk(operations=body, refresh=False)
-            except (TransportError, EsConnectionError) as exc:
-                raise TransientError(f"bulk failed: {exc}") from exc
-            for item in resp["items"]:
-                ((_, info),) = item.items()
-                status = int(info.get("status", 500))
-                error = info.get("error")
-                if status == 429 or status >= 500:
-                    raise TransientError(f"bulk item {info.get('_id')}: {status} {error}")
-                results.append(
-                    ItemResult(
-                        info["_id"],
-                        status,
-                        info.get("_seq_no"),
-                        info.get("_primary_term"),
-                        None if error is None else str(error)[:500],
-                    )
+        except (TransportError, EsConnectionError) as exc:
+            raise TransientError(f"bulk failed: {exc}") from exc
+        results: list[ItemResult] = []
+        for item in resp["items"]:
+            ((_, info),) = item.items()
+            status = int(info.get("status", 500))
+            error = info.get("error")
+            if status == 429 or status >= 500:
+                raise TransientError(f"bulk item {info.get('_id')}: {status} {error}")
+            results.append(
+                ItemResult(
+                    info["_id"],
+                    status,
+                    info.get("_seq_no"),
+                    info.get("_primary_term"),
+                    None if error is None else str(error)[:500],
                 )
+            )
         return results
 
     async def refresh(self, *indices: str) -> None:
