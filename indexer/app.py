@@ -192,6 +192,10 @@ class Indexer:
             await consumer.commit(positions)
         except CommitFailedError:
             log.warning("commit failed after a rebalance; the new owner re-applies (idempotent)")
+        except KafkaError as exc:
+            # the batch is applied; its positions are committed with the next batch's,
+            # or re-consumed after a restart (idempotent)
+            log.warning("commit failed (%s); positions will be committed later", exc)
         for tp, position in positions.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
