@@ -8,6 +8,10 @@ statuses: invalid body -> 422, unknown id/key -> 404, Elasticsearch down -> 503.
 
 from __future__ import annotations
 
+import email.message
+import json
+import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
@@ -16,15 +20,17 @@ from typing import Any
 
 import orjson
 from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from query.auth import install_auth
 from query.repository import Repository
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import ElasticsearchSettings, QuerySettings
-from services.errors import BackendUnavailableError
+from services.errors import BackendUnavailableError, TranslationError
 from services.es.client import make_es_client
 from services.es.indices import IndexNames
 from services.prefect.requests import (
@@ -49,22 +55,47 @@ ES_LATENCY = Histogram("query_elasticsearch_seconds", "Time spent in Elasticsear
 JSON = "application/json"
 
 
+PREFECT_VERSION = "3.9.1"
+"""The Prefect server release whose artifact API this service answers."""
+
+PREFECT_API_VERSION = "0.8.4"
+"""The REST API version that Prefect release reports on ``GET /api/version``."""
+
+log = logging.getLogger(__name__)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with non-finite floats replaced by None (JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _json(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type=JSON)
+    try:
+        content = orjson.dumps(payload)
+    except TypeError:  # echoed request bodies: integers beyond 64 bits, lone surrogates
+        content = json.dumps(
+            _finite(payload), ensure_ascii=True, separators=(",", ":"), allow_nan=False
+        ).encode()
+    return Response(content, status_code=status, media_type=JSON)
 
 
 def _validation_body(errors: Sequence[Mapping[str, Any]], body: Any) -> dict[str, Any]:
+    """Prefect's 422 body: FastAPI's error list (``loc`` from ``body``, no ``url``)."""
     detail = []
     for err in errors:
-        item = {k: v for k, v in err.items() if k in ("type", "loc", "msg", "input", "ctx")}
+        item = {k: err[k] for k in ("type", "loc", "msg", "input", "ctx") if k in err}
         item["loc"] = ["body", *err.get("loc", ())]
-        if "ctx" in item:
-            item["ctx"] = {k: str(v) for k, v in item["ctx"].items()}
         detail.append(item)
     return {
         "exception_message": "Invalid request received.",
-        "exception_detail": detail,
-        "request_body": body,
+        "exception_detail": jsonable_encoder(detail),
+        "request_body": jsonable_encoder(body),
     }
 
 
@@ -73,25 +104,51 @@ class _BadBodyError(Exception):
         self.response = response
 
 
+def _is_json_content(request: Request) -> bool:
+    """Whether Prefect's server would decode this body as JSON.
+
+    A JSON (or ``+json``) content type is decoded; any other content type makes
+    the body opaque, i.e. every parameter takes its default. Without a content
+    type, Prefect assumes JSON when a positive ``Content-Length`` is declared.
+    """
+    content_type = request.headers.get("content-type")
+    if not content_type:
+        try:
+            return int(request.headers.get("content-length", "0")) > 0
+        except ValueError:
+            return False
+    message = email.message.Message()
+    message["content-type"] = content_type
+    if message.get_content_maintype() != "application":
+        return False
+    subtype = message.get_content_subtype()
+    return subtype == "json" or subtype.endswith("+json")
+
+
 async def _decode(request: Request, max_bytes: int) -> Any:
+    """The body as Prefect decodes it: Python's ``json``, its rules and its errors.
+
+    Not orjson: it turns integers beyond 64 bits into floats and rejects NaN,
+    UTF-16/32 and a BOM, all of which Prefect's decoder handles differently.
+    """
     raw = await request.body()
     if len(raw) > max_bytes:
         raise _BadBodyError(_json({"detail": f"Request body exceeds {max_bytes} bytes."}, 413))
-    if not raw.strip():
+    if not raw or not _is_json_content(request):
         return None
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError as exc:
+        return json.loads(raw)
+    except json.JSONDecodeError as exc:
         error = {
             "type": "json_invalid",
-            "loc": ("body", exc.pos),
+            "loc": (exc.pos,),
             "msg": "JSON decode error",
             "input": {},
             "ctx": {"error": exc.msg},
         }
-        raise _BadBodyError(
-            _json(_validation_body([error], raw.decode("utf-8", "replace")), 422)
-        ) from exc
+        raise _BadBodyError(_json(_validation_body([error], exc.doc), 422)) from exc
+    except (ValueError, RecursionError) as exc:  # not UTF-8/16/32, or nested too deep
+        raise _BadBodyError(_json({"detail": "There was an error parsing the body"}, 400)) from exc
 
 
 def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> FastAPI:
@@ -107,6 +164,7 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         await es.close()
 
     app = FastAPI(title="Prefect artifact search", lifespan=lifespan, docs_url="/docs")
+    install_auth(app, query)  # query/auth.py: 401 unless credentials, when configured
     app.state.repository = repo
 
     def endpoint(
@@ -123,6 +181,8 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
                 response = _json({"detail": exc.detail}, 422)
             except ValidationError as exc:
                 response = _json(_validation_body(exc.errors(include_url=False), body), 422)
+            except TranslationError as exc:
+                response = _json({"detail": str(exc)}, 422)
             except BackendUnavailableError as exc:
                 response = _json({"detail": str(exc)}, 503)
             LATENCY.labels(name).observe(time.perf_counter() - start)
@@ -218,6 +278,23 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
             },
             503,
         )
+
+    # What Prefect's client asks besides the artifact routes. ``/admin/version``
+    # names the Prefect release whose API is served (the client compares its
+    # major version); ``/version`` is that release's REST API version. The
+    # service has no CSRF protection (it only reads), and says so the way a
+    # Prefect server with CSRF protection disabled does, so clients stop asking.
+    @app.get("/api/admin/version")
+    async def admin_version() -> Response:
+        return _json(PREFECT_VERSION)
+
+    @app.get("/api/version")
+    async def api_version() -> Response:
+        return _json(PREFECT_API_VERSION)
+
+    @app.get("/api/csrf-token")
+    async def csrf_token() -> Response:
+        return _json({"detail": "CSRF protection is disabled."}, 422)
 
     @app.get("/metrics")
     async def metrics() -> Response:

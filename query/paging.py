@@ -9,6 +9,7 @@ plain data so the decision is testable without a server.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 DEFAULT_MAX_RESULT_WINDOW = 10_000
@@ -41,18 +42,18 @@ class SearchAfterPlan:
     take: int
     page_size: int
 
-    def page_sizes(self) -> list[int]:
+    def page_sizes(self) -> Iterator[int]:
         """The ``size`` of each request of the walk, assuming enough hits exist.
 
-        The last page is trimmed so no request fetches hits past the window.
+        The last page is trimmed so no request fetches hits past the window. Lazy:
+        an offset far past the end (Prefect accepts any 64-bit offset) costs
+        nothing until the walk actually reads that far, and it stops at the end.
         """
-        sizes: list[int] = []
         remaining = self.skip + self.take
         while remaining > 0:
             size = min(self.page_size, remaining)
-            sizes.append(size)
+            yield size
             remaining -= size
-        return sizes
 
 
 PagingPlan = EmptyPlan | FromSizePlan | SearchAfterPlan

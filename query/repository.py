@@ -11,21 +11,95 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from elasticsearch import AsyncElasticsearch, ConnectionTimeout, TransportError
-from elasticsearch import ConnectionError as EsConnectionError
-from elasticsearch import NotFoundError as EsNotFoundError
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
 from query.paging import EmptyPlan, FromSizePlan, SearchAfterPlan, plan_paging
 from query.search import build_count_body, build_search_body, source_fields
 from query.sort import SortClause
 from query.translate import Query
 from services.documents import collection_id
-from services.errors import BackendUnavailableError
+from services.errors import BackendUnavailableError, ServiceError, TranslationError
 from services.es.indices import IndexNames
 
+_TOO_COMPLEX_MARKERS = (
+    "determinizing automaton",
+    "too_complex_to_determinize",
+    "too_many_clauses",
+    "too_many_nested_clauses",
+    "maxclausecount",
+)
 
-def _unavailable(exc: Exception) -> BackendUnavailableError:
+
+class QueryTooComplexError(TranslationError):
+    """Elasticsearch refused to build the query (e.g. a ``like_`` automaton too large)."""
+
+
+def _reasons(exc: ApiError) -> str:
+    """The error types and reasons of an Elasticsearch error body, lowercased."""
+    parts: list[str] = []
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            for key in ("type", "reason"):
+                if isinstance(node.get(key), str):
+                    parts.append(node[key])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(exc.body)
+    return " ".join(parts).lower()
+
+
+def _unavailable(exc: Exception) -> ServiceError:
+    """Map any failure of the Elasticsearch client to what the API answers.
+
+    Connection problems, timeouts, 429s, 5xx, a missing index and anything else
+    Elasticsearch refuses become ``BackendUnavailableError`` (HTTP 503), except a
+    query Elasticsearch cannot build because it is too complex, which is the
+    caller's doing: ``QueryTooComplexError`` (HTTP 422).
+    """
+    if isinstance(exc, ApiError):
+        reasons = _reasons(exc)
+        if exc.status_code == 400 and any(m in reasons for m in _TOO_COMPLEX_MARKERS):
+            return QueryTooComplexError(
+                "The filter is too complex for the search backend (a like_ value too long "
+                "or with too many wildcards); Elasticsearch refused it: " + _first_reason(exc)
+            )
+        if "index_not_found" in reasons:
+            return BackendUnavailableError(
+                "Elasticsearch is reachable but the artifact index does not exist."
+            )
+        return BackendUnavailableError(
+            f"Elasticsearch could not answer (HTTP {exc.status_code} {exc.error})."
+        )
     return BackendUnavailableError(f"Elasticsearch is unavailable: {type(exc).__name__}")
+
+
+def _first_reason(exc: ApiError) -> str:
+    body = exc.body
+    if isinstance(body, dict):
+        error = body.get("error")
+        if isinstance(error, dict):
+            causes = error.get("root_cause")
+            if isinstance(causes, list) and causes and isinstance(causes[0], dict):
+                return str(causes[0].get("reason", ""))[:300]
+            return str(error.get("reason", ""))[:300]
+    return str(exc.error)[:300]
+
+
+_ES_ERRORS = (TransportError, ApiError)
+"""Everything the Elasticsearch client raises: transport failures and error answers."""
+
+
+def _raise_missing_index(resp: Any) -> None:
+    """A get with ``ignore_status=404`` answers an error body when the index is missing."""
+    if "error" in resp:
+        raise BackendUnavailableError(
+            "Elasticsearch is reachable but the artifact index does not exist."
+        )
 
 
 class Repository:
@@ -57,12 +131,15 @@ class Repository:
                 body = build_search_body(
                     query, sort, collection=collection, size=plan.size, from_=plan.from_
                 )
-                resp = await self.es.search(index=index, body=body, filter_path="hits.hits._source")
+                resp = await self.es.search(
+                    index=index,
+                    body=body,
+                    filter_path="hits.hits._source",
+                    allow_partial_search_results=False,
+                )
                 return [hit["_source"] for hit in resp.get("hits", {}).get("hits", [])]
             return await self._walk(index, query, sort, plan, collection)
-        except (EsConnectionError, ConnectionTimeout) as exc:
-            raise _unavailable(exc) from exc
-        except TransportError as exc:
+        except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
 
     async def _walk(
@@ -90,7 +167,7 @@ class Repository:
                     with_source=keep_from < size,
                 )
                 body["pit"] = {"id": pit_id, "keep_alive": "1m"}
-                resp = await self.es.search(body=body)
+                resp = await self.es.search(body=body, allow_partial_search_results=False)
                 hits = resp["hits"]["hits"]
                 pit_id = resp.get("pit_id", pit_id)
                 for hit in hits[keep_from:]:
@@ -100,7 +177,7 @@ class Repository:
                     break
                 after = hits[-1]["sort"]
         finally:
-            with contextlib.suppress(TransportError, EsConnectionError, EsNotFoundError):
+            with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=pit_id)
         return out[: plan.take]
 
@@ -108,7 +185,7 @@ class Repository:
         """The exact number of matching documents."""
         try:
             resp = await self.es.count(index=self._index(collection), body=build_count_body(query))
-        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+        except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
         return int(resp["count"])
 
@@ -120,8 +197,9 @@ class Repository:
                 id=artifact_id,
                 source_includes=[*source_fields(False), "live"],
             )
-        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+        except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
+        _raise_missing_index(resp)
         if not resp.get("found"):
             return None
         source: dict[str, Any] = resp["_source"]
@@ -141,8 +219,9 @@ class Repository:
                 id=collection_id(key),
                 source_includes=list(source_fields(False)),
             )
-        except (EsConnectionError, ConnectionTimeout, TransportError) as exc:
+        except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
+        _raise_missing_index(resp)
         if not resp.get("found"):
             return None
         source: dict[str, Any] = resp["_source"]
@@ -152,5 +231,5 @@ class Repository:
         """Whether the artifact alias is reachable."""
         try:
             return bool(await self.es.indices.exists_alias(name=self.names.artifacts))
-        except (EsConnectionError, ConnectionTimeout, TransportError):
+        except _ES_ERRORS:
             return False

@@ -13,18 +13,22 @@ Conventions kept from Prefect:
   ``TaskRunFilterFlowRunId.is_null_`` whose default is ``False``;
 * ``operator`` (``and_`` / ``or_``, default ``and_``) exists only on the classes
   listed in ``OPERATOR_CLASSES``;
-* timestamps accept anything pydantic's ``datetime`` accepts, and a value
-  without a UTC offset is read as UTC (what Prefect's ``DateTime`` type does).
+* timestamps accept anything pydantic's ``datetime`` accepts, then anything
+  ``pendulum.parse(strict=True)`` accepts, and a value without a UTC offset is
+  read as UTC (what Prefect's pendulum-backed ``DateTime`` type does, errors
+  included).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 from uuid import UUID
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+import pendulum
+from pydantic import BaseModel, ConfigDict, ValidatorFunctionWrapHandler, WrapValidator
+from pydantic_core import PydanticCustomError
 
 
 class Operator(StrEnum):
@@ -55,7 +59,48 @@ def _assume_utc(value: datetime) -> datetime:
     return value
 
 
-UtcDateTime = Annotated[datetime, AfterValidator(_assume_utc)]
+def _plain(value: datetime) -> datetime:
+    """A stdlib ``datetime`` with a fixed offset (pendulum returns a subclass)."""
+    offset = value.utcoffset() or timedelta(0)
+    return datetime(
+        value.year,
+        value.month,
+        value.day,
+        value.hour,
+        value.minute,
+        value.second,
+        value.microsecond,
+        tzinfo=timezone(offset),
+    )
+
+
+def _prefect_datetime(value: Any, handler: ValidatorFunctionWrapHandler) -> datetime:
+    """Accept what Prefect's pendulum-backed ``DateTime`` accepts, with its errors.
+
+    pydantic's own ``datetime`` parsing is tried first; when it fails, the value
+    goes to ``pendulum.parse(..., strict=True)``, which also knows ISO 8601 week
+    and ordinal dates, basic formats and bare times. A ``ValueError`` from the
+    parser is reported as is (``Unable to parse string [...]``), any other failure
+    (a non-string such as an out-of-range number) as ``value is not a valid
+    datetime``, and a parse that yields no date-time (a duration) names its type.
+    """
+    if isinstance(value, datetime):
+        return _assume_utc(value)
+    try:
+        return _assume_utc(handler(value))
+    except ValueError:
+        try:
+            parsed = pendulum.parse(value, strict=True)
+        except ValueError:
+            raise
+        except Exception as exc:
+            raise PydanticCustomError("value_error", "value is not a valid datetime") from exc
+        if isinstance(parsed, datetime):
+            return _assume_utc(_plain(parsed))
+        raise ValueError(f"value is not a valid datetime it is a {type(parsed)}") from None
+
+
+UtcDateTime = Annotated[datetime, WrapValidator(_prefect_datetime)]
 """A timezone-aware timestamp; naive input is taken to be UTC."""
 
 

@@ -33,6 +33,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails
 
 from services.prefect.filters import (
     ArtifactCollectionFilter,
@@ -118,10 +119,12 @@ class ArtifactCollectionCountRequest(_Body):
 
 
 class _Window(_Body):
-    """``offset`` and ``limit`` of the list endpoints."""
+    """``offset`` and ``limit`` rules of the list endpoints (fields declared below).
 
-    offset: int = Field(default=0, ge=0)
-    limit: int = DEFAULT_LIMIT
+    The subclasses declare their fields in the order Prefect's endpoint reports
+    their errors: ``limit`` (a dependency, solved first), ``sort``, ``offset``,
+    then the filters.
+    """
 
     @model_validator(mode="before")
     @classmethod
@@ -130,7 +133,7 @@ class _Window(_Body):
             return {**data, "limit": _context_limit(info)}
         return data
 
-    @field_validator("limit")
+    @field_validator("limit", check_fields=False)
     @classmethod
     def _limit_in_range(cls, value: int, info: ValidationInfo) -> int:
         return check_limit(value, _context_limit(info))
@@ -139,7 +142,9 @@ class _Window(_Body):
 class ArtifactReadRequest(_Window):
     """Body of ``POST /api/artifacts/filter``."""
 
+    limit: int = DEFAULT_LIMIT
     sort: ArtifactSort = ArtifactSort.ID_DESC
+    offset: int = Field(default=0, ge=0)
     artifacts: ArtifactFilter | None = None
     flow_runs: FlowRunFilter | None = None
     task_runs: TaskRunFilter | None = None
@@ -150,7 +155,9 @@ class ArtifactReadRequest(_Window):
 class ArtifactCollectionReadRequest(_Window):
     """Body of ``POST /api/artifacts/latest/filter``."""
 
+    limit: int = DEFAULT_LIMIT
     sort: ArtifactCollectionSort = ArtifactCollectionSort.ID_DESC
+    offset: int = Field(default=0, ge=0)
     artifacts: ArtifactCollectionFilter | None = None
     flow_runs: FlowRunFilter | None = None
     task_runs: TaskRunFilter | None = None
@@ -162,6 +169,14 @@ ReadRequestT = TypeVar("ReadRequestT", ArtifactReadRequest, ArtifactCollectionRe
 CountRequestT = TypeVar("CountRequestT", ArtifactCountRequest, ArtifactCollectionCountRequest)
 
 
+def _every_field_missing(model: type[BaseModel]) -> ValidationError:
+    """FastAPI's answer to a JSON body that is not an object: each field is missing."""
+    return ValidationError.from_exception_data(
+        model.__name__,
+        [InitErrorDetails(type="missing", loc=(name,), input=None) for name in model.model_fields],
+    )
+
+
 def parse_read_request(
     model: type[ReadRequestT], body: object, *, default_limit: int = DEFAULT_LIMIT
 ) -> ReadRequestT:
@@ -169,21 +184,30 @@ def parse_read_request(
 
     Raises ``InvalidLimitError`` first when ``limit`` is an integer out of range
     (before anything else is looked at), else pydantic's ``ValidationError``
-    listing every invalid field. A missing body (``None``) means all defaults.
+    listing every invalid field in Prefect's order. A missing body (``None``)
+    means all defaults; a body that is not an object reports every field missing.
+    Nested filters are validated the way FastAPI validates body parameters
+    (``from_attributes``), which decides the error type of a non-object filter.
     """
     data = {} if body is None else body
-    if isinstance(data, Mapping):
-        raw = data.get("limit")
-        if raw is not None:
-            try:
-                value = _INT.validate_python(raw)
-            except ValidationError:
-                pass  # reported with the other field errors below
-            else:
-                check_limit(value, default_limit)
-    return model.model_validate(data, context={CONTEXT_DEFAULT_LIMIT: default_limit})
+    if not isinstance(data, Mapping):
+        raise _every_field_missing(model)
+    raw = data.get("limit")
+    if raw is not None:
+        try:
+            value = _INT.validate_python(raw)
+        except ValidationError:
+            pass  # reported with the other field errors below
+        else:
+            check_limit(value, default_limit)
+    return model.model_validate(
+        data, context={CONTEXT_DEFAULT_LIMIT: default_limit}, from_attributes=True
+    )
 
 
 def parse_count_request(model: type[CountRequestT], body: object) -> CountRequestT:
     """Validate a count-endpoint body (already decoded from JSON) like Prefect."""
-    return model.model_validate({} if body is None else body)
+    data = {} if body is None else body
+    if not isinstance(data, Mapping):
+        raise _every_field_missing(model)
+    return model.model_validate(data, from_attributes=True)

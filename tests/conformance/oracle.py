@@ -486,6 +486,13 @@ class PrefectOracle:
     # -- requests --
 
     @property
+    def app(self) -> FastAPI:
+        """Prefect's ASGI application (routes under ``/api``), for an in-process client."""
+        if self._client is None:
+            raise RuntimeError("the oracle is not open")
+        return _app()
+
+    @property
     def client(self) -> httpx.AsyncClient:
         if self._client is None:
             raise RuntimeError("the oracle is not open")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 import pytest
@@ -134,3 +135,66 @@ def test_check_limit() -> None:
     assert check_limit(0, 200) == 0
     with pytest.raises(InvalidLimitError):
         check_limit(-1, 200)
+
+
+def test_errors_come_in_prefects_parameter_order() -> None:
+    body = {"deployments": {"x": 1}, "artifacts": 3, "offset": -1, "sort": "BAD", "limit": "x"}
+    with pytest.raises(ValidationError) as info:
+        parse_read_request(ArtifactReadRequest, body)
+    assert [e["loc"][0] for e in info.value.errors()] == [
+        "limit",
+        "sort",
+        "offset",
+        "artifacts",
+        "deployments",
+    ]
+    # a filter that is not an object is FastAPI's from_attributes error
+    assert info.value.errors()[3]["type"] == "model_attributes_type"
+
+
+@pytest.mark.parametrize("body", [[], "x", 1, False, ""])
+def test_a_non_object_body_misses_every_parameter(body: Any) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_read_request(ArtifactReadRequest, body)
+    errors = info.value.errors()
+    assert {e["type"] for e in errors} == {"missing"}
+    assert [e["loc"][0] for e in errors][:3] == ["limit", "sort", "offset"]
+    with pytest.raises(ValidationError) as info:
+        parse_count_request(ArtifactCollectionCountRequest, body)
+    assert len(info.value.errors()) == 5
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-W01-1", "2024-01-01T00:00:00+00:00"),
+        ("2024-001", "2024-01-01T00:00:00+00:00"),
+        ("20240102T030405", "2024-01-02T03:04:05+00:00"),
+        ("2024-01-01T00:00:00+0100", "2024-01-01T00:00:00+01:00"),
+    ],
+)
+def test_timestamps_pendulum_accepts(value: str, expected: str) -> None:
+    req = parse_count_request(ArtifactCountRequest, {"flow_runs": {"end_time": {"after_": value}}})
+    assert req.flow_runs is not None and req.flow_runs.end_time is not None
+    after = req.flow_runs.end_time.after_
+    assert after is not None and type(after) is datetime and after.isoformat() == expected
+
+
+@pytest.mark.parametrize(
+    ("value", "msg"),
+    [
+        ("garbage", "Value error, Unable to parse string [garbage]"),
+        (
+            "P1D",
+            "Value error, value is not a valid datetime it is a "
+            "<class 'pendulum.duration.Duration'>",
+        ),
+        (1e30, "value is not a valid datetime"),
+        (True, "value is not a valid datetime"),
+    ],
+)
+def test_timestamp_errors_are_prefects(value: Any, msg: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        parse_count_request(ArtifactCountRequest, {"flow_runs": {"end_time": {"after_": value}}})
+    (error,) = info.value.errors()
+    assert (error["type"], error["msg"]) == ("value_error", msg)

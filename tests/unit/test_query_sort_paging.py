@@ -60,7 +60,7 @@ def test_paging_plans() -> None:
 
 def test_search_after_page_sizes() -> None:
     plan = SearchAfterPlan(skip=25_001, take=200, page_size=10_000)
-    sizes = plan.page_sizes()
+    sizes = list(plan.page_sizes())
     assert sizes == [10_000, 10_000, 5_201]
     assert sum(sizes) == plan.skip + plan.take
 

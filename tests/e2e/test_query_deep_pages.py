@@ -1,0 +1,207 @@
+"""Deep pages: ``offset`` far past ``max_result_window`` walks search_after under a PIT.
+
+25,000 artifact documents are written directly (bulk) into a two-shard index: few
+distinct ``created``/``updated`` values (large tie groups), 30 % null keys and
+keys whose UTF-8 byte order matters. The expected order is computed here, in
+Python, from Prefect's rules (one sort column, PostgreSQL's NULL placement,
+UUIDs and keys in byte order) plus the service's documented tie-breaker, ``id``
+descending (``query.sort``). Every page must be exactly its slice of that order:
+deep pages with a small configured window (walk of many PIT pages), deep pages
+with the real 10,000 window, consecutive pages across the from/size -> walk
+boundary (no overlap, no gap), ``limit`` 0 and offsets past the end.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+from elasticsearch import AsyncElasticsearch
+from elasticsearch.helpers import async_bulk
+
+from query.app import create_app
+from services.config import ElasticsearchSettings, QuerySettings
+from services.contract import ArtifactData
+from services.documents import artifact_own_fields
+from services.es.admin import drop_indices, ensure_indices
+from services.es.indices import IndexNames
+
+COUNT = 25_000
+SMALL_WINDOW = 1_000
+REAL_WINDOW = 10_000
+SORTS = ("ID_DESC", "CREATED_DESC", "UPDATED_DESC", "KEY_DESC", "KEY_ASC")
+KEYS = ("a", "a-b", "a_b", "B", "b", "z", "é", "ü", "\ue000", "😀", "key with space", "Z-9")
+BASE = datetime(2024, 1, 1, tzinfo=UTC)
+
+LATENCIES: dict[str, float] = {}
+
+
+def _artifacts(seed: int) -> list[dict[str, Any]]:
+    rng = random.Random(seed)
+    out = []
+    for _ in range(COUNT):
+        created = BASE + timedelta(seconds=rng.randrange(400))  # ~62 artifacts per value
+        updated = created + timedelta(microseconds=rng.choice((0, 0, 0, 1, 500_000)))
+        key = None if rng.random() < 0.3 else rng.choice(KEYS) + rng.choice(("", "", "-1", "x"))
+        data = ArtifactData(
+            id=uuid.UUID(int=rng.getrandbits(128), version=4),
+            created=created,
+            updated=updated,
+            key=key,
+            type=rng.choice(("markdown", "table", None)),
+            data=rng.randrange(100),
+        )
+        out.append(artifact_own_fields(data, version=1))
+    return out
+
+
+def _id_bytes(doc: dict[str, Any]) -> bytes:
+    return uuid.UUID(doc["id"]).bytes
+
+
+def expected_order(docs: list[dict[str, Any]], sort: str) -> list[str]:
+    """Prefect's order for ``sort`` with ties broken by ``id`` descending (byte order)."""
+    by_id_desc = sorted(docs, key=_id_bytes, reverse=True)  # stable sorts refine this
+    if sort == "ID_DESC":
+        ordered = by_id_desc
+    elif sort == "CREATED_DESC":
+        ordered = sorted(by_id_desc, key=lambda d: d["created_us"], reverse=True)
+    elif sort == "UPDATED_DESC":
+        ordered = sorted(by_id_desc, key=lambda d: d["updated_us"], reverse=True)
+    elif sort == "KEY_DESC":  # NULLs first under DESC
+        nulls = [d for d in by_id_desc if d["key"] is None]
+        keyed = [d for d in by_id_desc if d["key"] is not None]
+        ordered = nulls + sorted(keyed, key=lambda d: d["key"].encode(), reverse=True)
+    elif sort == "KEY_ASC":  # NULLs last under ASC
+        nulls = [d for d in by_id_desc if d["key"] is None]
+        keyed = [d for d in by_id_desc if d["key"] is not None]
+        ordered = sorted(keyed, key=lambda d: d["key"].encode()) + nulls
+    else:  # pragma: no cover
+        raise AssertionError(sort)
+    return [d["id"] for d in ordered]
+
+
+@pytest.fixture(scope="module")
+async def deep(elasticsearch_url: str) -> AsyncIterator[tuple[list[dict[str, Any]], str]]:
+    docs = _artifacts(2024)
+    names = IndexNames(f"deep-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
+    await ensure_indices(es, names, shards=2)
+    try:
+        actions = ({"_index": names.artifacts, "_id": d["id"], "_source": d} for d in docs)
+        ok, errors = await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
+        assert ok == COUNT and not errors
+        await es.indices.refresh(index=names.artifacts)
+        yield docs, names.prefix
+    finally:
+        await drop_indices(es, names)
+        await es.close()
+        if LATENCIES:
+            print("\ndeep page latencies (s):", {k: round(v, 3) for k, v in LATENCIES.items()})
+
+
+def _client(elasticsearch_url: str, prefix: str, window: int) -> httpx.AsyncClient:
+    app = create_app(
+        QuerySettings(max_result_window=window),
+        ElasticsearchSettings(url=elasticsearch_url, index_prefix=prefix),
+    )
+    return httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://svc/api", timeout=120
+    )
+
+
+async def _page(client: httpx.AsyncClient, body: dict[str, Any], label: str = "") -> list[str]:
+    started = time.perf_counter()
+    resp = await client.post("/artifacts/filter", json=body)
+    if label:
+        LATENCIES[label] = time.perf_counter() - started
+    assert resp.status_code == 200, resp.text[:300]
+    return [row["id"] for row in resp.json()]
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_deep_offsets_with_a_small_window(
+    deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, sort: str
+) -> None:
+    docs, prefix = deep
+    want = expected_order(docs, sort)
+    async with _client(elasticsearch_url, prefix, SMALL_WINDOW) as client:
+        for offset in (20_000, 24_900, 999, 1_000, 1_001):
+            body = {"sort": sort, "offset": offset, "limit": 200}
+            label = f"window {SMALL_WINDOW} offset {offset} {sort}" if offset == 20_000 else ""
+            assert await _page(client, body, label) == want[offset : offset + 200], offset
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_deep_offsets_with_the_real_window(
+    deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, sort: str
+) -> None:
+    docs, prefix = deep
+    want = expected_order(docs, sort)
+    async with _client(elasticsearch_url, prefix, REAL_WINDOW) as client:
+        for offset in (12_000, 9_800, 9_900, 9_950, 24_999):
+            body = {"sort": sort, "offset": offset, "limit": 200}
+            label = f"window {REAL_WINDOW} offset {offset} {sort}" if offset == 12_000 else ""
+            assert await _page(client, body, label) == want[offset : offset + 200], offset
+
+
+@pytest.mark.parametrize(
+    ("window", "start"), [(SMALL_WINDOW, 400), (REAL_WINDOW, 9_400), (SMALL_WINDOW, 19_600)]
+)
+@pytest.mark.parametrize("sort", ["CREATED_DESC", "KEY_DESC", "KEY_ASC"])
+async def test_consecutive_pages_cross_the_boundary_without_overlap_or_gap(
+    deep: tuple[list[dict[str, Any]], str],
+    elasticsearch_url: str,
+    window: int,
+    start: int,
+    sort: str,
+) -> None:
+    docs, prefix = deep
+    want = expected_order(docs, sort)
+    seen: list[str] = []
+    async with _client(elasticsearch_url, prefix, window) as client:
+        for offset in range(start, start + 1_200, 150):  # pages straddle offset+limit = window
+            seen += await _page(client, {"sort": sort, "offset": offset, "limit": 150})
+    assert len(seen) == len(set(seen)) == 1_200
+    assert seen == want[start : start + 1_200]
+
+
+async def test_deep_pages_under_a_filter(
+    deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str
+) -> None:
+    docs, prefix = deep
+    keyed = [d for d in docs if d["key"] is not None and d["type"] == "table"]
+    filt: dict[str, Any] = {"key": {"exists_": True}, "type": {"any_": ["table"]}}
+    want = expected_order(keyed, "KEY_ASC")
+    assert len(want) > 3_000
+    async with _client(elasticsearch_url, prefix, SMALL_WINDOW) as client:
+        for offset in (2_500, len(want) - 50):
+            body = {"artifacts": filt, "sort": "KEY_ASC", "offset": offset, "limit": 200}
+            assert await _page(client, body) == want[offset : offset + 200]
+        count = await client.post("/artifacts/count", json={"artifacts": filt})
+        assert count.json() == len(want)
+
+
+@pytest.mark.parametrize("window", [SMALL_WINDOW, REAL_WINDOW])
+async def test_limit_zero_and_offsets_past_the_end(
+    deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, window: int
+) -> None:
+    docs, prefix = deep
+    want: Callable[[str], list[str]] = lambda sort: expected_order(docs, sort)  # noqa: E731
+    async with _client(elasticsearch_url, prefix, window) as client:
+        assert await _page(client, {"limit": 0}) == []
+        assert await _page(client, {"limit": 0, "offset": 20_000}) == []
+        assert await _page(client, {"offset": COUNT}) == []
+        assert await _page(client, {"offset": COUNT + 1, "sort": "KEY_ASC"}) == []
+        assert (
+            await _page(client, {"offset": COUNT - 7, "sort": "KEY_DESC"}) == want("KEY_DESC")[-7:]
+        )
+        started = time.perf_counter()
+        assert await _page(client, {"offset": 2**62, "limit": 200}) == []
+        LATENCIES[f"window {window} offset 2**62"] = time.perf_counter() - started
