@@ -55,6 +55,14 @@ log = logging.getLogger("indexer.engine")
 MAX_ROUNDS = 8
 
 
+class SnapshotCache(dict[str, dict[str, Any] | None]):
+    """Snapshot sources read during one batch, with the `_seq_no` each was read at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq_nos: dict[str, int | None] = {}
+
+
 class ConflictError(TransientError):
     """A compare-and-set write lost a race; the batch is re-run."""
 
@@ -115,29 +123,32 @@ class Engine:
         await self._write_snapshots(outcomes)
         lap("snapshots")
 
-        cache: dict[str, dict[str, Any] | None] = {}
+        cache = SnapshotCache()
         written: list[_Written] = []
         written += await self._write_artifacts(outcomes, cache)
         stats.artifacts_written = len(written)
         lap("artifacts")
 
         affected = Affected()
+        keys: set[str] = set()
         for outcome in outcomes:
             affected_by(outcome, affected)
+            keys |= keys_touched(outcome)
+        if affected.query() is not None or keys:
+            # One refresh serves both the fan-out search and the first collection
+            # aggregation: both must see every artifact acknowledged so far.
+            await self.sink.refresh(self.names.artifacts, self.names.collections)
         propagated = await self._propagate(affected, cache)
         stats.propagated = len(propagated)
         written += propagated
         lap("propagate")
 
-        keys: set[str] = set()
-        for outcome in outcomes:
-            keys |= keys_touched(outcome)
         collections = await self._collections(keys, cache)
         stats.collections_written = len(collections)
         written += collections
         lap("collections")
 
-        stats.rewrites = await self._verify(written)
+        stats.rewrites = await self._verify(written, cache)
         lap("verify")
         return stats
 
@@ -230,6 +241,8 @@ class Engine:
             got = await self.sink.mget(self.names.entities, sorted(need))
             for doc_id, value in got.items():
                 cache[doc_id] = value.source
+                if isinstance(cache, SnapshotCache):
+                    cache.seq_nos[doc_id] = value.seq_no
         raise TransientError("reference resolution did not converge")
 
     # -- 3. artifacts -------------------------------------------------------------------
@@ -274,10 +287,10 @@ class Engine:
     async def _propagate(
         self, affected: Affected, cache: dict[str, dict[str, Any] | None]
     ) -> list[_Written]:
+        """Re-resolve documents embedding a changed entity (the caller has refreshed)."""
         query = affected.query()
         if query is None:
             return []
-        await self.sink.refresh(self.names.artifacts, self.names.collections)
         targets: list[tuple[str, dict[str, Any]]] = []
         for index in (self.names.artifacts, self.names.collections):
             for hit in await self.sink.search_all(index, query):
@@ -357,8 +370,9 @@ class Engine:
             return []
         written: dict[str, _Written] = {}
         pending = set(keys)
-        for _ in range(MAX_ROUNDS):
-            await self.sink.refresh(self.names.artifacts)
+        for round_no in range(MAX_ROUNDS):
+            if round_no:
+                await self.sink.refresh(self.names.artifacts)
             latest = await self.sink.latest_by_key(sorted(pending))
             wanted: dict[str, dict[str, Any] | None] = {}
             keyed = [k for k in sorted(pending) if k in latest]
@@ -404,10 +418,18 @@ class Engine:
 
     # -- 6. verification -----------------------------------------------------------------
 
-    async def _verify(self, written: list[_Written]) -> int:
-        """Re-resolve with fresh snapshots; rewrite documents whose references moved."""
+    async def _verify(self, written: list[_Written], cache: SnapshotCache) -> int:
+        """Re-resolve with fresh snapshots; rewrite documents whose references moved.
+
+        Cheap path first: if no snapshot read while resolving has a new `_seq_no`
+        now, every reference written is still current.
+        """
         if not written:
             return 0
+        if cache.seq_nos:
+            now = await self.sink.mget_versions(self.names.entities, list(cache.seq_nos))
+            if all(now.get(doc_id) == seq for doc_id, seq in cache.seq_nos.items()):
+                return 0
         fresh: dict[str, dict[str, Any] | None] = {}
         rewrites = await self._rewrite_refs(list(written), fresh, only_if_changed=True)
         total = len(rewrites)

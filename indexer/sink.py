@@ -16,6 +16,7 @@ from elasticsearch import AsyncElasticsearch, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
 from indexer.metrics import BULK_SECONDS
+from services.documents import format_micros
 from services.errors import TransientError
 from services.es.indices import IndexNames
 
@@ -96,6 +97,22 @@ class Sink:
                 else:
                     found[doc["_id"]] = Got(None, None, None)
         return found
+
+    async def mget_versions(self, index: str, ids: Sequence[str]) -> dict[str, int | None]:
+        """Realtime `_seq_no` of each id (None when missing), without sources."""
+        out: dict[str, int | None] = {}
+        unique = list(dict.fromkeys(ids))
+        for start in range(0, len(unique), self.chunk * 5):
+            part = unique[start : start + self.chunk * 5]
+            try:
+                resp = await self.es.mget(index=index, ids=part, realtime=True, source=False)
+            except (TransportError, EsConnectionError) as exc:
+                raise TransientError(f"mget on {index} failed: {exc}") from exc
+            for doc in resp["docs"]:
+                if "error" in doc:
+                    raise TransientError(f"mget on {index}: {doc['error']}")
+                out[doc["_id"]] = doc["_seq_no"] if doc.get("found") else None
+        return out
 
     async def bulk(self, writes: Sequence[Write]) -> list[ItemResult]:
         """Run the writes in chunks, at most `concurrency` requests at a time.
@@ -183,36 +200,29 @@ class Sink:
         for start in range(0, len(unique), 500):
             part = unique[start : start + 500]
             body: dict[str, Any] = {
-                "size": 0,
+                "size": len(part),
                 "query": {"bool": {"filter": [{"terms": {"key": part}}, {"term": {"live": True}}]}},
+                "sort": [{"created_us": "desc"}, {"id": "desc"}],
+                "collapse": {"field": "key"},
+                "_source": {"excludes": ["fr", "flow", "dep", "tr"]},
                 "aggs": {
                     "by_key": {
                         "terms": {"field": "key", "size": len(part)},
-                        "aggs": {
-                            "latest": {
-                                "top_hits": {
-                                    "size": 1,
-                                    "sort": [{"created_us": "desc"}, {"id": "desc"}],
-                                    "_source": {"excludes": ["fr", "flow", "dep", "tr"]},
-                                }
-                            },
-                            "earliest": {
-                                "top_hits": {
-                                    "size": 1,
-                                    "sort": [{"created_us": "asc"}, {"id": "asc"}],
-                                    "_source": {"includes": ["created", "created_us"]},
-                                }
-                            },
-                        },
+                        "aggs": {"earliest": {"min": {"field": "created_us"}}},
                     }
                 },
+                "track_total_hits": False,
             }
             try:
                 resp = await self.es.search(index=self.names.artifacts, body=body)
             except (TransportError, EsConnectionError) as exc:
                 raise TransientError(f"collection search failed: {exc}") from exc
-            for bucket in resp["aggregations"]["by_key"]["buckets"]:
-                latest = bucket["latest"]["hits"]["hits"][0]["_source"]
-                earliest = bucket["earliest"]["hits"]["hits"][0]["_source"]
-                out[bucket["key"]] = (latest, int(earliest["created_us"]), earliest["created"])
+            earliest = {
+                bucket["key"]: int(bucket["earliest"]["value"])
+                for bucket in resp["aggregations"]["by_key"]["buckets"]
+            }
+            for hit in resp["hits"]["hits"]:
+                latest = hit["_source"]
+                first = earliest[latest["key"]]
+                out[latest["key"]] = (latest, first, format_micros(first))
         return out

@@ -66,6 +66,11 @@ def format_timestamp(value: datetime) -> str:
     return text + "Z"
 
 
+def format_micros(micros: int) -> str:
+    """`format_timestamp` of a count of microseconds since the epoch."""
+    return format_timestamp(_EPOCH + timedelta(microseconds=micros))
+
+
 def to_micros(value: datetime) -> int:
     """Exact microseconds since the epoch."""
     return (value - _EPOCH) // _MICRO
