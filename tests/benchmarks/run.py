@@ -1,0 +1,1178 @@
+"""Benchmarks: indexing throughput, query latency and throughput, freshness, propagation.
+
+``python -m tests.benchmarks.run [--quick] [--scales 100000,1000000]``
+(``make bench-quick`` / ``make bench``). For each scale a seeded dataset from
+``services.datagen`` is published through Kafka to unique topics and indexed by
+the real indexer process into uniquely prefixed indices; the query API runs as
+its own uvicorn process (1 worker); Prefect 3.9.1 serves the same dataset from
+PostgreSQL over HTTP (1 worker, ``tests/benchmarks/prefect_server.py``). Then:
+
+1. initial load: end-to-end events/s (first publish -> every event committed and
+   the API's counts equal the dataset's) vs a raw ``_bulk`` of the same final
+   documents into scratch indices with the same mappings (bulk + refresh timed);
+2. query latency over ``query_mix.json``: (a) this service over HTTP, (b) the same
+   translated request sent straight to Elasticsearch (the ceiling), (c) Prefect,
+   interleaved per iteration; then concurrent throughput for (a) and (c);
+3. freshness at a steady event rate, and fan-out propagation of one flow run's
+   state change to 1,000 (and 10,000) artifacts;
+4. peak RSS of the processes.
+
+Results go to ``docs/benchmarks`` (RESULTS.md, SIZING.md, PNG plots, raw JSON).
+Every loop is bounded in count and time; traffic goes to 127.0.0.1 only.
+Topics, indices and the child processes are removed at the end; the Prefect
+database is kept for reuse (``--drop-prefect-db`` drops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import itertools
+import json
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from query.repository import Repository
+from query.search import build_search_body
+from query.sort import sort_clauses
+from query.translate import translate_artifact_query, translate_collection_query
+from services.config import KafkaSettings
+from services.contract import ENTITIES, encode_event
+from services.datagen import Dataset, DatasetScale, format_timestamp, generate_dataset
+from services.es.indices import IndexNames, index_settings
+from services.events import dataset_records
+from services.prefect.filters import ArtifactFilter
+from services.prefect.requests import (
+    ArtifactCollectionCountRequest,
+    ArtifactCollectionReadRequest,
+    ArtifactCountRequest,
+    ArtifactReadRequest,
+    parse_count_request,
+    parse_read_request,
+)
+from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
+
+HERE = Path(__file__).resolve().parent
+MIX_PATH = HERE / "query_mix.json"
+DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks"
+
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+ES_URL = os.environ.get("ELASTICSEARCH_URL", "http://127.0.0.1:9200").rstrip("/")
+PG_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:55432/postgres")
+LOCAL_PREFIXES = ("127.", "localhost", "[::1]")
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _check_local(address: str) -> None:
+    host = address.split("://", 1)[-1]
+    if not host.startswith(LOCAL_PREFIXES):
+        raise SystemExit(f"benchmarks only load servers on 127.0.0.1: refusing {address}")
+
+
+# ----------------------------------------------------------------------------- options
+
+
+@dataclass
+class Options:
+    quick: bool
+    scales: list[int]
+    seed: int = 7
+    warmup: int = 5
+    measured: int = 30
+    query_budget_s: float = 5.0
+    throughput_s: float = 8.0
+    clients: tuple[int, ...] = (8, 32)
+    fresh: tuple[tuple[int, float], ...] = ((200, 10.0), (1000, 20.0))
+    """(events/s, seconds) of each freshness run: a light one, then the target rate."""
+    idle_timeout_s: float = 120.0
+    propagation: tuple[int, ...] = (1000,)
+    load_timeout_s: float = 600.0
+    prefect_timeout_s: float = 600.0
+    profile: str | None = None
+    out: Path = DEFAULT_OUT
+    drop_prefect_db: bool = False
+
+
+def parse_options(argv: Sequence[str] | None = None) -> Options:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="one scale of 20k, < 5 minutes")
+    parser.add_argument("--scales", help="comma-separated artifact counts (full: 100000,1000000)")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument(
+        "--profile",
+        choices=("api", "indexer"),
+        help="run that process under pyinstrument (text report next to the results)",
+    )
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
+    parser.add_argument("--drop-prefect-db", action="store_true")
+    parser.add_argument(
+        "--report",
+        type=Path,
+        metavar="RESULTS_JSON",
+        help="only regenerate RESULTS.md, SIZING.md and the plots from a results JSON",
+    )
+    args = parser.parse_args(argv)
+    if args.report is not None:
+        from tests.benchmarks import report
+
+        results = json.loads(args.report.read_text())
+        report.write_all(results, args.out)
+        print(report.summary(results))
+        raise SystemExit(0)
+    if args.scales:
+        scales = [int(s.replace("_", "")) for s in args.scales.split(",") if s.strip()]
+    else:
+        scales = [20_000] if args.quick else [100_000, 1_000_000]
+    opts = Options(quick=args.quick, scales=scales, seed=args.seed, profile=args.profile)
+    opts.out = args.out
+    opts.drop_prefect_db = args.drop_prefect_db
+    if not args.quick:
+        opts.warmup, opts.measured, opts.query_budget_s = 5, 30, 60.0
+        opts.throughput_s, opts.fresh = 30.0, ((200, 30.0), (1000, 60.0))
+        opts.idle_timeout_s = 900.0
+        opts.propagation = (1000, 10_000)
+        opts.load_timeout_s, opts.prefect_timeout_s = 3600.0, 3600.0
+    return opts
+
+
+# ----------------------------------------------------------------------------- statistics
+
+
+def pct(values: Sequence[float], q: float) -> float:
+    """The q-quantile (0..1) by linear interpolation; NaN for no values."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    pos = (len(ordered) - 1) * q
+    lo = int(pos)
+    hi = min(lo + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo)
+
+
+def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
+    ms = [s * 1000 for s in seconds]
+    return {
+        "n": len(ms),
+        "p50": round(pct(ms, 0.5), 3),
+        "p95": round(pct(ms, 0.95), 3),
+        "p99": round(pct(ms, 0.99), 3),
+        "mean": round(statistics.fmean(ms), 3) if ms else float("nan"),
+    }
+
+
+# ----------------------------------------------------------------------------- raw ES
+
+
+class Http:
+    """The measuring client: aiohttp (what elasticsearch-py uses), bodies as raw bytes.
+
+    One client library for (a), (b) and (c), so client-side costs are alike; aiohttp
+    costs the shared CPUs less per request than httpx, which matters under load.
+    """
+
+    def __init__(self, connections: int = 64) -> None:
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=connections),
+            timeout=aiohttp.ClientTimeout(total=300),
+        )
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        body: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> tuple[int, bytes]:
+        data = None if body is None else orjson.dumps(body)
+        headers = {"content-type": "application/json"} if data is not None else None
+        async with self.session.request(
+            method, url, data=data, params=params, headers=headers
+        ) as resp:
+            return resp.status, await resp.read()
+
+    async def post_json(self, url: str, body: Any) -> Any:
+        status, raw = await self.request("POST", url, body)
+        if status != 200:
+            raise RuntimeError(f"{url}: {status} {raw[:300]!r}")
+        return orjson.loads(raw)
+
+    async def close(self) -> None:
+        await self.session.close()
+
+
+class RawEs:
+    """The calls `query.repository.Repository` makes, over plain aiohttp + orjson.
+
+    Handing this to `Repository` sends exactly the service's request bodies and
+    `filter_path` to Elasticsearch, without FastAPI, validation or the client library.
+    """
+
+    def __init__(self, http: Http) -> None:
+        self.http = http
+
+    async def _call(self, method: str, path: str, body: Any, params: dict[str, Any]) -> Any:
+        status, raw = await self.http.request(method, ES_URL + path, body, _params(params))
+        if status >= 400:
+            raise RuntimeError(f"Elasticsearch {path}: {status} {raw[:300]!r}")
+        return orjson.loads(raw)
+
+    async def search(self, *, body: Any, index: str | None = None, **params: Any) -> Any:
+        return await self._call("POST", f"/{index}/_search" if index else "/_search", body, params)
+
+    async def count(self, *, index: str, body: Any, **params: Any) -> Any:
+        return await self._call("POST", f"/{index}/_count", body, params)
+
+    async def open_point_in_time(self, *, index: str, **params: Any) -> Any:
+        return await self._call("POST", f"/{index}/_pit", None, params)
+
+    async def close_point_in_time(self, *, id: str, **params: Any) -> Any:  # the client's name
+        return await self._call("DELETE", "/_pit", {"id": id}, params)
+
+
+def _params(params: dict[str, Any]) -> dict[str, str]:
+    """Keyword arguments of the client's API -> URL query parameters."""
+    out = {}
+    for key, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, list | tuple):
+            value = ",".join(map(str, value))
+        out[key] = str(value)
+    return out
+
+
+# ----------------------------------------------------------------------------- query mix
+
+
+@dataclass
+class MixQuery:
+    name: str
+    endpoint: str
+    body: dict[str, Any]
+    join: bool
+    min_matches: int = 0
+
+    @property
+    def collection(self) -> bool:
+        return "/latest/" in self.endpoint
+
+    @property
+    def is_count(self) -> bool:
+        return self.endpoint.endswith("/count")
+
+    def direct(self, repo: Repository) -> Callable[[], Awaitable[Any]]:
+        """(b): translate once, as query/app.py does, and return the repository call."""
+        coll = self.collection
+        translate = translate_collection_query if coll else translate_artifact_query
+        if self.is_count:
+            creq = parse_count_request(
+                ArtifactCollectionCountRequest if coll else ArtifactCountRequest, self.body
+            )
+            q = translate(
+                creq.artifacts, creq.flow_runs, creq.task_runs, creq.flows, creq.deployments
+            )
+            return lambda: repo.count(q, coll)
+        rreq = parse_read_request(
+            ArtifactCollectionReadRequest if coll else ArtifactReadRequest,
+            self.body,
+            default_limit=200,
+        )
+        q = translate(rreq.artifacts, rreq.flow_runs, rreq.task_runs, rreq.flows, rreq.deployments)
+        sort = sort_clauses(rreq.sort, collection=coll)
+        return lambda: repo.search(q, sort, rreq.offset, rreq.limit, coll)
+
+
+def load_mix() -> list[MixQuery]:
+    raw = json.loads(MIX_PATH.read_text())
+    return [MixQuery(**q) for q in raw["queries"]]
+
+
+# ----------------------------------------------------------------------------- kafka
+
+
+def kafka_settings(prefix: str) -> KafkaSettings:
+    return KafkaSettings(bootstrap_servers=KAFKA, topic_prefix=prefix, group_id=prefix + "indexer")
+
+
+async def create_topics(kafka: KafkaSettings) -> list[str]:
+    topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.create_topics([NewTopic(t, kafka.partitions, 1) for t in topics])
+    finally:
+        await admin.close()
+    return topics
+
+
+async def delete_topics(topics: list[str]) -> None:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        await admin.delete_topics(topics)
+    finally:
+        await admin.close()
+
+
+async def make_producer() -> AIOKafkaProducer:
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, acks="all", linger_ms=5, max_batch_size=262_144
+    )
+    await producer.start()
+    return producer
+
+
+async def publish(
+    producer: AIOKafkaProducer, kafka: KafkaSettings, records: Sequence[tuple[str, bytes, Any]]
+) -> None:
+    pending = []
+    for entity, key, value in records:
+        pending.append(await producer.send(kafka.topic_for(entity), value=value, key=key))
+        if len(pending) >= 5000:
+            await asyncio.gather(*pending)
+            pending.clear()
+    await asyncio.gather(*pending)
+
+
+async def lag(kafka: KafkaSettings, admin: AIOKafkaAdminClient, ends: dict[Any, int]) -> int:
+    committed = await admin.list_consumer_group_offsets(kafka.group_id)
+    total = 0
+    for tp, end in ends.items():
+        meta = committed.get(tp)
+        total += max(end - (meta.offset if meta is not None and meta.offset >= 0 else 0), 0)
+    return total
+
+
+async def end_offsets(topics: list[str]) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await consumer.start()
+    try:
+        tps = [
+            TopicPartition(t, p)
+            for t in topics
+            for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+        ]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+    for _ in range(50):
+        await consumer._client.force_metadata_update()  # no public way to wait for metadata
+        parts = consumer.partitions_for_topic(topic)
+        if parts:
+            return set(parts)
+        await asyncio.sleep(0.1)
+    raise RuntimeError(f"no partitions for {topic}")
+
+
+# ----------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Stack:
+    """What one scale runs against."""
+
+    n: int
+    prefix: str
+    kafka: KafkaSettings
+    names: IndexNames
+    topics: list[str]
+    api: Child
+    indexer: Child
+    prefect: Child
+    api_url: str
+    prefect_url: str
+    children: list[Child] = field(default_factory=list)
+
+
+def artifact_event(art: dict[str, Any], version: int) -> tuple[str, bytes, bytes]:
+    return (
+        "artifact",
+        art["id"].encode(),
+        encode_event("artifact", art["id"], "upsert", version, art),
+    )
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
+
+
+async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str, Any]:
+    result: dict[str, Any] = {"artifacts": n}
+    prefix = f"bench-{n}-{uuid.uuid4().hex[:8]}"
+    log_dir = REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
+    _log(f"scale {n:,}: generating the dataset (seed {opts.seed})")
+    started = time.perf_counter()
+    dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
+    records = dataset_records(dataset, opts.seed)
+    collections = len(dataset.collections())
+    result["dataset"] = {
+        "flows": len(dataset.flows),
+        "deployments": len(dataset.deployments),
+        "flow_runs": len(dataset.flow_runs),
+        "task_runs": len(dataset.task_runs),
+        "artifacts": len(dataset.artifacts),
+        "collections": collections,
+        "deleted": sum(len(v) for v in dataset.deleted.values()),
+        "events": len(records),
+        "event_bytes": sum(len(v) for _, _, v in records if v is not None),
+        "generate_s": round(time.perf_counter() - started, 2),
+    }
+    _log(f"  {len(records):,} events, {collections:,} collections")
+
+    # (c) Prefect first, so that its load does not compete with the indexer's
+    prefect_port = free_port()
+    prefect = Child(
+        "prefect",
+        [
+            "-m",
+            "tests.benchmarks.prefect_server",
+            "--seed",
+            str(opts.seed),
+            "--artifacts",
+            str(n),
+            "--port",
+            str(prefect_port),
+            "--dsn",
+            PG_DSN,
+        ],
+        {},
+        log_dir,
+    )
+    children = [prefect]
+    kafka = kafka_settings(prefix + ".")
+    names = IndexNames(prefix + "-")
+    topics: list[str] = []
+    try:
+        _log("  Prefect 3.9.1: preparing PostgreSQL and starting the server")
+        t0 = time.perf_counter()
+        await wait_http_ok(
+            prefect, f"http://127.0.0.1:{prefect_port}/api/health", opts.prefect_timeout_s
+        )
+        result["prefect_setup"] = {
+            "seconds": round(time.perf_counter() - t0, 1),
+            **_prefect_info(prefect),
+        }
+        _log(f"  Prefect ready in {time.perf_counter() - t0:.1f}s {result['prefect_setup']}")
+
+        topics = await create_topics(kafka)
+        env = {
+            "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+            "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+            "KAFKA_GROUP_ID": kafka.group_id,
+            "ELASTICSEARCH_URL": ES_URL,
+            "ELASTICSEARCH_INDEX_PREFIX": names.prefix,
+            "INDEXER_METRICS_PORT": "0",
+        }
+        api_port = free_port()
+        api = Child(
+            "api",
+            ["-m", "services.cli", "api", "--port", str(api_port)],
+            env,
+            log_dir,
+            profile_to=opts.out / f"profile-api-{n}.txt" if opts.profile == "api" else None,
+        )
+        indexer = Child(
+            "indexer",
+            ["-m", "services.cli", "indexer"],
+            env,
+            log_dir,
+            profile_to=opts.out / f"profile-indexer-{n}.txt" if opts.profile == "indexer" else None,
+        )
+        children += [api, indexer]
+        stack = Stack(
+            n=n,
+            prefix=prefix,
+            kafka=kafka,
+            names=names,
+            topics=topics,
+            api=api,
+            indexer=indexer,
+            prefect=prefect,
+            api_url=f"http://127.0.0.1:{api_port}/api",
+            prefect_url=f"http://127.0.0.1:{prefect_port}/api",
+        )
+        await wait_http_ok(api, stack.api_url + "/health", 60)
+        async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
+            result["load"] = await initial_load(stack, dataset, records, http, opts)
+            result["ceiling"] = await bulk_ceiling(
+                stack, http, result["load"]["seconds"], len(records)
+            )
+            mix = load_mix()
+            result["latency"] = await latency(stack, mix, http, opts)
+            result["throughput"] = await throughput(stack, mix, opts, result["latency"])
+            result["freshness"] = {}
+            for rate, seconds in opts.fresh:
+                result["freshness"][str(rate)] = await freshness(
+                    stack, dataset, http, opts, rate, seconds
+                )
+            result["propagation"] = await propagation(stack, dataset, http, opts)
+        result["rss_mib"] = {c.name: c.peak_rss_mib() for c in children}
+        _log(f"  peak RSS (MiB): {result['rss_mib']}")
+    finally:
+        for child in reversed(children):
+            child.stop()
+        with contextlib.suppress(Exception):
+            if topics:
+                await delete_topics(topics)
+        async with httpx.AsyncClient(timeout=60) as http:
+            with contextlib.suppress(httpx.HTTPError):
+                await http.delete(
+                    f"{ES_URL}/{names.prefix}*",
+                    params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+                )
+        if opts.drop_prefect_db:
+            Child(
+                "prefect-drop",
+                [
+                    *("-m", "tests.benchmarks.prefect_server", "--seed", str(opts.seed)),
+                    *("--artifacts", str(n), "--dsn", PG_DSN, "--drop"),
+                ],
+                {},
+                log_dir,
+            ).proc.wait(120)
+    return result
+
+
+def _prefect_info(child: Child) -> dict[str, Any]:
+    for line in child.log_path.read_text(errors="replace").splitlines():
+        if line.startswith("{") and '"prepared"' in line:
+            info = json.loads(line)
+            info.pop("event", None)
+            return dict(info)
+    return {}
+
+
+# ----------------------------------------------------------------------------- 1. load
+
+
+async def api_count(http: httpx.AsyncClient, url: str, path: str, body: Any) -> int:
+    resp = await http.post(url + path, json=body)
+    resp.raise_for_status()
+    return int(resp.json())
+
+
+async def initial_load(
+    stack: Stack,
+    dataset: Dataset,
+    records: list[tuple[str, bytes, Any]],
+    http: httpx.AsyncClient,
+    opts: Options,
+) -> dict[str, Any]:
+    """Publish everything once the indexer consumes; time until all of it is queryable."""
+    producer = await make_producer()
+    try:
+        # a probe flow (no runs, no artifacts) tells when the consumer group is live
+        probe = str(uuid.uuid4())
+        flow = {
+            "id": probe,
+            "created": "2024-01-01T00:00:00Z",
+            "updated": "2024-01-01T00:00:00Z",
+            "name": f"bench-probe-{probe[:8]}",
+            "tags": [],
+        }
+        await publish(
+            producer,
+            stack.kafka,
+            [("flow", probe.encode(), encode_event("flow", probe, "upsert", 1, flow))],
+        )
+        deadline = time.monotonic() + 120
+        while True:
+            stack.indexer.check()
+            resp = await http.get(f"{ES_URL}/{stack.names.entities}/_doc/flow:{probe}")
+            if resp.status_code == 200 and resp.json().get("found"):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError("the indexer did not consume the probe event in 120s")
+            await asyncio.sleep(0.2)
+        _log(f"  publishing {len(records):,} events; the indexer consumes concurrently")
+        rss_before = stack.indexer.peak_rss_mib()
+        t0 = time.perf_counter()
+        await publish(producer, stack.kafka, records)
+        published = time.perf_counter() - t0
+    finally:
+        await producer.stop()
+    _log(f"  published in {published:.1f}s ({len(records) / published:,.0f} events/s)")
+    ends = await end_offsets(stack.topics[:-1])
+    want_artifacts = len(dataset.artifacts)
+    want_collections = len(dataset.collections())
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    lag_zero_at: float | None = None
+    samples: list[tuple[float, int]] = []
+    try:
+        deadline = t0 + opts.load_timeout_s
+        last_report = 0.0
+        while True:
+            stack.indexer.check()
+            now = time.perf_counter()
+            behind = await lag(stack.kafka, admin, ends)
+            samples.append((round(now - t0, 2), behind))
+            if behind == 0 and lag_zero_at is None:
+                lag_zero_at = now
+            if behind == 0:
+                arts = await api_count(http, stack.api_url, "/artifacts/count", {})
+                colls = await api_count(http, stack.api_url, "/artifacts/latest/count", {})
+                if arts == want_artifacts and colls == want_collections:
+                    done = time.perf_counter()
+                    break
+            if now > deadline:
+                raise TimeoutError(f"not converged after {opts.load_timeout_s:.0f}s (lag {behind})")
+            if now - last_report > 15:
+                _log(f"    {now - t0:.0f}s: {behind:,} events behind")
+                last_report = now
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+    seconds = done - t0
+    out = {
+        "events": len(records),
+        "publish_s": round(published, 2),
+        "publish_events_per_s": round(len(records) / published),
+        "lag_zero_s": round((lag_zero_at or done) - t0, 2),
+        "seconds": round(seconds, 2),
+        "events_per_s": round(len(records) / seconds),
+        "artifacts_per_s": round(want_artifacts / seconds),
+        "indexer_rss_before_mib": rss_before,
+        "lag_samples": samples[:: max(1, len(samples) // 60)],
+    }
+    _log(f"  indexed end-to-end in {seconds:.1f}s: {out['events_per_s']:,} events/s")
+    return out
+
+
+async def _scan(http: httpx.AsyncClient, alias: str) -> list[tuple[str, bytes]]:
+    """Every document of an index as (id, source JSON), via a PIT and search_after."""
+    pit = (await http.post(f"{ES_URL}/{alias}/_pit", params={"keep_alive": "2m"})).json()["id"]
+    docs: list[tuple[str, bytes]] = []
+    after: list[Any] | None = None
+    try:
+        for _ in range(100_000):
+            body: dict[str, Any] = {
+                "size": 5000,
+                "pit": {"id": pit, "keep_alive": "2m"},
+                "sort": [{"_shard_doc": "asc"}],
+                "track_total_hits": False,
+            }
+            if after is not None:
+                body["search_after"] = after
+            resp = await http.post(
+                f"{ES_URL}/_search",
+                content=orjson.dumps(body),
+                headers={"content-type": "application/json"},
+            )
+            hits = orjson.loads(resp.content)["hits"]["hits"]
+            docs.extend((h["_id"], orjson.dumps(h["_source"])) for h in hits)
+            if len(hits) < 5000:
+                break
+            after = hits[-1]["sort"]
+    finally:
+        await http.request("DELETE", f"{ES_URL}/_pit", json={"id": pit})
+    return docs
+
+
+async def bulk_ceiling(
+    stack: Stack, http: httpx.AsyncClient, indexer_seconds: float, events: int
+) -> dict[str, Any]:
+    """Raw `_bulk` of the loaded final documents into fresh indices with the same mappings."""
+    _log("  ceiling: raw _bulk of the final documents into scratch indices")
+    scratch = IndexNames(stack.prefix + "-scratch-")
+    bodies: list[bytes] = []
+    per_index: dict[str, dict[str, Any]] = {}
+    for alias, target in zip(stack.names.all_aliases(), scratch.all_aliases(), strict=True):
+        docs = await _scan(http, alias)
+        concrete = scratch.concrete(target)
+        resp = await http.put(
+            f"{ES_URL}/{concrete}",
+            json={"settings": index_settings(1, 0), "mappings": stack.names.mapping_for(alias)},
+        )
+        resp.raise_for_status()
+        per_index[alias.removeprefix(stack.names.prefix)] = {"docs": len(docs), "scratch": concrete}
+        for start in range(0, len(docs), 1000):
+            lines = []
+            for doc_id, source in docs[start : start + 1000]:
+                lines.append(orjson.dumps({"index": {"_index": concrete, "_id": doc_id}}))
+                lines.append(source)
+            bodies.append(b"\n".join(lines) + b"\n")
+    total_docs = sum(v["docs"] for v in per_index.values())
+    sem = asyncio.Semaphore(2)  # the indexer's default INDEXER_BULK_CONCURRENCY
+
+    async def send(body: bytes) -> None:
+        async with sem:
+            resp = await http.post(
+                f"{ES_URL}/_bulk",
+                content=body,
+                headers={"content-type": "application/x-ndjson"},
+                params={"filter_path": "errors"},
+            )
+            if resp.status_code != 200 or orjson.loads(resp.content).get("errors"):
+                raise RuntimeError(f"bulk failed: {resp.text[:300]}")
+
+    t0 = time.perf_counter()
+    await asyncio.gather(*(send(b) for b in bodies))
+    await http.post(f"{ES_URL}/{scratch.prefix}*/_refresh")
+    seconds = time.perf_counter() - t0
+    # sizes per document on clean, merged indices (for SIZING.md)
+    await http.post(
+        f"{ES_URL}/{scratch.prefix}*/_forcemerge", params={"max_num_segments": "1"}, timeout=600
+    )
+    for info in per_index.values():
+        stats = (await http.get(f"{ES_URL}/{info['scratch']}/_stats/store,docs")).json()
+        prim = stats["indices"][info["scratch"]]["primaries"]
+        info["store_bytes"] = prim["store"]["size_in_bytes"]
+        info["bytes_per_doc"] = round(prim["store"]["size_in_bytes"] / max(info["docs"], 1), 1)
+    loaded = (await http.get(f"{ES_URL}/{stack.names.prefix}*/_stats/store,docs")).json()
+    live_store = {
+        k: {
+            "docs": v["primaries"]["docs"]["count"],
+            "deleted_docs": v["primaries"]["docs"]["deleted"],
+            "store_bytes": v["primaries"]["store"]["size_in_bytes"],
+        }
+        for k, v in loaded["indices"].items()
+        if not k.startswith(scratch.prefix)
+    }
+    await http.delete(f"{ES_URL}/{scratch.prefix}*")
+    out = {
+        "documents": total_docs,
+        "seconds": round(seconds, 2),
+        "documents_per_s": round(total_docs / seconds),
+        "events_per_s_equivalent": round(events / seconds),
+        "indexer_vs_bulk": round(seconds / indexer_seconds, 3),
+        "indices": per_index,
+        "loaded_indices": live_store,
+    }
+    _log(
+        f"  _bulk of {total_docs:,} docs in {seconds:.2f}s; "
+        f"indexer/bulk = {out['indexer_vs_bulk']:.3f}"
+    )
+    return out
+
+
+# ----------------------------------------------------------------------------- 2. queries
+
+
+def _shape(answer: Any) -> Any:
+    return answer if isinstance(answer, int) else len(answer)
+
+
+async def latency(
+    stack: Stack, mix: list[MixQuery], http: httpx.AsyncClient, opts: Options
+) -> dict[str, Any]:
+    """Sequential latency per query, (a)/(b)/(c) interleaved in rotating order."""
+    meter = Http()
+    repo = Repository(RawEs(meter), stack.names, 10_000)  # type: ignore[arg-type]
+    out: dict[str, Any] = {}
+    try:
+        for q in mix:
+            if q.min_matches:
+                base = {k: v for k, v in q.body.items() if k not in ("sort", "offset", "limit")}
+                matches = await api_count(http, stack.api_url, "/artifacts/count", base)
+                if matches < q.min_matches:
+                    out[q.name] = {"skipped": f"{matches} matches < {q.min_matches}"}
+                    continue
+            calls: dict[str, Callable[[], Awaitable[Any]]] = {
+                "a": lambda q=q: meter.post_json(stack.api_url + q.endpoint, q.body),
+                "b": q.direct(repo),
+                "c": lambda q=q: meter.post_json(stack.prefect_url + q.endpoint, q.body),
+            }
+            times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+            shapes: dict[str, Any] = {}
+            order = ["a", "b", "c"]
+            started = time.perf_counter()
+            for i in range(opts.warmup + opts.measured):
+                order = order[1:] + order[:1]
+                for system in order:
+                    t = time.perf_counter()
+                    answer = await calls[system]()
+                    dt = time.perf_counter() - t
+                    if i >= opts.warmup:
+                        times[system].append(dt)
+                    shapes[system] = _shape(answer)
+                measured = i + 1 - opts.warmup
+                if measured >= 5 and time.perf_counter() - started > opts.query_budget_s:
+                    break
+            entry: dict[str, Any] = {
+                "join": q.join,
+                "deep": bool(q.min_matches),
+                "endpoint": q.endpoint,
+                **{s: summary_ms(v) for s, v in times.items()},
+                "answers": shapes,
+                "answers_agree": shapes.get("a") == shapes.get("c") == shapes.get("b"),
+            }
+            entry["a_over_b"] = round(entry["a"]["p50"] / entry["b"]["p50"], 2)
+            entry["c_over_a"] = round(entry["c"]["p50"] / entry["a"]["p50"], 2)
+            out[q.name] = entry
+            _log(
+                f"    {q.name:30s} a p50 {entry['a']['p50']:8.2f}ms  b {entry['b']['p50']:8.2f}ms  "
+                f"c {entry['c']['p50']:9.2f}ms  a/b {entry['a_over_b']:5.2f}  "
+                f"c/a {entry['c_over_a']:7.1f}"
+                + ("" if entry["answers_agree"] else f"  answers differ {shapes}")
+            )
+    finally:
+        await meter.close()
+    return out
+
+
+async def _drive(base: str, usable: list[MixQuery], clients: int, seconds: float) -> dict[str, Any]:
+    """`clients` workers, one connection each, cycling over the mix until the deadline."""
+    times: list[float] = []
+    errors = 0
+    client = Http(connections=clients)
+    try:
+        deadline = time.perf_counter() + seconds
+
+        async def worker(index: int) -> None:
+            nonlocal errors
+            i = index
+            while time.perf_counter() < deadline:
+                q = usable[i % len(usable)]
+                i += 1
+                t = time.perf_counter()
+                try:
+                    status, _ = await client.request("POST", base + q.endpoint, q.body)
+                    ok = status == 200
+                except aiohttp.ClientError:
+                    ok = False
+                if ok:
+                    times.append(time.perf_counter() - t)
+                else:
+                    errors += 1
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(k) for k in range(clients)))
+        elapsed = time.perf_counter() - t0
+    finally:
+        await client.close()
+    return {
+        "requests": len(times),
+        "errors": errors,
+        "seconds": round(elapsed, 2),
+        "rps": round(len(times) / elapsed, 1),
+        **{k: v for k, v in summary_ms(times).items() if k != "n"},
+    }
+
+
+async def throughput(
+    stack: Stack, mix: list[MixQuery], opts: Options, lat: dict[str, Any]
+) -> dict[str, Any]:
+    """N concurrent clients cycling over the mix for a bounded time, for (a) and (c)."""
+    usable = [q for q in mix if "skipped" not in lat.get(q.name, {})]
+    out: dict[str, Any] = {}
+    for clients in opts.clients:
+        for system, base in (("a", stack.api_url), ("c", stack.prefect_url)):
+            entry = await _drive(base, usable, clients, opts.throughput_s)
+            out[f"{system}@{clients}"] = entry
+            _log(
+                f"    {system} x{clients:2d}: {entry['rps']:8.1f} req/s  "
+                f"p50 {entry['p50']:8.1f}ms  p95 {entry['p95']:8.1f}ms  errors {entry['errors']}"
+            )
+    for clients in opts.clients:
+        a, c = out[f"a@{clients}"], out[f"c@{clients}"]
+        out[f"a_over_c@{clients}"] = round(a["rps"] / c["rps"], 2) if c["rps"] else None
+    shallow = [q for q in usable if not q.min_matches]
+    if len(shallow) < len(usable):
+        # the same at the first client count without the deep-offset walk, which
+        # dominates the service's mix (informative; the target uses the whole mix)
+        clients = opts.clients[0]
+        for system, base in (("a", stack.api_url), ("c", stack.prefect_url)):
+            entry = await _drive(base, shallow, clients, opts.throughput_s)
+            out[f"shallow:{system}@{clients}"] = entry
+            _log(
+                f"    {system} x{clients:2d} without deep offsets: {entry['rps']:8.1f} req/s  "
+                f"p95 {entry['p95']:8.1f}ms"
+            )
+        a, c = out[f"shallow:a@{clients}"], out[f"shallow:c@{clients}"]
+        out[f"shallow:a_over_c@{clients}"] = round(a["rps"] / c["rps"], 2) if c["rps"] else None
+    return out
+
+
+class ArtifactFactory:
+    """New artifacts that reference existing flow runs (and their task runs) of the dataset."""
+
+    def __init__(self, dataset: Dataset, seed: int) -> None:
+        self.rng = random.Random(seed)
+        self.runs = [r["id"] for r in dataset.flow_runs]
+        self.tasks: dict[str, list[str]] = {}
+        for task in dataset.task_runs:
+            if task["flow_run_id"] is not None:
+                self.tasks.setdefault(task["flow_run_id"], []).append(task["id"])
+
+    def make(self, key: str, created_us: int, flow_run_id: str | None = None) -> dict[str, Any]:
+        run = flow_run_id or self.runs[self.rng.randrange(len(self.runs))]
+        tasks = self.tasks.get(run)
+        return {
+            "id": str(uuid.UUID(int=self.rng.getrandbits(128), version=4)),
+            "created": format_timestamp(created_us),
+            "updated": format_timestamp(created_us),
+            "key": key,
+            "type": "markdown",
+            "description": "benchmark probe",
+            "data": "# fresh",
+            "metadata_": None,
+            "flow_run_id": run,
+            "task_run_id": tasks[0] if tasks and flow_run_id is None else None,
+        }
+
+
+async def wait_caught_up(stack: Stack, timeout_s: float) -> float:
+    """Wait (bounded) until the indexer has committed everything published so far."""
+    t0 = time.perf_counter()
+    ends = await end_offsets(stack.topics[:-1])
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        while await lag(stack.kafka, admin, ends) > 0:
+            stack.indexer.check()
+            if time.perf_counter() - t0 > timeout_s:
+                raise TimeoutError(f"the indexer did not catch up within {timeout_s:.0f}s")
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+    return time.perf_counter() - t0
+
+
+async def freshness(
+    stack: Stack,
+    dataset: Dataset,
+    http: httpx.AsyncClient,
+    opts: Options,
+    rate: int,
+    seconds: float,
+) -> dict[str, Any]:
+    """Steady rate of new keyed artifacts; produce -> visible to a key `any_` search."""
+    idle = await wait_caught_up(stack, opts.idle_timeout_s)
+    _log(f"  freshness: {rate} events/s for {seconds:.0f}s (caught up after {idle:.1f}s)")
+    factory = ArtifactFactory(dataset, opts.seed + 1)
+    tag = uuid.uuid4().hex[:8]
+    producer = await make_producer()
+    sent: dict[str, float] = {}
+    pending: dict[str, float] = {}
+    seen: dict[str, float] = {}
+    per_tick = max(1, rate // 100)
+    ticks = int(seconds * 100)
+    sending = True
+    saturated: list[float] = []
+    last_seen = [0.0]
+
+    async def sender() -> None:
+        nonlocal sending
+        start = time.perf_counter()
+        counter = 0
+        try:
+            for tick in range(ticks):
+                if len(pending) > rate * 5:  # 5 s behind: saturated, stop adding backlog
+                    saturated.append(time.perf_counter() - start)
+                    break
+                delay = start + tick / 100 - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                for _ in range(per_tick):
+                    key = f"fresh-{tag}-{counter}"
+                    counter += 1
+                    art = factory.make(key, now_us())
+                    record = artifact_event(art, now_us())
+                    t = time.perf_counter()
+                    await producer.send(
+                        stack.kafka.topic_for("artifact"), value=record[2], key=record[1]
+                    )
+                    sent[key] = t
+                    pending[key] = t
+        finally:
+            sending = False
+
+    async def poller() -> None:
+        drain_deadline: float | None = None
+        while True:
+            if not sending:
+                drain_deadline = drain_deadline or time.perf_counter() + 30
+                if not pending or time.perf_counter() > drain_deadline:
+                    return
+            keys = list(itertools.islice(pending, 5000))  # the oldest: sent first
+            if keys:
+                flt = ArtifactFilter.model_validate({"key": {"any_": keys}})
+                q = translate_artifact_query(flt, None, None, None, None)
+                body = build_search_body(
+                    q,
+                    sort_clauses(ArtifactReadRequest().sort, False),
+                    collection=False,
+                    size=len(keys),
+                    from_=0,
+                )
+                body["_source"] = {"includes": ["key"]}
+                resp = await http.post(
+                    f"{ES_URL}/{stack.names.artifacts}/_search",
+                    content=orjson.dumps(body),
+                    headers={"content-type": "application/json"},
+                    params={"filter_path": "hits.hits._source"},
+                )
+                now = time.perf_counter()
+                for hit in orjson.loads(resp.content).get("hits", {}).get("hits", []):
+                    key = hit["_source"]["key"]
+                    if key in pending:
+                        seen[key] = now - pending.pop(key)
+                        last_seen[0] = now
+            await asyncio.sleep(0.05)
+
+    t0 = time.perf_counter()
+    try:
+        await asyncio.gather(sender(), poller())
+        await producer.flush()
+    finally:
+        await producer.stop()
+    send_s = max(sent.values(), default=t0) - t0
+    lat = list(seen.values())
+    out = {
+        "rate_target": rate,
+        "seconds": seconds,
+        "saturated_after_s": round(saturated[0], 1) if saturated else None,
+        "sent": len(sent),
+        "rate_achieved": round(len(sent) / send_s, 1) if send_s else None,
+        "visible_per_s": round(len(seen) / (last_seen[0] - t0), 1) if seen else None,
+        "visible": len(seen),
+        "not_visible_after_30s": len(pending),
+        "p50_s": round(pct(lat, 0.5), 3),
+        "p95_s": round(pct(lat, 0.95), 3),
+        "p99_s": round(pct(lat, 0.99), 3),
+        "max_s": round(max(lat), 3) if lat else None,
+        "poll_interval_s": 0.05,
+    }
+    _log(f"    freshness p50 {out['p50_s']}s p99 {out['p99_s']}s ({len(seen)}/{len(sent)} visible)")
+    return out
+
+
+async def propagation(
+    stack: Stack, dataset: Dataset, http: httpx.AsyncClient, opts: Options
+) -> dict[str, Any]:
+    """One flow run with N artifacts changes state: time until a state filter counts all N."""
+    out: dict[str, Any] = {}
+    factory = ArtifactFactory(dataset, opts.seed + 2)
+    for size in opts.propagation:
+        await wait_caught_up(stack, opts.idle_timeout_s)
+        _log(f"  propagation: one flow run, {size:,} artifacts")
+        template = dict(dataset.flow_runs[0])
+        run_id = str(uuid.uuid4())
+        created = now_us()
+        run = {
+            **template,
+            "id": run_id,
+            "name": f"bench-propagation-{size}",
+            "state_type": "RUNNING",
+            "state_name": "Running",
+            "idempotency_key": None,
+            "parent_task_run_id": None,
+            "created": format_timestamp(created),
+            "updated": format_timestamp(created),
+        }
+        producer = await make_producer()
+        try:
+            version = now_us()
+            records: list[tuple[str, bytes, Any]] = [
+                (
+                    "flow_run",
+                    run_id.encode(),
+                    encode_event("flow_run", run_id, "upsert", version, run),
+                )
+            ]
+            for i in range(size):
+                art = factory.make(f"prop-{run_id[:8]}-{i % 50}", created + i, run_id)
+                records.append(artifact_event(art, version))
+            await publish(producer, stack.kafka, records)
+            by_run = {"flow_runs": {"id": {"any_": [run_id]}}}
+            t_setup = time.perf_counter()
+            while await api_count(http, stack.api_url, "/artifacts/count", by_run) < size:
+                if time.perf_counter() - t_setup > 300:
+                    raise TimeoutError("propagation setup did not converge in 300s")
+                await asyncio.sleep(0.2)
+            setup_s = time.perf_counter() - t_setup
+            done_run = {**run, "state_type": "COMPLETED", "state_name": "Completed"}
+            done_run["updated"] = format_timestamp(now_us())
+            body = {
+                "flow_runs": {"id": {"any_": [run_id]}, "state": {"type": {"any_": ["COMPLETED"]}}}
+            }
+            t0 = time.perf_counter()
+            await producer.send_and_wait(
+                stack.kafka.topic_for("flow_run"),
+                value=encode_event("flow_run", run_id, "upsert", version + 1, done_run),
+                key=run_id.encode(),
+            )
+            acked = time.perf_counter() - t0
+            polls = 0
+            while True:
+                got = await api_count(http, stack.api_url, "/artifacts/count", body)
+                polls += 1
+                if got >= size:
+                    break
+                if time.perf_counter() - t0 > 300:
+                    raise TimeoutError(f"propagation of {size} not done in 300s ({got})")
+                await asyncio.sleep(0.05)
+            seconds = time.perf_counter() - t0
+        finally:
+            await producer.stop()
+        out[str(size)] = {
+            "seconds": round(seconds, 3),
+            "produce_ack_s": round(acked, 3),
+            "setup_s": round(setup_s, 2),
+            "polls": polls,
+        }
+        _log(f"    {size:,} artifacts updated in {seconds:.2f}s")
+    return out
+
+
+# ----------------------------------------------------------------------------- main
+
+
+async def amain(opts: Options) -> dict[str, Any]:
+    from tests.benchmarks import report
+
+    for address in (KAFKA, ES_URL, PG_DSN.split("@")[-1]):
+        _check_local(address)
+    started = time.perf_counter()
+    opts.out.mkdir(parents=True, exist_ok=True)
+    machine = await report.machine_info(ES_URL, PG_DSN)
+    machine["load_avg_start"] = os.getloadavg()
+    _log(f"machine: {machine['nproc']} cpus, {machine['mem_gib']} GiB, {machine['cpu']}")
+    results: dict[str, Any] = {
+        "mode": "quick" if opts.quick else "full",
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "machine": machine,
+        "scales": {},
+    }
+    for n in opts.scales:
+        results["scales"][str(n)] = await run_scale(opts, n, machine)
+    machine["load_avg_end"] = os.getloadavg()
+    results["total_s"] = round(time.perf_counter() - started, 1)
+    opts.out.mkdir(parents=True, exist_ok=True)
+    (opts.out / f"results-{results['mode']}.json").write_text(json.dumps(results, indent=1))
+    report.write_all(results, opts.out)
+    print(report.summary(results), flush=True)
+    return results
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    opts = parse_options(argv)
+    asyncio.run(amain(opts))
+
+
+if __name__ == "__main__":
+    main()
