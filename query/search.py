@@ -74,6 +74,9 @@ def build_search_body(
         "track_total_hits": False,
         "_source": {"includes": list(source_fields(collection))} if with_source else False,
     }
+    if not with_source:
+        # skipped hits need only their sort values: no stored fields, no `_id` loading
+        body["stored_fields"] = "_none_"
     if from_ is not None:
         body["from"] = from_
     if search_after is not None:

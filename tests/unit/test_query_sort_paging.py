@@ -81,6 +81,7 @@ def test_search_body() -> None:
         query, sort, collection=True, size=5, search_after=[1, "x"], with_source=False
     )
     assert walk["search_after"] == [1, "x"] and walk["_source"] is False and "from" not in walk
+    assert walk["stored_fields"] == "_none_"
     coll = build_search_body(query, sort, collection=True, size=1)
     assert coll["_source"] == {"includes": list(COLLECTION_SOURCE_FIELDS)}
     assert "latest_id" in COLLECTION_SOURCE_FIELDS and "latest_id" not in ARTIFACT_SOURCE_FIELDS
