@@ -35,7 +35,10 @@ def _utc(value: datetime) -> datetime:
     """Naive timestamps are taken as UTC; aware ones are converted to UTC."""
     if value.tzinfo is None:
         return value.replace(tzinfo=UTC)
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError as exc:  # e.g. 9999-12-31T23:59:59-05:00: a validation error
+        raise ValueError("timestamp is out of range once converted to UTC") from exc
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
@@ -144,6 +147,12 @@ MAX_INDEXED_STRING_BYTES = 32_766
 Elasticsearch rejects a longer term with a 400 (`immense term`) that no retry can fix, so
 such an event is dead-lettered at parse time (`value_too_large`) instead."""
 
+MAX_DATA_DEPTH = 128
+"""Deepest nesting of arrays/objects in an artifact's `data` (a scalar is depth 0, `[]` is 1).
+
+Deeper values break Python's JSON encoders on the way to Elasticsearch (recursion limit) or
+back out of the API (orjson stops at 254 levels): dead-lettered as `too_deep`."""
+
 INDEXED_STRINGS: dict[str, tuple[str, ...]] = {
     "flow": ("name", "tags"),
     "deployment": ("name", "tags", "work_queue_name"),
@@ -224,6 +233,18 @@ def _describe(exc: ValidationError) -> str:
     return "; ".join(parts)
 
 
+def _depth_exceeds(value: Any, limit: int) -> bool:
+    """Whether arrays/objects nest deeper than `limit` (iterative: no recursion limit)."""
+    stack: list[tuple[Any, int]] = [(value, 1)] if isinstance(value, dict | list) else []
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
+
+
 def _check_indexed_sizes(entity: str, data: BaseModel) -> None:
     for path in INDEXED_STRINGS[entity]:
         value: Any = data
@@ -246,7 +267,7 @@ def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
     Raises `PoisonEventError` for anything the contract says must be
     dead-lettered: bad key, bad JSON, envelope or data validation failures,
     entity/topic or entity_id/key/data.id mismatches, an indexed string longer
-    than `MAX_INDEXED_STRING_BYTES`.
+    than `MAX_INDEXED_STRING_BYTES`, an artifact `data` deeper than `MAX_DATA_DEPTH`.
     """
     entity_id = _canonical_key(key)
     if value is None:
@@ -280,6 +301,10 @@ def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
     if str(data.id) != entity_id:
         raise PoisonEventError("id_mismatch", f"data.id {data.id} differs from the key {entity_id}")
     _check_indexed_sizes(entity, data)
+    if isinstance(data, ArtifactData) and _depth_exceeds(data.data, MAX_DATA_DEPTH):
+        raise PoisonEventError(
+            "too_deep", f"data.data nests arrays/objects deeper than {MAX_DATA_DEPTH} levels"
+        )
     return Event(entity, entity_id, "upsert", envelope.version, data, str(envelope.event_id))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
+
 from services.config import KafkaSettings
 
 
@@ -27,10 +29,26 @@ def producer_kwargs(settings: KafkaSettings) -> dict[str, Any]:
 
 
 def broker_kwargs(settings: KafkaSettings) -> dict[str, Any]:
-    """Keyword arguments for `faststream.kafka.KafkaBroker`."""
+    """Keyword arguments for `faststream.kafka.KafkaBroker`.
+
+    FastStream takes TLS and SASL as one `security` object (it turns it back into the
+    aiokafka arguments `producer_kwargs` gives), not as aiokafka's keyword arguments.
+    """
     kwargs: dict[str, Any] = {"bootstrap_servers": settings.bootstrap_servers}
     sec = _security(settings)
-    if sec["security_protocol"] != "PLAINTEXT":
-        kwargs.update({k: v for k, v in sec.items() if k != "security_protocol"})
-        kwargs["security_protocol"] = sec["security_protocol"]
+    protocol = sec["security_protocol"]
+    if protocol == "PLAINTEXT":
+        return kwargs
+    use_ssl = protocol in ("SSL", "SASL_SSL")
+    context = sec.get("ssl_context")
+    if protocol == "SSL":
+        kwargs["security"] = BaseSecurity(ssl_context=context, use_ssl=True)
+        return kwargs
+    sasl = {"PLAIN": SASLPlaintext, "SCRAM-SHA-256": SASLScram256, "SCRAM-SHA-512": SASLScram512}
+    kwargs["security"] = sasl[sec["sasl_mechanism"]](
+        username=sec["sasl_plain_username"] or "",
+        password=sec["sasl_plain_password"] or "",
+        ssl_context=context,
+        use_ssl=use_ssl,
+    )
     return kwargs
