@@ -13,34 +13,12 @@ from typing import Any
 
 from query.sort import SortClause
 from query.translate import Query
+from services.documents import ARTIFACT_RESPONSE_FIELDS, COLLECTION_RESPONSE_FIELDS
 
-ARTIFACT_SOURCE_FIELDS: tuple[str, ...] = (
-    "id",
-    "created",
-    "updated",
-    "key",
-    "type",
-    "description",
-    "data",
-    "metadata_",
-    "flow_run_id",
-    "task_run_id",
-)
+ARTIFACT_SOURCE_FIELDS: tuple[str, ...] = ARTIFACT_RESPONSE_FIELDS
 """The fields of Prefect's ``Artifact`` response, read from ``_source``."""
 
-COLLECTION_SOURCE_FIELDS: tuple[str, ...] = (
-    "id",
-    "created",
-    "updated",
-    "key",
-    "latest_id",
-    "type",
-    "description",
-    "data",
-    "metadata_",
-    "flow_run_id",
-    "task_run_id",
-)
+COLLECTION_SOURCE_FIELDS: tuple[str, ...] = COLLECTION_RESPONSE_FIELDS
 """The fields of Prefect's ``ArtifactCollection`` response, read from ``_source``."""
 
 

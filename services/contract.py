@@ -11,7 +11,6 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -26,6 +25,7 @@ from pydantic import (
 )
 
 from services.errors import PoisonEventError
+from services.prefect.filters import StateType
 
 ENTITIES: tuple[str, ...] = ("flow", "deployment", "flow_run", "task_run", "artifact")
 EntityName = Literal["flow", "deployment", "flow_run", "task_run", "artifact"]
@@ -42,20 +42,6 @@ def _utc(value: datetime) -> datetime:
 
 
 UtcDatetime = Annotated[datetime, AfterValidator(_utc)]
-
-
-class StateType(StrEnum):
-    """Prefect's run state types."""
-
-    SCHEDULED = "SCHEDULED"
-    PENDING = "PENDING"
-    RUNNING = "RUNNING"
-    COMPLETED = "COMPLETED"
-    FAILED = "FAILED"
-    CANCELLED = "CANCELLED"
-    CRASHED = "CRASHED"
-    PAUSED = "PAUSED"
-    CANCELLING = "CANCELLING"
 
 
 class _Data(BaseModel):
