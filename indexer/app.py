@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, cast
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
 from elasticsearch import AsyncElasticsearch
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -36,6 +36,9 @@ from services.es.indices import IndexNames
 from services.kafka import broker_kwargs, producer_kwargs
 
 log = logging.getLogger("indexer")
+
+DLQ_TRUNCATED_VALUE_BYTES = 65_536
+"""A dead letter refused as too large is re-sent with its value cut to this many bytes."""
 
 
 @dataclass(frozen=True)
@@ -177,12 +180,7 @@ class Indexer:
                     "offset": item.record.offset,
                 },
             )
-            await self._dlq_producer().send_and_wait(
-                self.kafka.dlq_topic,
-                value=item.record.value,
-                key=item.record.key,
-                headers=dlq_headers(item),
-            )
+            await self._dead_letter(item)
             metrics.DLQ.labels(reason=item.reason).inc()
         for event in events:
             metrics.EVENTS.labels(entity=event.entity).inc()
@@ -201,6 +199,47 @@ class Indexer:
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
         self.batches += 1
+
+    async def _dead_letter(self, item: Poison) -> None:
+        """Publish one poison record to the dead-letter topic; never give up silently.
+
+        An exception escaping `handle` would be swallowed by FastStream and the next
+        batch's commit would move past this record. So a record the producer or broker
+        refuses as too large is re-sent truncated (value cut to
+        `DLQ_TRUNCATED_VALUE_BYTES`, key to 1 KiB, without its original headers, with
+        `dlq.truncated` = the original value size), then as headers only; any other Kafka
+        error is retried with backoff, stalling the partition visibly instead.
+        """
+        rec = item.record
+        own = dlq_headers(item)
+        truncated = [*own, ("dlq.truncated", str(len(rec.value or b"")).encode())]
+        attempts: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+            (rec.value, rec.key, own),
+            (
+                None if rec.value is None else rec.value[:DLQ_TRUNCATED_VALUE_BYTES],
+                None if rec.key is None else rec.key[:1024],
+                [h for h in truncated if h[0].startswith("dlq.")],
+            ),
+            (None, None, [h for h in truncated if h[0].startswith("dlq.")]),
+        ]
+        delay = self.settings.retry_initial_s
+        while True:
+            value, key, headers = attempts[0]
+            try:
+                await self._dlq_producer().send_and_wait(
+                    self.kafka.dlq_topic, value=value, key=key, headers=headers
+                )
+                return
+            except MessageSizeTooLargeError:
+                if len(attempts) == 1:
+                    raise
+                log.warning("dead letter too large, re-sending it truncated")
+                attempts.pop(0)
+            except KafkaError as exc:
+                metrics.RETRIES.inc()
+                log.warning("dead-letter publish failed, retrying in %.1fs: %s", delay, exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_s)
 
     async def _apply_with_retry(self, events: list[Event]) -> None:
         delay = self.settings.retry_initial_s
