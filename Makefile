@@ -27,6 +27,9 @@ export ELASTICSEARCH_URL ?= http://127.0.0.1:$(or $(ES_PORT),9200)
 export POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:$(or $(PG_PORT),55432)/postgres
 
 PYTEST_ARGS ?=
+# fast pure tier first, then the server-backed tiers (benchmarks are not tests)
+TEST_TIERS := tests/unit tests/integration tests/e2e tests/ops tests/reliability \
+  tests/conformance tests/faults
 
 .PHONY: help venv servers up down reset test lint bench bench-quick status
 
@@ -84,7 +87,7 @@ reset: down
 test:
 	@$(SERVERS) status all >/dev/null 2>&1 || $(MAKE) --no-print-directory servers
 	$(MAKE) --no-print-directory lint
-	$(PY) -m pytest tests --ignore=tests/benchmarks $(PYTEST_ARGS)
+	$(PY) -m pytest $(TEST_TIERS) $(PYTEST_ARGS)
 
 lint:
 	$(PY) -m ruff format --check .

@@ -1,8 +1,9 @@
 """The query service's composition root: FastAPI routes under `/api`.
 
-Bodies are decoded with orjson and validated by the request models; search
-results come back from Elasticsearch already in Prefect's response shape and
-are serialized with orjson without re-validation. Errors map to Prefect's
+Bodies are decoded with the standard `json` module (as Prefect does: orjson would
+turn integers beyond 64 bits into floats) and validated by the request models;
+search results come back from Elasticsearch already in Prefect's response shape
+and are serialized with orjson without re-validation. Errors map to Prefect's
 statuses: invalid body -> 422, unknown id/key -> 404, Elasticsearch down -> 503.
 """
 
