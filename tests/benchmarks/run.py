@@ -1154,7 +1154,9 @@ async def amain(opts: Options) -> dict[str, Any]:
     results: dict[str, Any] = {
         "mode": "quick" if opts.quick else "full",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
-        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()},
+        "options": {
+            k: (_repo_relative(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+        },
         "machine": machine,
         "scales": {},
     }
@@ -1176,3 +1178,11 @@ def main(argv: Sequence[str] | None = None) -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def _repo_relative(path: Path) -> str:
+    """A path for the results file: relative to the repository when inside it."""
+    try:
+        return str(path.resolve().relative_to(Path(__file__).resolve().parents[2]))
+    except ValueError:
+        return str(path)
