@@ -358,4 +358,4 @@ async def _raw_decoder(msg: Any, original: Any) -> Any:
     return None
 
 
-__all__ = ["Indexer", "KafkaError", "commit_positions", "dlq_headers", "split_batch"]
+__all__ = ["Indexer", "commit_positions", "dlq_headers", "split_batch"]

@@ -18,7 +18,6 @@ from services.documents import (
     artifact_marker,
     artifact_own_fields,
     entity_part,
-    snapshot_id,
 )
 
 
@@ -243,7 +242,6 @@ __all__ = [
     "reduce_events",
     "relation_adds",
     "snapshot_document",
-    "snapshot_id",
     "stored_from_artifact",
     "stored_from_snapshot",
 ]

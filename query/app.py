@@ -244,16 +244,14 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         try:
             parsed = uuid.UUID(artifact_id)
         except ValueError:
-            return await _by_key_fallback(artifact_id)
+            # like Prefect, whose route only matches UUIDs: no route, plain 404
+            return _json({"detail": "Not Found"}, 404)
         try:
             row = await repo.get_artifact(str(parsed))
         except BackendUnavailableError as exc:
             return _json({"detail": str(exc)}, 503)
         REQUESTS.labels("read", "200" if row else "404").inc()
         return _json(row) if row else _json({"detail": "Artifact not found."}, 404)
-
-    async def _by_key_fallback(_: str) -> Response:
-        return _json({"detail": "Not Found"}, 404)
 
     @app.get("/api/artifacts/{key}/latest")
     async def read_latest_artifact(key: str) -> Response:

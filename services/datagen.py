@@ -26,6 +26,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from services.documents import COLLECTION_NAMESPACE as DOCUMENTS_COLLECTION_NAMESPACE
+
 __all__ = [
     "ARTIFACT_TYPES",
     "COLLECTION_NAMESPACE",
@@ -51,8 +53,8 @@ __all__ = [
 JsonDict = dict[str, Any]
 T = TypeVar("T")
 
-#: Namespace of the UUIDv5 collection ids (``uuid5(COLLECTION_NAMESPACE, key)``).
-COLLECTION_NAMESPACE: Final = uuid.UUID("6f0a3a8e-7f5e-4d0b-9a49-3c1b1b0c2a55")
+#: Namespace of the UUIDv5 collection ids: the project's one constant (services/documents.py).
+COLLECTION_NAMESPACE: Final = DOCUMENTS_COLLECTION_NAMESPACE
 
 #: Entity names in dependency order (the order in which a loader inserts them).
 ENTITY_NAMES: Final = ("flow", "deployment", "flow_run", "task_run", "artifact")
