@@ -26,6 +26,7 @@ from faststream.specification import AsyncAPI
 
 from indexer import metrics
 from indexer.engine import Engine
+from indexer.priority import artifact_partitions, hold_artifacts, parent_lag
 from indexer.sink import Sink
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
 from services.contract import EVENT_MODELS, Event, parse_record
@@ -119,6 +120,8 @@ class Indexer:
         self.broker = KafkaBroker(**broker_kwargs(kafka))
         self.stopping = asyncio.Event()
         self.batches = 0
+        self._held_batches = 0
+        self._release: asyncio.Task[None] | None = None
         self._register()
 
     def _register(self) -> None:
@@ -130,6 +133,7 @@ class Indexer:
             ack_policy=AckPolicy.MANUAL,
             max_records=self.settings.max_batch,
             batch_timeout_ms=self.settings.batch_timeout_ms,
+            max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
             max_poll_interval_ms=900_000,
             parser=_raw_parser,
             decoder=_raw_decoder,
@@ -198,7 +202,63 @@ class Indexer:
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+        await self._parents_first(consumer)
         self.batches += 1
+
+    async def _parents_first(self, consumer: AIOKafkaConsumer) -> None:
+        """Pause or resume the artifact partitions (indexer/priority.py)."""
+        if self.settings.parents_first_lag == 0:
+            return
+        assigned = consumer.assignment()
+        lags: dict[str, int] = {}
+        for tp in assigned:
+            if self.entity_by_topic.get(tp.topic) == "artifact":
+                continue
+            highwater = consumer.highwater(tp)
+            if highwater is None:
+                continue
+            try:
+                position = await asyncio.wait_for(consumer.position(tp), timeout=1.0)
+            except (TimeoutError, KafkaError, AssertionError):  # unknown yet: count as caught up
+                continue
+            lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - position, 0)
+        hold = hold_artifacts(
+            parent_lag(lags, self.entity_by_topic),
+            self.settings.parents_first_lag,
+            self._held_batches,
+            self.settings.parents_first_max_batches,
+        )
+        pairs = artifact_partitions(
+            ((tp.topic, tp.partition) for tp in assigned), self.entity_by_topic
+        )
+        artifacts = [TopicPartition(topic, partition) for topic, partition in pairs]
+        if hold:
+            consumer.pause(*artifacts)
+            self._held_batches += 1
+            if self._release is None or self._release.done():
+                self._release = asyncio.create_task(self._release_when_idle(consumer, artifacts))
+        else:
+            consumer.resume(*artifacts)
+            self._held_batches = 0
+        metrics.ARTIFACTS_HELD.set(1 if hold else 0)
+
+    async def _release_when_idle(
+        self, consumer: AIOKafkaConsumer, artifacts: list[TopicPartition]
+    ) -> None:
+        """Resume the artifacts if no batch arrives while they are held.
+
+        The parents' lag counts offsets, and some offsets carry no record (compaction,
+        transaction markers): the lag may then never reach zero by consuming.
+        """
+        idle_s = max(1.0, 10 * self.settings.batch_timeout_ms / 1000)
+        while self._held_batches:
+            seen = self.batches
+            await asyncio.sleep(idle_s)
+            if self._held_batches and self.batches == seen:
+                log.info("no batch while artifacts were held: resuming them")
+                consumer.resume(*artifacts)
+                self._held_batches = 0
+                metrics.ARTIFACTS_HELD.set(0)
 
     async def _dead_letter(self, item: Poison) -> None:
         """Publish one poison record to the dead-letter topic; never give up silently.
@@ -281,6 +341,8 @@ class Indexer:
 
     async def stop(self) -> None:
         """Stop consuming (a batch in flight is not committed), then close clients."""
+        if self._release is not None:
+            self._release.cancel()
         await self.broker.stop()
         if self._producer is not None:
             await self._producer.stop()
@@ -299,6 +361,8 @@ class Indexer:
 
         @app.after_shutdown
         async def _close() -> None:
+            if self._release is not None:
+                self._release.cancel()
             if self._producer is not None:
                 await self._producer.stop()
             await self.es.close()

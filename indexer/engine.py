@@ -6,9 +6,12 @@ The steps, and why no update can be lost, are in docs/propagation.md. In short:
    batch's events onto it (`projection.reduce_events`);
 2. add relation candidates, then write changed snapshots (compare-and-set);
 3. write the batch's artifacts with references resolved from snapshots;
-4. refresh, search the documents whose references depend on a changed entity,
-   re-resolve and write them (compare-and-set);
-5. recompute the collections of touched keys; verify after a refresh;
+4. if a parent entity changed or a collection must be rebuilt: refresh, search
+   the documents whose references depend on a changed entity, re-resolve and
+   write them (compare-and-set);
+5. collections: fold new artifacts into the stored collection (compare-and-set,
+   no search); rebuild from a search, verified after a refresh, the keys an
+   artifact left, was deleted from or moved within (`projection.collection_changes`);
 6. re-resolve every document written above and rewrite any whose references
    changed meanwhile (closes the read-then-write race with concurrent writers).
 
@@ -29,7 +32,8 @@ from indexer.projection import (
     Outcome,
     affected_by,
     artifact_document_own,
-    keys_touched,
+    collection_changes,
+    merge_collection,
     reduce_events,
     relation_adds,
     snapshot_document,
@@ -130,20 +134,21 @@ class Engine:
         lap("artifacts")
 
         affected = Affected()
-        keys: set[str] = set()
         for outcome in outcomes:
             affected_by(outcome, affected)
-            keys |= keys_touched(outcome)
-        if affected.query() is not None or keys:
+        changes = collection_changes(outcomes)
+        if affected.query() is not None or changes.recompute:
             # One refresh serves both the fan-out search and the first collection
-            # aggregation: both must see every artifact acknowledged so far.
+            # aggregation: both must see every artifact acknowledged so far. A batch
+            # of new artifacts only (the steady state) needs no refresh at all.
             await self.sink.refresh(self.names.artifacts, self.names.collections)
         propagated = await self._propagate(affected, cache)
         stats.propagated = len(propagated)
         written += propagated
         lap("propagate")
 
-        collections = await self._collections(keys, cache)
+        collections = await self._collections(changes.recompute, cache)
+        collections += await self._merge_collections(changes.merge, cache)
         stats.collections_written = len(collections)
         written += collections
         lap("collections")
@@ -230,12 +235,23 @@ class Engine:
         for _ in range(MAX_ROUNDS):
             need: set[str] = set()
             out: list[dict[str, Any]] = []
+            # Many artifacts share a flow run or a task run: resolve each side once
+            # per round. Shared results are only ever read (serialized or compared).
+            by_run: dict[str | None, dict[str, Any] | NeedDocs] = {}
+            by_task: dict[str | None, dict[str, Any] | NeedDocs] = {}
             for fr, tr in pairs:
-                refs = resolve_refs(fr, tr, cache)
-                if isinstance(refs, NeedDocs):
-                    need |= refs.ids
-                else:
-                    out.append(refs)
+                run = by_run.get(fr)
+                if run is None:
+                    run = by_run[fr] = resolve_refs(fr, None, cache)
+                task = by_task.get(tr)
+                if task is None:
+                    task = by_task[tr] = resolve_refs(None, tr, cache)
+                if isinstance(run, NeedDocs):
+                    need |= run.ids
+                if isinstance(task, NeedDocs):
+                    need |= task.ids
+                if not isinstance(run, NeedDocs) and not isinstance(task, NeedDocs):
+                    out.append({**run, "tr": task["tr"]})
             if not need:
                 return out
             got = await self.sink.mget(self.names.entities, sorted(need))
@@ -415,6 +431,62 @@ class Engine:
             # overwrites them later verifies its own write after such a refresh.
             pending = {key_of[w.doc_id] for w in writes}
         raise ConflictError("collections did not settle")
+
+    async def _merge_collections(
+        self, merge: dict[str, list[dict[str, Any]]], cache: dict[str, dict[str, Any] | None]
+    ) -> list[_Written]:
+        """Fold new live artifacts into their stored collections (compare-and-set).
+
+        No search, so no refresh: the stored collection already summarizes every
+        artifact merged or recomputed before it was read, and a concurrent writer's
+        change between our read and our write makes the write conflict and re-run.
+        """
+        written: list[_Written] = []
+        pending = dict(merge)
+        for _ in range(MAX_ROUNDS):
+            if not pending:
+                return written
+            ids = {key: collection_id(key) for key in pending}
+            current = await self.sink.mget(self.names.collections, list(ids.values()))
+            planned: list[tuple[str, dict[str, Any], bool]] = []
+            for key, candidates in pending.items():
+                own, new_latest = merge_collection(current[ids[key]].source, candidates)
+                planned.append((key, own, new_latest))
+            pairs = [
+                (own.get("flow_run_id"), own.get("task_run_id")) if new_latest else (None, None)
+                for _, own, new_latest in planned
+            ]
+            refs = await self._resolve(pairs, cache)
+            writes: list[Write] = []
+            for (key, own, new_latest), ref in zip(planned, refs, strict=True):
+                got = current[ids[key]]
+                stored = got.source or {}
+                desired = with_refs(own, ref if new_latest else refs_of(stored))
+                if desired == got.source:
+                    continue
+                writes.append(
+                    Write(self.names.collections, ids[key], desired, got.seq_no, got.primary_term)
+                )
+            results = await self.sink.bulk(writes)
+            self._raise_for_errors(results, ignore={409})
+            retry: dict[str, list[dict[str, Any]]] = {}
+            for write, result in zip(writes, results, strict=True):
+                assert write.source is not None
+                key = str(write.source["key"])
+                if result.status == 409:
+                    retry[key] = pending[key]
+                else:
+                    written.append(
+                        _Written(
+                            write.index,
+                            write.doc_id,
+                            write.source,
+                            result.seq_no,
+                            result.primary_term,
+                        )
+                    )
+            pending = retry
+        raise ConflictError("collection merges kept conflicting")
 
     # -- 6. verification -----------------------------------------------------------------
 

@@ -22,3 +22,7 @@ FANOUT_DOCUMENTS = Histogram(
     buckets=(0, 1, 10, 100, 1000, 10_000, 100_000),
 )
 FANOUT_SECONDS = Histogram("indexer_fanout_seconds", "Time spent in fan-out per batch")
+ARTIFACTS_HELD = Gauge(
+    "indexer_artifacts_held",
+    "1 while the artifact partitions are paused so that parents are indexed first",
+)

@@ -17,7 +17,9 @@ from services.contract import ArtifactData, Event
 from services.documents import (
     artifact_marker,
     artifact_own_fields,
+    collection_own_fields,
     entity_part,
+    strip_refs,
 )
 
 
@@ -200,13 +202,71 @@ def affected_by(outcome: Outcome, affected: Affected) -> None:
             affected.add("fr.flow_id", part.get("flow_id"))
 
 
-def keys_touched(outcome: Outcome) -> set[str]:
-    """Artifact keys whose collection may change because of this artifact outcome."""
-    if outcome.entity != "artifact" or not outcome.effective:
-        return set()
-    keys = _keys(outcome.before) | _keys(outcome.after)
-    keys.discard(None)
-    return {k for k in keys if k is not None}
+@dataclass(slots=True)
+class CollectionChanges:
+    """How a batch's artifact outcomes change collections.
+
+    `merge`: key -> live artifact documents to fold into the stored collection
+    (an insert or an in-place update: the latest can only move forward, the
+    earliest only back). `recompute`: keys whose collection must be rebuilt from
+    a search over the artifacts (an artifact left the key, was deleted, or moved
+    in time; or its stored document records earlier keys).
+    """
+
+    merge: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    recompute: set[str] = field(default_factory=set)
+
+
+def collection_changes(outcomes: Iterable[Outcome]) -> CollectionChanges:
+    """Split the keys touched by the batch's artifact outcomes into merges and rebuilds."""
+    changes = CollectionChanges()
+    for outcome in outcomes:
+        if outcome.entity != "artifact" or not outcome.effective:
+            continue
+        after = _part(outcome.after)
+        after_key = after.get("key")
+        before = _part(outcome.before)
+        for key in _keys(outcome.before):
+            if key is None:
+                continue
+            stays = (
+                key == after_key
+                and before.get("key") == key
+                and before.get("created_us") == after.get("created_us")
+                and key not in before.get("prev_keys", ())
+            )
+            if not stays:
+                changes.recompute.add(key)
+        if after_key is not None:
+            changes.merge.setdefault(after_key, []).append(after)
+    for key in changes.recompute:
+        changes.merge.pop(key, None)
+    return changes
+
+
+def merge_collection(
+    current: dict[str, Any] | None, candidates: list[dict[str, Any]]
+) -> tuple[dict[str, Any], bool]:
+    """The collection's own fields after folding in live artifacts of its key.
+
+    `current` is the stored collection document (None when absent). Returns the
+    own fields (no references) and whether the latest artifact changed, in which
+    case the references must be resolved from the new latest's run ids; otherwise
+    the stored references stay valid.
+    """
+    best = max(candidates, key=lambda doc: (doc["created_us"], doc["id"]))
+    first = min(candidates, key=lambda doc: doc["created_us"])
+    if current is None:
+        return collection_own_fields(best, first["created"], first["created_us"]), True
+    if first["created_us"] < current["created_us"]:
+        earliest, earliest_us = first["created"], first["created_us"]
+    else:
+        earliest, earliest_us = current["created"], current["created_us"]
+    if (best["created_us"], best["id"]) >= (current["updated_us"], current["latest_id"]):
+        return collection_own_fields(best, earliest, earliest_us), True
+    own = strip_refs(current)
+    own["created"], own["created_us"] = earliest, earliest_us
+    return own, False
 
 
 def stored_from_snapshot(
@@ -234,11 +294,13 @@ def stored_from_artifact(
 
 __all__ = [
     "Affected",
+    "CollectionChanges",
     "Outcome",
     "Stored",
     "affected_by",
     "artifact_document_own",
-    "keys_touched",
+    "collection_changes",
+    "merge_collection",
     "reduce_events",
     "relation_adds",
     "snapshot_document",

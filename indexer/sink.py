@@ -68,6 +68,10 @@ class Write:
         return [{op: meta}, self.source]
 
 
+# Only what a result needs: a bulk response is otherwise several times larger.
+BULK_FILTER_PATH = "items.*._id,items.*.status,items.*._seq_no,items.*._primary_term,items.*.error"
+
+
 class Sink:
     """Thin async wrapper over the Elasticsearch client for the indexer."""
 
@@ -136,7 +140,9 @@ class Sink:
             body.extend(write.action())
         try:
             with BULK_SECONDS.time():
-                resp = await self.es.bulk(operations=body, refresh=False)
+                resp = await self.es.bulk(
+                    operations=body, refresh=False, filter_path=BULK_FILTER_PATH
+                )
         except (TransportError, EsConnectionError) as exc:
             raise TransientError(f"bulk failed: {exc}") from exc
         results: list[ItemResult] = []

@@ -90,11 +90,19 @@ class IndexerSettings(BaseSettings):
 
     max_batch: int = Field(default=2000, ge=1)
     batch_timeout_ms: int = Field(default=100, ge=1)
+    # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at
+    # most this much of each partition, so it also sets how topics interleave.
+    max_partition_fetch_bytes: int = Field(default=1_048_576, ge=1024)
     bulk_concurrency: int = Field(default=2, ge=1)
     bulk_chunk: int = Field(default=1000, ge=1)
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=10.0, gt=0)
     max_event_bytes: int = Field(default=1_000_000, ge=1024)
+    # Parents first (indexer/priority.py): pause the artifact partitions while the
+    # other topics lag by more than this many records (0 disables), for at most
+    # `parents_first_max_batches` consecutive batches.
+    parents_first_lag: int = Field(default=5_000, ge=0)
+    parents_first_max_batches: int = Field(default=50, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 
@@ -108,7 +116,9 @@ class QuerySettings(BaseSettings):
     port: int = Field(default=4200, ge=1, le=65535)
     default_limit: int = Field(default=200, ge=1)
     max_body_bytes: int = Field(default=1_000_000, ge=1024)
-    max_result_window: int = Field(default=10_000, ge=1)
+    # Deepest `offset + limit` answered by one search; at most the indices' own
+    # `max_result_window` (services/es/indices.py), deeper pages use search_after.
+    max_result_window: int = Field(default=50_000, ge=1)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
 

@@ -8,6 +8,7 @@ returns the ids it needs instead, so an adapter can fetch them and call again.
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -59,11 +60,8 @@ Doc = dict[str, Any]
 
 def format_timestamp(value: datetime) -> str:
     """Prefect's JSON form of a timestamp: UTC, `Z`, microseconds only when non-zero."""
-    value = value.astimezone(UTC)
-    text = value.strftime("%Y-%m-%dT%H:%M:%S")
-    if value.microsecond:
-        text += f".{value.microsecond:06d}"
-    return text + "Z"
+    # isoformat of a naive value omits a zero microsecond part, as Prefect does
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
 
 
 def format_micros(micros: int) -> str:
@@ -84,6 +82,7 @@ def ascii_lower(value: str) -> str:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+@functools.lru_cache(maxsize=65536)
 def collection_id(key: str) -> str:
     """The derived id of the collection of `key`."""
     return str(uuid.uuid5(COLLECTION_NAMESPACE, key))

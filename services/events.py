@@ -103,3 +103,13 @@ def dataset_events(seed: int, artifacts: int) -> list[Record]:
     """The demo stream: a seeded dataset of `artifacts` artifacts, in random order."""
     dataset = generate_dataset(seed, DatasetScale.for_artifacts(artifacts))
     return dataset_records(dataset, seed)
+
+
+def dependency_order(records: list[Record]) -> list[Record]:
+    """The same records grouped by entity in dependency order (as a backfill sends them).
+
+    Flows, then deployments, flow runs, task runs and artifacts; the relative order
+    of records of one entity type (and so of each key) is kept.
+    """
+    rank = {entity: i for i, entity in enumerate(ENTITIES)}
+    return sorted(records, key=lambda record: rank[record[0]])

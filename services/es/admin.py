@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from elasticsearch import AsyncElasticsearch, BadRequestError
 
-from services.es.indices import IndexNames, index_settings
+from services.es.indices import MAX_RESULT_WINDOW, IndexNames, index_settings
 
 
 async def ensure_indices(
@@ -14,6 +14,10 @@ async def ensure_indices(
     created = []
     for alias in names.all_aliases():
         if await es.indices.exists_alias(name=alias):
+            # indices made by an earlier release may have a smaller window (dynamic)
+            await es.indices.put_settings(
+                index=alias, settings={"index": {"max_result_window": MAX_RESULT_WINDOW}}
+            )
             continue
         index = names.concrete(alias)
         try:

@@ -170,11 +170,19 @@ class IndexNames:
 _KINDS = ("artifacts", "collections", "entities")
 
 
+MAX_RESULT_WINDOW = 50_000
+"""`from + size` allowed by the indices (Elasticsearch's default is 10 000).
+
+Prefect pages with OFFSET: up to this depth one search answers (each shard keeps a
+queue of `from + size` sort keys, a few MiB at most); deeper pages are walked with
+`search_after` under a point in time (query/paging.py)."""
+
+
 def index_settings(shards: int, replicas: int) -> dict[str, Any]:
     """Settings for every index: sized by configuration, 1 s refresh."""
     return {
         "number_of_shards": shards,
         "number_of_replicas": replicas,
         "refresh_interval": "1s",
-        "max_result_window": 10_000,
+        "max_result_window": MAX_RESULT_WINDOW,
     }

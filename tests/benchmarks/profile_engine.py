@@ -19,27 +19,30 @@ import uuid
 from collections import defaultdict
 from pathlib import Path
 
-from elasticsearch import AsyncElasticsearch
-
 from indexer.engine import Engine
 from indexer.sink import Sink
+from services.config import ElasticsearchSettings
 from services.contract import parse_record
 from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
+from services.es.client import make_es_client
 from services.es.indices import IndexNames
-from services.events import dataset_records
+from services.events import dataset_records, dependency_order
 
 ES_URL = os.environ.get("ELASTICSEARCH_URL", "http://127.0.0.1:9200")
 
 
-async def run(artifacts: int, batch: int, out: Path | None) -> None:
+async def run(artifacts: int, batch: int, out: Path | None, order: str = "random") -> None:
     from pyinstrument import Profiler
 
     if not ES_URL.split("://", 1)[-1].startswith(("127.", "localhost")):
         raise SystemExit("profiles run against a local Elasticsearch only")
     dataset = generate_dataset(7, DatasetScale.for_artifacts(artifacts))
-    events = [parse_record(e, k, v) for e, k, v in dataset_records(dataset, 7)]
-    es = AsyncElasticsearch(ES_URL, request_timeout=60)
+    records = dataset_records(dataset, 7)
+    if order == "dependency":
+        records = dependency_order(records)
+    events = [parse_record(e, k, v) for e, k, v in records]
+    es = make_es_client(ElasticsearchSettings(url=ES_URL, request_timeout_s=60))
     names = IndexNames(f"prof-{uuid.uuid4().hex[:8]}-")
     await ensure_indices(es, names)
     engine = Engine(Sink(es, names, 1000))
@@ -76,9 +79,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--artifacts", type=int, default=5000)
     parser.add_argument("--batch", type=int, default=2000, help="events per batch")
+    parser.add_argument("--order", choices=("random", "dependency"), default="random")
     parser.add_argument("--out", type=Path, help="write the profile here instead of stdout")
     args = parser.parse_args()
-    asyncio.run(run(args.artifacts, args.batch, args.out))
+    asyncio.run(run(args.artifacts, args.batch, args.out, args.order))
 
 
 if __name__ == "__main__":

@@ -7,7 +7,8 @@ Python, from Prefect's rules (one sort column, PostgreSQL's NULL placement,
 UUIDs and keys in byte order) plus the service's documented tie-breaker, ``id``
 descending (``query.sort``). Every page must be exactly its slice of that order:
 deep pages with a small configured window (walk of many PIT pages), deep pages
-with the real 10,000 window, consecutive pages across the from/size -> walk
+with Elasticsearch's default 10,000 window and with the service's default (one
+from/size search up to 50,000), consecutive pages across the from/size -> walk
 boundary (no overlap, no gap), ``limit`` 0 and offsets past the end.
 """
 
@@ -34,7 +35,7 @@ from services.es.indices import IndexNames
 
 COUNT = 25_000
 SMALL_WINDOW = 1_000
-REAL_WINDOW = 10_000
+ES_DEFAULT_WINDOW = 10_000
 SORTS = ("ID_DESC", "CREATED_DESC", "UPDATED_DESC", "KEY_DESC", "KEY_ASC")
 KEYS = ("a", "a-b", "a_b", "B", "b", "z", "é", "ü", "\ue000", "😀", "key with space", "Z-9")
 BASE = datetime(2024, 1, 1, tzinfo=UTC)
@@ -139,20 +140,35 @@ async def test_deep_offsets_with_a_small_window(
 
 
 @pytest.mark.parametrize("sort", SORTS)
-async def test_deep_offsets_with_the_real_window(
+async def test_deep_offsets_with_elasticsearchs_default_window(
     deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, sort: str
 ) -> None:
     docs, prefix = deep
     want = expected_order(docs, sort)
-    async with _client(elasticsearch_url, prefix, REAL_WINDOW) as client:
+    async with _client(elasticsearch_url, prefix, ES_DEFAULT_WINDOW) as client:
         for offset in (12_000, 9_800, 9_900, 9_950, 24_999):
             body = {"sort": sort, "offset": offset, "limit": 200}
-            label = f"window {REAL_WINDOW} offset {offset} {sort}" if offset == 12_000 else ""
+            label = f"window {ES_DEFAULT_WINDOW} offset {offset} {sort}" if offset == 12_000 else ""
+            assert await _page(client, body, label) == want[offset : offset + 200], offset
+
+
+@pytest.mark.parametrize("sort", ["KEY_ASC", "CREATED_DESC"])
+async def test_deep_offsets_with_the_default_window(
+    deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, sort: str
+) -> None:
+    docs, prefix = deep
+    want = expected_order(docs, sort)
+    window = QuerySettings().max_result_window
+    assert window > COUNT  # every offset of this index is one from/size search
+    async with _client(elasticsearch_url, prefix, window) as client:
+        for offset in (12_000, 24_800, 24_999):
+            body = {"sort": sort, "offset": offset, "limit": 200}
+            label = f"window {window} offset {offset} {sort}" if offset == 12_000 else ""
             assert await _page(client, body, label) == want[offset : offset + 200], offset
 
 
 @pytest.mark.parametrize(
-    ("window", "start"), [(SMALL_WINDOW, 400), (REAL_WINDOW, 9_400), (SMALL_WINDOW, 19_600)]
+    ("window", "start"), [(SMALL_WINDOW, 400), (ES_DEFAULT_WINDOW, 9_400), (SMALL_WINDOW, 19_600)]
 )
 @pytest.mark.parametrize("sort", ["CREATED_DESC", "KEY_DESC", "KEY_ASC"])
 async def test_consecutive_pages_cross_the_boundary_without_overlap_or_gap(
@@ -188,7 +204,7 @@ async def test_deep_pages_under_a_filter(
         assert count.json() == len(want)
 
 
-@pytest.mark.parametrize("window", [SMALL_WINDOW, REAL_WINDOW])
+@pytest.mark.parametrize("window", [SMALL_WINDOW, ES_DEFAULT_WINDOW])
 async def test_limit_zero_and_offsets_past_the_end(
     deep: tuple[list[dict[str, Any]], str], elasticsearch_url: str, window: int
 ) -> None:

@@ -8,8 +8,10 @@ clean in-order stream, and those documents must hold what the dataset says
 
 from __future__ import annotations
 
+import asyncio
 import random
 import uuid
+import zlib
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch
@@ -95,4 +97,60 @@ async def test_noisy_streams_converge_to_the_in_order_result(
     finally:
         for names, _, _ in runs:
             await drop_indices(es, names)
+        await es.close()
+
+
+async def _load_concurrently(
+    es: AsyncElasticsearch, names: IndexNames, records: list[Any], rng: random.Random, writers: int
+) -> None:
+    """Like Kafka partitions: records split by key (per-key order kept), one engine each,
+    all applying their batches at the same time against the same indices."""
+    parts: list[list[Any]] = [[] for _ in range(writers)]
+    for record in records:
+        parts[zlib.crc32(record[1]) % writers].append(parse_record(*record))
+    sizes = [[rng.choice([3, 40, 300]) for _ in range(len(part))] for part in parts]
+
+    async def run(events: list[Any], batch_sizes: list[int]) -> None:
+        engine = Engine(Sink(es, names))
+        start = 0
+        for size in batch_sizes:
+            if start >= len(events):
+                return
+            await engine.apply(events[start : start + size])
+            start += size
+
+    async with asyncio.TaskGroup() as group:  # a failing writer cancels the others
+        for part, batch_sizes in zip(parts, sizes, strict=True):
+            group.create_task(run(part, batch_sizes))
+    await es.indices.refresh(index=",".join(names.all_aliases()))
+
+
+@settings(
+    max_examples=3,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(seed=st.integers(min_value=0, max_value=10_000), order=st.integers(0, 10_000))
+async def test_concurrent_writers_converge_to_the_in_order_result(
+    elasticsearch_url: str, seed: int, order: int
+) -> None:
+    """Three engines racing on shared indices (compare-and-set, merges, rebuilds, fan-out)
+    end with the documents of one engine fed the clean stream."""
+    dataset = generate_dataset(seed, DatasetScale.tiny())
+    es = AsyncElasticsearch(elasticsearch_url)
+    clean_names = IndexNames(f"cv-{uuid.uuid4().hex[:8]}-")
+    racing_names = IndexNames(f"cv-{uuid.uuid4().hex[:8]}-")
+    try:
+        await ensure_indices(es, clean_names)
+        await _load(es, clean_names, dataset_records(dataset, 0, NONE), random.Random(0))
+        await ensure_indices(es, racing_names)
+        records = dataset_records(dataset, order, HARD)
+        await _load_concurrently(es, racing_names, records, random.Random(order), writers=3)
+        for kind in ("artifacts", "collections"):
+            clean = await _documents(es, getattr(clean_names, kind))
+            racing = await _documents(es, getattr(racing_names, kind))
+            assert racing == clean, f"{kind} differ after concurrent writers"
+    finally:
+        await drop_indices(es, clean_names)
+        await drop_indices(es, racing_names)
         await es.close()
