@@ -21,13 +21,12 @@ from services.prefect.sorting import ArtifactCollectionSort, ArtifactSort
 SortClause = dict[str, Any]
 """One entry of an Elasticsearch ``sort`` array."""
 
-TIE_BREAKER: SortClause = {"id": {"order": "desc"}}
-"""Appended to every order that does not already end on ``id``."""
+ID_DESC: list[SortClause] = [{"id_hi": {"order": "desc"}}, {"id_lo": {"order": "desc"}}]
+"""``id`` descending, as its two numeric halves (``services.documents.id_order``)."""
 
 _PRIMARY: dict[str, SortClause] = {
     "CREATED_DESC": {"created_us": {"order": "desc"}},
     "UPDATED_DESC": {"updated_us": {"order": "desc"}},
-    "ID_DESC": {"id": {"order": "desc"}},
     "KEY_DESC": {"key": {"order": "desc", "missing": "_first"}},
     "KEY_ASC": {"key": {"order": "asc", "missing": "_last"}},
 }
@@ -41,6 +40,6 @@ def sort_clauses(sort: ArtifactSort | ArtifactCollectionSort, collection: bool) 
     same, but callers pass it so a future divergence stays local to this module.
     """
     del collection  # same field names on both indices today
-    primary = _PRIMARY[sort.value]
-    clauses = [primary] if "id" in primary else [primary, TIE_BREAKER]
-    return deepcopy(clauses)
+    if sort.value == "ID_DESC":
+        return deepcopy(ID_DESC)
+    return deepcopy([_PRIMARY[sort.value], *ID_DESC])

@@ -82,6 +82,22 @@ def ascii_lower(value: str) -> str:
 _ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
 
 
+_SIGN = 1 << 63
+_LOW64 = (1 << 64) - 1
+
+
+def id_order(doc_id: str) -> tuple[int, int]:
+    """`id_hi`, `id_lo`: a UUID as two signed longs that sort like its canonical text.
+
+    Prefect (PostgreSQL's uuid) and a keyword sort both order ids bytewise; so do the
+    128-bit integer's two halves, shifted by 2**63 into Elasticsearch's signed range.
+    Sorting on two longs is several times cheaper than on a keyword, above all for
+    deep pages, where every shard returns `from + size` sort values.
+    """
+    value = uuid.UUID(doc_id).int
+    return (value >> 64) - _SIGN, (value & _LOW64) - _SIGN
+
+
 @functools.lru_cache(maxsize=65536)
 def collection_id(key: str) -> str:
     """The derived id of the collection of `key`."""
@@ -196,6 +212,7 @@ def artifact_own_fields(data: ArtifactData, version: int) -> Doc:
         "created_us": to_micros(data.created),
         "updated_us": to_micros(data.updated),
     }
+    doc["id_hi"], doc["id_lo"] = id_order(doc["id"])
     if data.key is not None:
         doc["key_ci"] = ascii_lower(data.key)
     return doc
@@ -338,8 +355,12 @@ def collection_own_fields(
 ) -> Doc:
     """A collection document's own fields from its latest artifact's own fields."""
     key = latest["key"]
+    doc_id = collection_id(key)
+    id_hi, id_lo = id_order(doc_id)
     return {
-        "id": collection_id(key),
+        "id": doc_id,
+        "id_hi": id_hi,
+        "id_lo": id_lo,
         "created": earliest_created,
         "updated": latest["created"],
         "key": key,

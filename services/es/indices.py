@@ -5,11 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _KW: dict[str, Any] = {"type": "keyword"}
 _LONG: dict[str, Any] = {"type": "long"}
 _BOOL: dict[str, Any] = {"type": "boolean"}
+_SORT_LONG: dict[str, Any] = {"type": "long", "index": False}  # doc values only
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
 _OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
 
@@ -68,6 +69,8 @@ _TASK_RUN = _obj(
 _REFS = {"fr": _FLOW_RUN, "flow": _FLOW, "dep": _DEPLOYMENT, "tr": _TASK_RUN}
 _COMMON = {
     "id": _KW,
+    "id_hi": _SORT_LONG,
+    "id_lo": _SORT_LONG,
     "created": _STORED_ONLY,
     "updated": _STORED_ONLY,
     "key": _KW,

@@ -92,6 +92,8 @@ def _cpu_model() -> str:
 # ----------------------------------------------------------------------------- targets
 
 MET, MISSED, NA = "met", "**missed**", "not evaluated"
+ANALYSIS = Path(__file__).with_name("analysis.md")
+"""Why targets are missed and what was done: a hand-written section of RESULTS.md."""
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -339,13 +341,11 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
         "Raw numbers: "
         f"[results-{mode}.json](results-{mode}.json). Method: see the end of this file.",
         "",
-        "> **Shared machine.** This run shared its 2 CPUs with other engineers' test "
-        "suites (load average "
-        f"{la0} at the start, {la1} at the end), and every process of the benchmark "
-        "(Kafka, Elasticsearch, PostgreSQL, the indexer, the API, Prefect and the load "
-        "generator itself) ran on the same two cores. Absolute figures are therefore "
-        "pessimistic and noisy; ratios between systems measured in the same interleaved "
-        "loop are the more reliable figures. The lead may rerun on a quiet machine.",
+        f"> **One small machine.** Every process of the benchmark (Kafka, Elasticsearch, "
+        "PostgreSQL, the indexer, the API, Prefect and the load generator itself) ran on "
+        f"the same {m['nproc']} CPUs (load average {la0} at the start, {la1} at the end). "
+        "Absolute figures are therefore pessimistic and noisy; ratios between systems "
+        "measured in the same interleaved loop are the more reliable figures.",
         "",
         "## Machine",
         "",
@@ -372,6 +372,11 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
         "",
         "Targets stated for 100k and 1M are marked *not evaluated* on other scales; the "
         "figure shown is indicative only.",
+    ]
+    if results["mode"] == "full" and ANALYSIS.exists():
+        # written by hand from this run's figures; regenerate with --report after editing
+        lines += ["", ANALYSIS.read_text().strip()]
+    lines += [
         "",
         "## Datasets",
         "",

@@ -50,7 +50,7 @@ from query.repository import Repository
 from query.search import build_search_body
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
-from services.config import KafkaSettings
+from services.config import KafkaSettings, QuerySettings
 from services.contract import ENTITIES, encode_event
 from services.datagen import Dataset, DatasetScale, format_timestamp, generate_dataset
 from services.es.indices import IndexNames, index_settings
@@ -780,7 +780,8 @@ async def latency(
 ) -> dict[str, Any]:
     """Sequential latency per query, (a)/(b)/(c) interleaved in rotating order."""
     meter = Http()
-    repo = Repository(RawEs(meter), stack.names, 10_000)  # type: ignore[arg-type]
+    window = QuerySettings().max_result_window  # what the service is configured with
+    repo = Repository(RawEs(meter), stack.names, window)  # type: ignore[arg-type]
     out: dict[str, Any] = {}
     try:
         for q in mix:
@@ -1176,13 +1177,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     asyncio.run(amain(opts))
 
 
-if __name__ == "__main__":
-    main()
-
-
 def _repo_relative(path: Path) -> str:
     """A path for the results file: relative to the repository when inside it."""
     try:
         return str(path.resolve().relative_to(Path(__file__).resolve().parents[2]))
     except ValueError:
         return str(path)
+
+
+if __name__ == "__main__":
+    main()

@@ -27,6 +27,7 @@ from services.backfill import RateLimiter
 from services.cli import build_parser
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
 from services.datagen import DatasetScale, generate_dataset
+from services.es.indices import SCHEMA_VERSION as V
 from services.events import HARD, dataset_records
 from tests.conformance.bodies import ENDPOINTS, generate_bodies
 from tests.conformance.oracle import PrefectOracle
@@ -279,7 +280,7 @@ async def test_produce_then_replay_swaps_aliases_without_changing_answers(
         ]
         before = [(await client.post("/api" + e, json=b)).json() for e, b in bodies]
         assert (await _aliases(stack.es))[f"{stack.es.index_prefix}artifacts"] == [
-            f"{stack.es.index_prefix}artifacts-v1"
+            f"{stack.es.index_prefix}artifacts-v{V}"
         ]
 
         # readers keep getting the same count all through the replay and the swap
@@ -299,24 +300,25 @@ async def test_produce_then_replay_swaps_aliases_without_changing_answers(
             stop.set()
             await task
         assert code == 0, err[-3000:]
-        assert "1 poison skipped" in out and "into version 2" in out
-        assert "replay v2 [" in err and "100.0%" in err  # the progress bar
+        assert "1 poison skipped" in out and f"into version {V + 1}" in out
+        assert f"replay v{V + 1} [" in err and "100.0%" in err  # the progress bar
         assert seen and all(v == want for v in seen), sorted(set(map(str, seen)))
 
         aliases = await _aliases(stack.es)
         assert aliases == {
-            f"{stack.es.index_prefix}{k}": [f"{stack.es.index_prefix}{k}-v2"] for k in ENTITY_KINDS
+            f"{stack.es.index_prefix}{k}": [f"{stack.es.index_prefix}{k}-v{V + 1}"]
+            for k in ENTITY_KINDS
         }
-        assert not any(i.endswith("-v1") for i in await _indices(stack.es))  # old ones deleted
+        assert not any(i.endswith(f"-v{V}") for i in await _indices(stack.es))  # old ones deleted
         after = [(await client.post("/api" + e, json=b)).json() for e, b in bodies]
         assert after == before
 
-        # --keep-old keeps v2 next to v3
+        # --keep-old keeps the replayed version next to the next one
         await stack.ok("replay", "--keep-old")
         indices = await _indices(stack.es)
-        assert {i.rsplit("-v", 1)[1] for i in indices} == {"2", "3"}
+        assert {i.rsplit("-v", 1)[1] for i in indices} == {str(V + 1), str(V + 2)}
         assert (await _aliases(stack.es))[f"{stack.es.index_prefix}artifacts"] == [
-            f"{stack.es.index_prefix}artifacts-v3"
+            f"{stack.es.index_prefix}artifacts-v{V + 2}"
         ]
         assert [(await client.post("/api" + e, json=b)).json() for e, b in bodies] == before
 

@@ -6,6 +6,7 @@ from services.es.indices import (
     ARTIFACTS_MAPPING,
     COLLECTIONS_MAPPING,
     ENTITIES_MAPPING,
+    SCHEMA_VERSION,
     IndexNames,
 )
 
@@ -14,7 +15,7 @@ def test_default_names_are_the_aliases() -> None:
     names = IndexNames("p-")
     assert names.write_targets is None
     assert names.all_aliases() == ("p-artifacts", "p-collections", "p-entities")
-    assert names.concrete(names.artifacts) == "p-artifacts-v1"
+    assert names.concrete(names.artifacts) == f"p-artifacts-v{SCHEMA_VERSION}"
     assert names.mapping_for("p-entities") is ENTITIES_MAPPING
 
 

@@ -14,18 +14,18 @@ from query.search import (
 from query.sort import sort_clauses
 from services.prefect.sorting import ArtifactCollectionSort, ArtifactSort
 
-TIE = {"id": {"order": "desc"}}
+ID = [{"id_hi": {"order": "desc"}}, {"id_lo": {"order": "desc"}}]
 
 
 @pytest.mark.parametrize("collection", [False, True])
 @pytest.mark.parametrize(
     ("name", "expected"),
     [
-        ("CREATED_DESC", [{"created_us": {"order": "desc"}}, TIE]),
-        ("UPDATED_DESC", [{"updated_us": {"order": "desc"}}, TIE]),
-        ("ID_DESC", [{"id": {"order": "desc"}}]),
-        ("KEY_DESC", [{"key": {"order": "desc", "missing": "_first"}}, TIE]),
-        ("KEY_ASC", [{"key": {"order": "asc", "missing": "_last"}}, TIE]),
+        ("CREATED_DESC", [{"created_us": {"order": "desc"}}, *ID]),
+        ("UPDATED_DESC", [{"updated_us": {"order": "desc"}}, *ID]),
+        ("ID_DESC", ID),
+        ("KEY_DESC", [{"key": {"order": "desc", "missing": "_first"}}, *ID]),
+        ("KEY_ASC", [{"key": {"order": "asc", "missing": "_last"}}, *ID]),
     ],
 )
 def test_sort_clauses(name: str, expected: list[dict[str, object]], collection: bool) -> None:
@@ -39,7 +39,7 @@ def test_sort_clauses_are_fresh_copies() -> None:
     first.append({"x": {}})
     assert sort_clauses(ArtifactSort.KEY_ASC, False) == [
         {"key": {"order": "asc", "missing": "_last"}},
-        TIE,
+        *ID,
     ]
 
 
@@ -91,3 +91,19 @@ def test_search_body() -> None:
 
 def test_count_body() -> None:
     assert build_count_body({"match_all": {}}) == {"query": {"match_all": {}}}
+
+
+def test_id_order_sorts_like_the_canonical_text() -> None:
+    import random
+    import uuid
+
+    from services.documents import id_order
+
+    rng = random.Random(3)
+    ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in range(2_000)]
+    ids += [str(uuid.UUID(int=0)), str(uuid.UUID(int=(1 << 128) - 1)), str(uuid.UUID(int=1 << 127))]
+    ids += [str(uuid.UUID(int=(1 << 127) - 1)), str(uuid.UUID(int=(1 << 64) - 1))]
+    assert sorted(ids, key=id_order) == sorted(ids)
+    for doc_id in ids:
+        hi, lo = id_order(doc_id)
+        assert -(1 << 63) <= hi < (1 << 63) and -(1 << 63) <= lo < (1 << 63)
