@@ -103,7 +103,7 @@ async def create_version(
         for index in target.write_targets:
             await es.indices.create(
                 index=index,
-                settings=index_settings(shards, replicas),
+                settings=index_settings(shards, replicas, target.mapping_for(index)),
                 mappings=target.mapping_for(index),
             )
             created.append(index)

@@ -23,7 +23,7 @@ async def ensure_indices(
         try:
             await es.indices.create(
                 index=index,
-                settings=index_settings(shards, replicas),
+                settings=index_settings(shards, replicas, names.mapping_for(alias)),
                 mappings=names.mapping_for(alias),
                 aliases={alias: {"is_write_index": True}},
             )

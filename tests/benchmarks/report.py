@@ -667,13 +667,21 @@ def sizing_md(results: dict[str, Any]) -> str:
     steady_indexers = max(2, math.ceil(steady / per_indexer))
     bulk_dps = scale["ceiling"]["documents_per_s"]
 
+    closing = (
+        "Re-derive with the full run (`make bench`, 100k and 1M): the 1M numbers replace "
+        "these, and the growth factor from 100k to 1M shows whether query cost is really "
+        "linear in shard size (the bound used above)."
+        if results["mode"] == "quick"
+        else "The per-document query cost above is fitted between the scales of this run; "
+        "rerun `make bench` on the production hardware class and this file follows."
+    )
     return f"""# Sizing for 100 million artifacts
 
 Derived from the measurements of the **{n:,}-artifact** run of `{results["mode"]}` mode
 ([RESULTS.md](RESULTS.md), [results-{results["mode"]}.json](results-{results["mode"]}.json));
 `python -m tests.benchmarks.run` regenerates this file from the largest scale it ran.
-All inputs were measured on a 2-CPU machine shared by every process (and by other
-engineers' tests), so per-core figures are conservative. Assumptions are marked
+All inputs were measured on a 2-CPU machine shared by every process of the
+benchmark, so per-core figures are conservative. Assumptions are marked
 **(assumed)**; change them and redo the arithmetic below.
 
 ## 1. Storage
@@ -773,9 +781,7 @@ events per artifact (the dataset's runs, task runs, flows and deployments).
 | indexer | {indexers} replicas for a {backfill_h} h backfill; {steady_indexers} steady |
 | Kafka | {partitions} partitions per entity topic, RF 3 |
 
-Re-derive with the full run (`make bench`, 100k and 1M): the 1M numbers replace
-these, and the growth factor from 100k to 1M shows whether query cost is really
-linear in shard size (the bound used above).
+{closing}
 """
 
 

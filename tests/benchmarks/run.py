@@ -704,7 +704,10 @@ async def bulk_ceiling(
         concrete = scratch.concrete(target)
         resp = await http.put(
             f"{ES_URL}/{concrete}",
-            json={"settings": index_settings(1, 0), "mappings": stack.names.mapping_for(alias)},
+            json={
+                "settings": index_settings(1, 0, stack.names.mapping_for(alias)),
+                "mappings": stack.names.mapping_for(alias),
+            },
         )
         resp.raise_for_status()
         per_index[alias.removeprefix(stack.names.prefix)] = {"docs": len(docs), "scratch": concrete}

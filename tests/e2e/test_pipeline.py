@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from elasticsearch import AsyncElasticsearch
 
 from indexer.app import Indexer
 from query.app import create_app
@@ -23,19 +25,27 @@ from services.es.indices import IndexNames
 from services.events import HARD, dataset_records
 
 
-@pytest.fixture
-async def stack(
-    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
+@contextlib.asynccontextmanager
+async def running(
+    kafka_bootstrap: str,
+    elasticsearch_url: str,
+    name: str,
+    settings: IndexerSettings,
+    backlog: list[tuple[str, bytes, bytes | None]] | None = None,
+    prepare: Callable[[Indexer], None] | None = None,
 ) -> AsyncIterator[tuple[KafkaSettings, Indexer, httpx.AsyncClient]]:
-    kafka = KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
-    )
-    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
+    """Fresh topics and indices, an indexer and the API; `backlog` is published first."""
+    kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"{name}.", group_id=name)
+    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{name}-")
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
     await admin.create_topics([NewTopic(t, 3, 1) for t in topics])
-    indexer = Indexer(kafka, es_settings, IndexerSettings(max_batch=500))
+    if backlog:
+        await publish(kafka, backlog)
+    indexer = Indexer(kafka, es_settings, settings)
+    if prepare is not None:
+        prepare(indexer)
     await indexer.start()
     app = create_app(QuerySettings(), es_settings)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
@@ -46,11 +56,18 @@ async def stack(
         await indexer.stop()
         await admin.delete_topics(topics)
         await admin.close()
-        from elasticsearch import AsyncElasticsearch
-
         es = AsyncElasticsearch(elasticsearch_url)
         await drop_indices(es, IndexNames(es_settings.index_prefix))
         await es.close()
+
+
+@pytest.fixture
+async def stack(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
+) -> AsyncIterator[tuple[KafkaSettings, Indexer, httpx.AsyncClient]]:
+    settings = IndexerSettings(max_batch=500)
+    async with running(kafka_bootstrap, elasticsearch_url, unique_name, settings) as parts:
+        yield parts
 
 
 async def publish(kafka: KafkaSettings, records: list[tuple[str, bytes, bytes | None]]) -> None:
@@ -146,35 +163,27 @@ async def test_parents_first_holds_artifacts_back_during_a_backlog(
     dataset = generate_dataset(11, DatasetScale.for_artifacts(3_000))
     # artifacts first, then task runs, ..., flows (each key's own order kept)
     records = sorted(dataset_records(dataset, 11), key=lambda r: -ENTITIES.index(r[0]))
-    kafka = KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
-    )
-    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
-    await admin.create_topics([NewTopic(t, 3, 1) for t in topics])
-    await publish(kafka, records)
     settings = IndexerSettings(
         max_batch=100,
         max_partition_fetch_bytes=8_192,  # every fetch round interleaves all topics
         parents_first_lag=20,
         parents_first_max_batches=10**6,
     )
-    indexer = Indexer(kafka, es_settings, settings)
     batches: list[tuple[int, int]] = []  # (parent events, artifact events) per batch
-    apply = indexer.engine.apply
 
-    async def recording_apply(events: Any) -> Any:
-        artifacts = sum(1 for e in events if e.entity == "artifact")
-        batches.append((len(events) - artifacts, artifacts))
-        return await apply(events)
+    def record_batches(indexer: Indexer) -> None:
+        apply = indexer.engine.apply
 
-    indexer.engine.apply = recording_apply  # type: ignore[method-assign]
-    await indexer.start()
-    app = create_app(QuerySettings(), es_settings)
-    client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
-    try:
+        async def recording_apply(events: Any) -> Any:
+            artifacts = sum(1 for e in events if e.entity == "artifact")
+            batches.append((len(events) - artifacts, artifacts))
+            return await apply(events)
+
+        indexer.engine.apply = recording_apply  # type: ignore[method-assign]
+
+    async with running(
+        kafka_bootstrap, elasticsearch_url, unique_name, settings, records, record_batches
+    ) as (_, _, client):
         want = len(dataset.artifacts)
         assert await wait_for(client, "/api/artifacts/count", {}, want, 120) == want
         runs = {r["id"] for r in dataset.flow_runs}
@@ -193,13 +202,3 @@ async def test_parents_first_holds_artifacts_back_during_a_backlog(
         early = sum(a for _, a in batches[first_parent + 1 : last_parent])
         assert early == 0, batches[: last_parent + 1]
         assert sum(a for _, a in batches) >= want
-    finally:
-        await client.aclose()
-        await indexer.stop()
-        await admin.delete_topics(topics)
-        await admin.close()
-        from elasticsearch import AsyncElasticsearch
-
-        es = AsyncElasticsearch(elasticsearch_url)
-        await drop_indices(es, IndexNames(es_settings.index_prefix))
-        await es.close()

@@ -30,3 +30,14 @@ def test_retarget_points_the_engine_at_a_new_version() -> None:
     assert names.mapping_for("p-artifacts-v7") is ARTIFACTS_MAPPING
     assert names.mapping_for("p-collections") is COLLECTIONS_MAPPING
     assert names.prefix == "p-" and names == IndexNames("p-").retarget(7)
+
+
+def test_artifact_and_collection_indices_are_sorted_by_id_descending() -> None:
+    from services.es.indices import index_settings
+
+    for mapping in (ARTIFACTS_MAPPING, COLLECTIONS_MAPPING):
+        settings = index_settings(3, 1, mapping)
+        assert settings["sort.field"] == ["id_hi", "id_lo"]
+        assert settings["sort.order"] == ["desc", "desc"]
+        assert (settings["number_of_shards"], settings["number_of_replicas"]) == (3, 1)
+    assert "sort.field" not in index_settings(1, 0, ENTITIES_MAPPING)
