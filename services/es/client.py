@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -31,8 +32,14 @@ class OrjsonJson(Serializer):
             return data.encode()
         try:
             return orjson.dumps(data)
-        except TypeError as exc:
-            raise SerializationError(f"Unable to serialize {data!r} to JSON") from exc
+        except TypeError:
+            # orjson refuses what it cannot encode as UTF-8 (a lone surrogate in a
+            # filter value) or integers beyond 64 bits; the standard library escapes
+            # and writes them, as the client did before
+            try:
+                return json.dumps(data, separators=(",", ":")).encode()
+            except (TypeError, ValueError) as exc:
+                raise SerializationError(f"Unable to serialize {data!r} to JSON") from exc
 
 
 class OrjsonNdjson(OrjsonJson):

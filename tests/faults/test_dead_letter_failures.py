@@ -91,7 +91,11 @@ async def test_failed_dead_letter_publish_never_skips_the_record(
                 break
             await asyncio.sleep(0.5)
         dead = await sc.topics.dead_letters()
-        count = (await sc.client.post("/api/artifacts/count", json={})).json()
+        for _ in range(20):  # applied is not yet visible: within the 1 s refresh interval
+            count = (await sc.client.post("/api/artifacts/count", json={})).json()
+            if count == 2:
+                break
+            await asyncio.sleep(0.5)
         log = proc.log_text()
         record_figures(
             "dead-letter-publish-fails",
