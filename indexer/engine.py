@@ -40,7 +40,7 @@ from indexer.projection import (
     stored_from_artifact,
     stored_from_snapshot,
 )
-from indexer.sink import Got, Sink, Write
+from indexer.sink import Got, ItemResult, Sink, Write
 from services.contract import Event
 from services.documents import (
     NeedDocs,
@@ -94,6 +94,13 @@ class _Written:
     source: dict[str, Any]
     seq_no: int | None
     primary_term: int | None
+
+    @classmethod
+    def acknowledged(cls, write: Write, result: ItemResult) -> _Written:
+        """The document of a successful write, at the version Elasticsearch gave it."""
+        return cls(
+            write.index, write.doc_id, write.source or {}, result.seq_no, result.primary_term
+        )
 
 
 class Engine:
@@ -293,7 +300,7 @@ class Engine:
             raise ConflictError("an artifact changed while the batch was applied")
         self._raise_for_errors(results)
         return [
-            _Written(w.index, w.doc_id, w.source or {}, r.seq_no, r.primary_term)
+            _Written.acknowledged(w, r)
             for w, r in zip(writes, results, strict=True)
             if w.source and w.source.get("live")
         ]
@@ -349,16 +356,7 @@ class Engine:
                 if result.status in (409, 404):
                     conflicted.append(_Written(write.index, write.doc_id, {}, None, None))
                 else:
-                    assert write.source is not None
-                    done.append(
-                        _Written(
-                            write.index,
-                            write.doc_id,
-                            write.source,
-                            result.seq_no,
-                            result.primary_term,
-                        )
-                    )
+                    done.append(_Written.acknowledged(write, result))
             docs = await self._reload(conflicted)
         raise ConflictError("reference rewrites kept conflicting")
 
@@ -420,9 +418,7 @@ class Engine:
             self._raise_for_errors(results, ignore={409})
             for write, result in zip(writes, results, strict=True):
                 if write.source is not None and result.status < 300:
-                    written[str(write.source["key"])] = _Written(
-                        write.index, write.doc_id, write.source, result.seq_no, result.primary_term
-                    )
+                    written[str(write.source["key"])] = _Written.acknowledged(write, result)
             if not writes:
                 return list(written.values())
             # Verify what we wrote (or lost a race on) after a refresh: a concurrent
@@ -476,15 +472,7 @@ class Engine:
                 if result.status == 409:
                     retry[key] = pending[key]
                 else:
-                    written.append(
-                        _Written(
-                            write.index,
-                            write.doc_id,
-                            write.source,
-                            result.seq_no,
-                            result.primary_term,
-                        )
-                    )
+                    written.append(_Written.acknowledged(write, result))
             pending = retry
         raise ConflictError("collection merges kept conflicting")
 
