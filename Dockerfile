@@ -32,7 +32,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     QUERY_HOST=0.0.0.0 \
     INDEXER_METRICS_HOST=0.0.0.0
 RUN groupadd --system --gid 10001 app \
- && useradd --system --uid 10001 --gid 10001 --home-dir /home/app --create-home app
+ && useradd --system --uid 10001 --gid 10001 --home-dir /home/app --create-home app \
+ && install -d -o 10001 -g 10001 /var/lib/indexer
+# the indexer's state store (INDEXER_STATE_DIR) lives on a volume mounted here
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /home/app

@@ -82,7 +82,7 @@ down:
 
 reset: down
 	$(SERVERS) reset all
-	rm -rf $(RUN_DIR)
+	rm -rf $(RUN_DIR) .local/indexer-state
 
 test:
 	@$(SERVERS) status all >/dev/null 2>&1 || $(MAKE) --no-print-directory servers

@@ -1,36 +1,56 @@
-"""The indexer's composition root: FastStream over aiokafka, one batch subscriber.
+"""The indexer's composition root: FastStream over aiokafka, a store, Elasticsearch.
 
-Offsets are committed explicitly per partition, and only after `Engine.apply`
-returned for the whole batch (every effect accepted by Elasticsearch) and every
-poison record of the batch was published to the dead-letter topic. Batches are
-processed one at a time, so the committed position of each partition is always
-a contiguous watermark. FastStream's own acknowledgement is disabled
-(`AckPolicy.MANUAL`): its batch `ack()` would commit every fetched position.
+Two consumers feed one `Processor` (indexer/runtime.py):
+
+- the **group** subscriber (FastStream, batch, `AckPolicy.MANUAL`) reads the artifact
+  topic and the internal member topic; Kafka's group protocol shares their partitions
+  among replicas. On assignment each partition is sought to the position saved in the
+  store, not to the group's committed offset: the store is the source of truth, so a
+  rewound group or a redelivered batch re-applies nothing;
+- a **global** consumer (plain aiokafka, every partition assigned) reads the four parent
+  topics into every replica, as a Kafka Streams GlobalKTable. It catches up to the end
+  before the group subscriber starts, so a backlog of artifacts finds its parents.
+
+Offsets are committed to Kafka after each step only for monitoring (lag): the group's
+under `KAFKA_GROUP_ID`, the global consumer's under `<group>.global.<instance id>`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Sequence
+from pathlib import Path
+from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError, MessageSizeTooLargeError
+from aiokafka.abc import ConsumerRebalanceListener
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    CommitFailedError,
+    KafkaError,
+    MessageSizeTooLargeError,
+    TopicAlreadyExistsError,
+)
 from elasticsearch import AsyncElasticsearch
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 from faststream.specification import AsyncAPI
+from pydantic import BaseModel, Field
 
 from indexer import metrics
-from indexer.engine import Engine
-from indexer.priority import artifact_partitions, hold_artifacts, parent_lag
-from indexer.sink import Sink
+from indexer.collections import Member
+from indexer.runtime import Processor, StepResult
+from indexer.step import Poison, Topology
+from indexer.store import RocksStore, Store
+from indexer.writer import BulkWriter, ControlEpochs
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
-from services.contract import EVENT_MODELS, Event, parse_record
-from services.errors import PoisonEventError, TransientError
+from services.contract import EVENT_MODELS
+from services.errors import PermanentError, TransientError
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client
 from services.es.indices import IndexNames
@@ -42,104 +62,110 @@ DLQ_TRUNCATED_VALUE_BYTES = 65_536
 """A dead letter refused as too large is re-sent with its value cut to this many bytes."""
 
 
-@dataclass(frozen=True)
-class Poison:
-    """A record to dead-letter, with why."""
-
-    record: ConsumerRecord[Any, Any]
-    reason: str
-    detail: str
-
-
-def split_batch(
-    records: tuple[ConsumerRecord[Any, Any], ...], entity_by_topic: dict[str, str], max_bytes: int
-) -> tuple[list[Event], list[Poison]]:
-    """Parse records in order; poison ones are set aside with their reason."""
-    events: list[Event] = []
-    poison: list[Poison] = []
-    for record in records:
-        entity = entity_by_topic.get(record.topic)
-        try:
-            if entity is None:
-                raise PoisonEventError("unknown_topic", f"no entity is mapped to {record.topic}")
-            if record.value is not None and len(record.value) > max_bytes:
-                raise PoisonEventError(
-                    "oversized", f"value of {len(record.value)} bytes > {max_bytes}"
-                )
-            events.append(parse_record(entity, record.key, record.value))
-        except PoisonEventError as exc:
-            poison.append(Poison(record, exc.reason, exc.detail))
-        except Exception as exc:  # a parser bug must not take the whole batch down with it
-            log.exception("unexpected error parsing %s@%s", record.topic, record.offset)
-            poison.append(Poison(record, "parse_error", f"{type(exc).__name__}: {exc}"))
-    return events, poison
-
-
-def dlq_headers(item: Poison) -> list[tuple[str, bytes]]:
+def dlq_headers(item: Poison) -> list[tuple[str, bytes | None]]:
     """Headers describing the error and the record's source, plus the original headers."""
     rec = item.record
-    headers = [
+    headers: list[tuple[str, bytes | None]] = [
         ("dlq.reason", item.reason.encode()),
         ("dlq.detail", item.detail.encode("utf-8", "replace")[:2000]),
         ("dlq.topic", rec.topic.encode()),
         ("dlq.partition", str(rec.partition).encode()),
         ("dlq.offset", str(rec.offset).encode()),
     ]
-    for name, value in rec.headers or ():
+    for name, value in getattr(rec, "headers", None) or ():
         headers.append((f"original.{name}", value))
     return headers
 
 
-def commit_positions(records: tuple[ConsumerRecord[Any, Any], ...]) -> dict[TopicPartition, int]:
-    """The next offset to consume, per partition, after all of `records`."""
-    out: dict[TopicPartition, int] = {}
-    for rec in records:
-        tp = TopicPartition(rec.topic, rec.partition)
-        out[tp] = max(out.get(tp, 0), rec.offset + 1)
-    return out
+class MemberRecord(BaseModel):
+    """The value of an internal member record (documentation of `Member.encode`)."""
+
+    k: str = Field(description="the artifact's key (the collection)")
+    a: str = Field(description="the artifact id")
+    o: int = Field(description="offset of the artifact record this state follows")
+    l: bool = Field(description="whether the artifact is a live member of the key")  # noqa: E741
+    p: dict[str, Any] | None = Field(description="the artifact's own fields when live")
+
+
+def _tps(records: Sequence[ConsumerRecord[Any, Any]]) -> set[TopicPartition]:
+    return {TopicPartition(r.topic, r.partition) for r in records}
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    """Tells the processor about assignments and seeks to the store's positions."""
+
+    def __init__(self, indexer: Indexer) -> None:
+        self.indexer = indexer
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        processor = self.indexer.processor
+        if processor is not None:
+            processor.revoked([(tp.topic, tp.partition) for tp in revoked])
+        metrics.ACTIVE_PARTITIONS.set(0 if processor is None else len(processor.active))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        processor = self.indexer.processor
+        consumer = self.indexer.group_consumer()
+        if processor is None or consumer is None:
+            return
+        processor.assigned([(tp.topic, tp.partition) for tp in assigned])
+        for tp in assigned:
+            consumer.seek(tp, processor.position(tp.topic, tp.partition))
+        log.info("assigned %s", ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
 
 class Indexer:
-    """Wires settings, Elasticsearch, the engine and the Kafka broker."""
+    """Wires settings, the store, Elasticsearch, the processor and both consumers."""
 
     def __init__(
         self,
         kafka: KafkaSettings,
         es_settings: ElasticsearchSettings,
         settings: IndexerSettings,
+        store: Store | None = None,
     ) -> None:
         self.kafka = kafka
         self.es_settings = es_settings
         self.settings = settings
         self.names = IndexNames(es_settings.index_prefix)
         self.es: AsyncElasticsearch = make_es_client(es_settings)
-        self.engine = Engine(
-            Sink(self.es, self.names, settings.bulk_chunk, settings.bulk_concurrency)
-        )
         self.entity_by_topic = kafka.entity_by_topic()
+        self.parent_topics = {t: e for t, e in self.entity_by_topic.items() if e != "artifact"}
+        self.artifact_topic = kafka.topic_for("artifact")
+        self.members_topic = kafka.members_topic
         self.broker = KafkaBroker(**broker_kwargs(kafka))
-        self.stopping = asyncio.Event()
+        self.processor: Processor | None = None
         self.batches = 0
-        self._held_batches = 0
-        self._release: asyncio.Task[None] | None = None
+        self.bootstrapped = asyncio.Event()
+        self._store = store
+        self._owns_store = store is None
+        self._producer: AIOKafkaProducer | None = None
+        self._global: AIOKafkaConsumer | None = None
+        self._pump: asyncio.Task[None] | None = None
+        self._stopping = False
         self._register()
 
+    # -- wiring -------------------------------------------------------------------------
     def _register(self) -> None:
-        subscriber = self.broker.subscriber(
-            *self.entity_by_topic,
+        self._subscriber = self.broker.subscriber(
+            self.artifact_topic,
+            self.members_topic,
             batch=True,
             group_id=self.kafka.group_id,
+            group_instance_id=(
+                self.settings.instance_id if self.settings.static_membership else None
+            ),
             auto_offset_reset="earliest",
             ack_policy=AckPolicy.MANUAL,
             max_records=self.settings.max_batch,
             batch_timeout_ms=self.settings.batch_timeout_ms,
             max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
             max_poll_interval_ms=900_000,
+            listener=_Rebalance(self),
             parser=_raw_parser,
             decoder=_raw_decoder,
         )
-        subscriber(self.handle)
-        self._producer: AIOKafkaProducer | None = None
+        self._subscriber(self.handle)
         self._document_topics()
 
     def _document_topics(self) -> None:
@@ -163,132 +189,330 @@ class Indexer:
             ),
             schema=bytes,
         )
+        self.broker.publisher(
+            self.members_topic,
+            title=f"{self.members_topic}:internal",
+            description=(
+                "Internal to the indexer (do not produce): each artifact change repartitioned "
+                "by the artifact's key, so one replica owns each collection. Compacted; keyed "
+                "by `<collection id>:<artifact id>`; value "
+                '`{"k": key, "a": artifact id, "o": source offset, "l": live, "p": fields}`.'
+            ),
+            schema=MemberRecord,
+        )
 
-    def _dlq_producer(self) -> AIOKafkaProducer:
-        assert self._producer is not None, "the indexer is not started"
-        return self._producer
+    def group_consumer(self) -> AIOKafkaConsumer | None:
+        """The group subscriber's aiokafka consumer, once started."""
+        return getattr(self._subscriber, "consumer", None)
 
-    async def handle(self, body: Any, message: KafkaMessage) -> None:
-        """Apply one batch, dead-letter its poison, then commit its positions."""
-        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
-        if not records:
-            return
-        events, poison = split_batch(records, self.entity_by_topic, self.settings.max_event_bytes)
-        await self._apply_with_retry(events)
-        for item in poison:
-            log.warning(
-                "dead-lettering record",
-                extra={
-                    "reason": item.reason,
-                    "topic": item.record.topic,
-                    "offset": item.record.offset,
-                },
-            )
-            await self._dead_letter(item)
-            metrics.DLQ.labels(reason=item.reason).inc()
-        for event in events:
-            metrics.EVENTS.labels(entity=event.entity).inc()
-        consumer = cast(AIOKafkaConsumer, message.consumer)
-        positions = commit_positions(records)
+    # -- lifecycle ----------------------------------------------------------------------
+    async def bootstrap(self) -> None:
+        """Create indices, aliases and the member topic if missing (idempotent)."""
+        await ensure_indices(
+            self.es,
+            self.names,
+            self.es_settings.number_of_shards,
+            self.es_settings.number_of_replicas,
+        )
+
+    async def _member_partitions(self) -> int:
+        """Create the member topic (as many partitions as the artifact topic) if missing."""
+        admin = AIOKafkaAdminClient(**producer_kwargs(self.kafka), request_timeout_ms=15_000)
+        await admin.start()
         try:
-            await consumer.commit(positions)
-        except CommitFailedError:
-            log.warning("commit failed after a rebalance; the new owner re-applies (idempotent)")
-        except KafkaError as exc:
-            # the batch is applied; its positions are committed with the next batch's,
-            # or re-consumed after a restart (idempotent)
-            log.warning("commit failed (%s); positions will be committed later", exc)
+            described = await admin.describe_topics([self.artifact_topic, self.members_topic])
+            counts = {
+                t["topic"]: len(t["partitions"]) for t in described if t.get("error_code") == 0
+            }
+            if self.members_topic not in counts:
+                partitions = counts.get(self.artifact_topic, self.kafka.partitions)
+                topic = NewTopic(
+                    self.members_topic,
+                    partitions,
+                    self.kafka.replication_factor,
+                    topic_configs={"cleanup.policy": "compact"},
+                )
+                with contextlib.suppress(TopicAlreadyExistsError):
+                    await admin.create_topics([topic])
+                described = await admin.describe_topics([self.members_topic])
+                counts = {t["topic"]: len(t["partitions"]) for t in described}
+            return counts[self.members_topic]
+        finally:
+            await admin.close()
+
+    def _open_store(self, member_partitions: int) -> Store:
+        store = self._store or RocksStore(Path(self.settings.state_dir))
+        identity = {
+            "group": self.kafka.group_id,
+            "artifacts": self.artifact_topic,
+            "members": self.members_topic,
+            "member_partitions": member_partitions,
+            "index_prefix": self.names.prefix,
+        }
+        raw = store.get(b"M")
+        if raw is None:
+            store.commit({b"M": orjson.dumps(identity)})
+        elif orjson.loads(raw) != identity:
+            raise PermanentError(
+                f"the state in {self.settings.state_dir} belongs to {orjson.loads(raw)}, "
+                f"not to {identity}: point INDEXER_STATE_DIR at an empty directory (the "
+                "state is rebuilt from the topics)"
+            )
+        return store
+
+    async def start_processor(self) -> None:
+        """Open the store, the producer and the processor; catch up the parents."""
+        partitions = await self._member_partitions()
+        store = self._open_store(partitions)
+        self._store = store
+        self._producer = AIOKafkaProducer(
+            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await self._producer.start()
+        topology = Topology(
+            parents=self.parent_topics,
+            artifacts=self.artifact_topic,
+            members=self.members_topic,
+            member_partitions=partitions,
+        )
+        index_of = {"artifact": self.names.artifacts, "collection": self.names.collections}
+        self.processor = Processor(
+            store,
+            topology,
+            BulkWriter(self.es, self.settings.bulk_chunk, self.settings.bulk_concurrency),
+            ControlEpochs(self.es, self.names.control, self.kafka.group_id),
+            index_of.__getitem__,
+            self._publish_members,
+            self._dead_letter,
+            max_event_bytes=self.settings.max_event_bytes,
+            rewrite_budget=self.settings.rewrite_budget,
+            retry_initial_s=self.settings.retry_initial_s,
+            retry_max_s=self.settings.retry_max_s,
+        )
+        await self._start_global()
+        await self._catch_up_parents()
+        self._pump = asyncio.create_task(self._pump_parents(), name="indexer-parents")
+        self.bootstrapped.set()
+
+    async def start(self) -> None:
+        """Bootstrap, catch up the parents, then consume the group topics."""
+        await self.bootstrap()
+        await self.start_processor()
+        await self.broker.start()
+
+    async def stop(self) -> None:
+        """Stop consuming (a step in flight is not committed), then close everything."""
+        await self.broker.stop()
+        await self._close()
+
+    async def _close(self) -> None:
+        self._stopping = True
+        if self._pump is not None:
+            self._pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._pump
+        if self._global is not None:
+            await self._global.stop()
+            self._global = None
+        if self._producer is not None:
+            await self._producer.stop()
+            self._producer = None
+        if self._store is not None and self._owns_store:
+            self._store.close()
+            self._store = None
+        await self.es.close()
+
+    def app(self, first: Sequence[Callable[[], Awaitable[None]]] = ()) -> FastStream:
+        """The FastStream application to run (SIGTERM stops it gracefully).
+
+        `first` runs before anything else at start-up (the health server: liveness must
+        answer while the parents are caught up, which can take minutes).
+        """
+        app = FastStream(self.broker, specification=specification(self.kafka))
+        for hook in first:
+            app.on_startup(hook)
+
+        @app.on_startup
+        async def _start() -> None:
+            await self.bootstrap()
+            await self.start_processor()
+
+        @app.after_shutdown
+        async def _close() -> None:
+            await self._close()
+
+        return app
+
+    # -- the parents (global) -----------------------------------------------------------
+    async def _start_global(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **producer_kwargs(self.kafka),
+            group_id=f"{self.kafka.group_id}.global.{self.settings.instance_id}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
+        )
+        await consumer.start()
+        self._global = consumer
+        tps = []
+        for topic in self.parent_topics:
+            partitions = consumer.partitions_for_topic(topic)
+            for _ in range(50):
+                if partitions:
+                    break
+                await consumer._client.force_metadata_update()
+                partitions = consumer.partitions_for_topic(topic)
+                if not partitions:
+                    await asyncio.sleep(0.2)
+            if not partitions:
+                raise PermanentError(f"topic {topic} does not exist: run `bootstrap` first")
+            tps += [TopicPartition(topic, p) for p in sorted(partitions)]
+        consumer.assign(tps)
+        assert self.processor is not None
+        for tp in tps:
+            consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+
+    async def _catch_up_parents(self) -> None:
+        """Apply the parent topics up to their ends as of now (Kafka Streams' global restore)."""
+        consumer = self._global
+        assert consumer is not None and self.processor is not None
+        ends = await consumer.end_offsets(list(consumer.assignment()))
+        behind = {
+            tp for tp, end in ends.items() if self.processor.position(tp.topic, tp.partition) < end
+        }
+        while behind:
+            batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
+            records = [r for rs in batch.values() for r in rs]
+            if records:
+                await self._step_parents(records)
+            behind = {
+                tp for tp in behind if self.processor.position(tp.topic, tp.partition) < ends[tp]
+            }
+        log.info("parents caught up")
+
+    async def _pump_parents(self) -> None:
+        """Keep applying parent records; idle time drains rewrites and marks."""
+        consumer = self._global
+        assert consumer is not None and self.processor is not None
+        while not self._stopping:
+            try:
+                batch = await consumer.getmany(
+                    timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.max_batch
+                )
+                records = [r for rs in batch.values() for r in rs]
+                if records:
+                    await self._step_parents(records)
+                else:
+                    await self.processor.drain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("parent step failed; re-reading from the store's positions")
+                for tp in consumer.assignment():
+                    consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+                await asyncio.sleep(self.settings.retry_max_s)
+
+    async def _step_parents(self, records: list[ConsumerRecord[Any, Any]]) -> None:
+        consumer = self._global
+        assert consumer is not None and self.processor is not None
+        result = await self.processor.process(records)
+        await self._commit(consumer, result)
+
+    # -- the group topics ---------------------------------------------------------------
+    async def handle(self, body: Any, message: KafkaMessage) -> None:
+        """Apply one batch of artifact and member records, then commit its positions."""
+        records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
+        if not records or self.processor is None:
+            return
+        consumer: AIOKafkaConsumer = message.consumer
+        try:
+            result = await self.processor.process(records)
+        except Exception:
+            # FastStream would drop the batch and fetch on: seek back so nothing is skipped
+            log.exception("step failed; re-reading from the store's positions")
+            for tp in _tps(records) & consumer.assignment():
+                consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+            await asyncio.sleep(self.settings.retry_max_s)
+            return
+        self.batches += 1
+        metrics.BATCH_SIZE.observe(len(records))
+        metrics.ACTIVE_PARTITIONS.set(len(self.processor.active))
+        await self._commit(consumer, result)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, result: StepResult) -> None:
+        """Commit the step's positions to Kafka (monitoring only) and export the lag."""
+        assigned = consumer.assignment()
+        positions = {
+            TopicPartition(*tp): pos
+            for tp, pos in result.positions.items()
+            if TopicPartition(*tp) in assigned
+        }
+        if positions:
+            try:
+                await consumer.commit(positions)
+            except CommitFailedError:
+                log.info("commit refused after a rebalance (positions live in the store)")
+            except KafkaError as exc:
+                log.warning("offset commit failed (%s); positions live in the store", exc)
         for tp, position in positions.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
-        await self._parents_first(consumer)
-        self.batches += 1
 
-    async def _parents_first(self, consumer: AIOKafkaConsumer) -> None:
-        """Pause or resume the artifact partitions (indexer/priority.py)."""
-        if self.settings.parents_first_lag == 0:
-            return
-        assigned = consumer.assignment()
-        lags: dict[str, int] = {}
-        for tp in assigned:
-            if self.entity_by_topic.get(tp.topic) == "artifact":
-                continue
-            highwater = consumer.highwater(tp)
-            if highwater is None:
-                continue
-            try:
-                position = await asyncio.wait_for(consumer.position(tp), timeout=1.0)
-            except (TimeoutError, KafkaError, AssertionError):  # unknown yet: count as caught up
-                continue
-            lags[tp.topic] = lags.get(tp.topic, 0) + max(highwater - position, 0)
-        hold = hold_artifacts(
-            parent_lag(lags, self.entity_by_topic),
-            self.settings.parents_first_lag,
-            self._held_batches,
-            self.settings.parents_first_max_batches,
-        )
-        pairs = artifact_partitions(
-            ((tp.topic, tp.partition) for tp in assigned), self.entity_by_topic
-        )
-        artifacts = [TopicPartition(topic, partition) for topic, partition in pairs]
-        if hold:
-            consumer.pause(*artifacts)
-            self._held_batches += 1
-            if self._release is None or self._release.done():
-                self._release = asyncio.create_task(self._release_when_idle(consumer, artifacts))
-        else:
-            consumer.resume(*artifacts)
-            self._held_batches = 0
-        metrics.ARTIFACTS_HELD.set(1 if hold else 0)
+    # -- outputs ------------------------------------------------------------------------
+    def _producer_or_fail(self) -> AIOKafkaProducer:
+        assert self._producer is not None, "the indexer is not started"
+        return self._producer
 
-    async def _release_when_idle(
-        self, consumer: AIOKafkaConsumer, artifacts: list[TopicPartition]
-    ) -> None:
-        """Resume the artifacts if no batch arrives while they are held.
-
-        The parents' lag counts offsets, and some offsets carry no record (compaction,
-        transaction markers): the lag may then never reach zero by consuming.
-        """
-        idle_s = max(1.0, 10 * self.settings.batch_timeout_ms / 1000)
-        while self._held_batches:
-            seen = self.batches
-            await asyncio.sleep(idle_s)
-            if self._held_batches and self.batches == seen:
-                log.info("no batch while artifacts were held: resuming them")
-                consumer.resume(*artifacts)
-                self._held_batches = 0
-                metrics.ARTIFACTS_HELD.set(0)
+    async def _publish_members(self, members: Sequence[tuple[int, Member]]) -> None:
+        producer = self._producer_or_fail()
+        try:
+            futures = [
+                await producer.send(
+                    self.members_topic,
+                    value=orjson.dumps(member.encode()),
+                    key=member.record_key(),
+                    partition=q,
+                )
+                for q, member in members
+            ]
+            await asyncio.gather(*futures)
+        except KafkaError as exc:
+            raise TransientError(f"publishing member records failed: {exc}") from exc
 
     async def _dead_letter(self, item: Poison) -> None:
         """Publish one poison record to the dead-letter topic; never give up silently.
 
-        An exception escaping `handle` would be swallowed by FastStream and the next
-        batch's commit would move past this record. So a record the producer or broker
-        refuses as too large is re-sent truncated (value cut to
-        `DLQ_TRUNCATED_VALUE_BYTES`, key to 1 KiB, without its original headers, with
+        A record the producer or broker refuses as too large is re-sent truncated (value cut
+        to `DLQ_TRUNCATED_VALUE_BYTES`, key to 1 KiB, without its original headers, with
         `dlq.truncated` = the original value size), then as headers only; any other Kafka
         error is retried with backoff, stalling the partition visibly instead.
         """
         rec = item.record
+        log.warning(
+            "dead-lettering record",
+            extra={"reason": item.reason, "topic": rec.topic, "offset": rec.offset},
+        )
         own = dlq_headers(item)
         truncated = [*own, ("dlq.truncated", str(len(rec.value or b"")).encode())]
-        attempts: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]] = [
+        dlq_only = [h for h in truncated if h[0].startswith("dlq.")]
+        attempts: list[tuple[bytes | None, bytes | None, list[tuple[str, bytes | None]]]] = [
             (rec.value, rec.key, own),
             (
                 None if rec.value is None else rec.value[:DLQ_TRUNCATED_VALUE_BYTES],
                 None if rec.key is None else rec.key[:1024],
-                [h for h in truncated if h[0].startswith("dlq.")],
+                dlq_only,
             ),
-            (None, None, [h for h in truncated if h[0].startswith("dlq.")]),
+            (None, None, dlq_only),
         ]
         delay = self.settings.retry_initial_s
         while True:
             value, key, headers = attempts[0]
             try:
-                await self._dlq_producer().send_and_wait(
+                await self._producer_or_fail().send_and_wait(
                     self.kafka.dlq_topic, value=value, key=key, headers=headers
                 )
+                metrics.DLQ.labels(reason=item.reason).inc()
                 return
             except MessageSizeTooLargeError:
                 if len(attempts) == 1:
@@ -300,74 +524,6 @@ class Indexer:
                 log.warning("dead-letter publish failed, retrying in %.1fs: %s", delay, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
-
-    async def _apply_with_retry(self, events: list[Event]) -> None:
-        delay = self.settings.retry_initial_s
-        while True:
-            try:
-                with metrics.BATCH_SECONDS.time():
-                    stats = await self.engine.apply(events)
-                metrics.BATCH_SIZE.observe(len(events))
-                metrics.PROPAGATED.inc(stats.propagated)
-                metrics.FANOUT_DOCUMENTS.observe(stats.propagated)
-                metrics.FANOUT_SECONDS.observe(stats.seconds.get("propagate", 0.0))
-                return
-            except TransientError as exc:
-                metrics.RETRIES.inc()
-                log.warning("batch failed, retrying in %.1fs: %s", delay, exc)
-            except Exception:
-                # not classified: retrying stalls the partition visibly (retries metric, log),
-                # while giving up would let the next batch's commit skip these events
-                metrics.RETRIES.inc()
-                log.exception("batch failed unexpectedly, retrying in %.1fs", delay)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, self.settings.retry_max_s)
-
-    async def bootstrap(self) -> None:
-        """Create indices and aliases if missing (idempotent)."""
-        await ensure_indices(
-            self.es,
-            self.names,
-            self.es_settings.number_of_shards,
-            self.es_settings.number_of_replicas,
-        )
-
-    async def start(self) -> None:
-        """Bootstrap indices, start the dead-letter producer, then consume."""
-        await self.bootstrap()
-        self._producer = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
-        await self._producer.start()
-        await self.broker.start()
-
-    async def stop(self) -> None:
-        """Stop consuming (a batch in flight is not committed), then close clients."""
-        if self._release is not None:
-            self._release.cancel()
-        await self.broker.stop()
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
-        await self.es.close()
-
-    def app(self) -> FastStream:
-        """The FastStream application to run (SIGTERM stops it gracefully)."""
-        app = FastStream(self.broker, specification=specification(self.kafka))
-
-        @app.on_startup
-        async def _start() -> None:
-            await self.bootstrap()
-            self._producer = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
-            await self._producer.start()
-
-        @app.after_shutdown
-        async def _close() -> None:
-            if self._release is not None:
-                self._release.cancel()
-            if self._producer is not None:
-                await self._producer.stop()
-            await self.es.close()
-
-        return app
 
 
 def specification(kafka: KafkaSettings) -> AsyncAPI:
@@ -385,36 +541,35 @@ def specification(kafka: KafkaSettings) -> AsyncAPI:
 def asyncapi_json(kafka: KafkaSettings | None = None) -> str:
     """The AsyncAPI document for default (or given) settings, as stable JSON."""
     settings = kafka or KafkaSettings(bootstrap_servers="kafka:9092")
-    indexer = Indexer(settings, ElasticsearchSettings(), IndexerSettings())
+    indexer = Indexer(settings, ElasticsearchSettings(), IndexerSettings(instance_id="spec"))
     spec = indexer.app().schema.to_specification().to_jsonable()
     return json.dumps(spec, indent=2, sort_keys=True) + "\n"
 
 
-async def _raw_parser(msg: Any, original: Any) -> Any:
-    """Build the batch message without decoding headers (non-UTF-8 headers must not crash).
+def _safe_header(value: bytes | None) -> bytes:
+    """A header value FastStream can decode as UTF-8: null becomes empty, bad bytes replaced."""
+    if value is None:
+        return b""
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value.decode("utf-8", "replace").encode()
+    return value
 
-    FastStream decodes header values as UTF-8, so it is given sanitized copies; the handler
-    still gets the untouched records, whose original header bytes go to the dead letters.
-    """
+
+async def _raw_parser(msg: Any, original: Any) -> Any:
+    """Build the batch message from sanitized header copies (null or non-UTF-8 header values
+    must never make FastStream drop a batch); the handler still gets the untouched records,
+    whose original header bytes go to the dead letters."""
     safe = []
     for rec in msg:
-        if any(_bad_header(v) for _, v in (rec.headers or ())):
-            fixed = [(k, v.decode("utf-8", "replace").encode()) for k, v in rec.headers]
-            rec = dataclasses.replace(rec, headers=fixed)
+        headers = rec.headers or ()
+        if any(v is None or _safe_header(v) is not v for _, v in headers):
+            rec = dataclasses.replace(rec, headers=[(k, _safe_header(v)) for k, v in headers])
         safe.append(rec)
     message = await original(tuple(safe))
     message.raw_message = tuple(msg)
     return message
-
-
-def _bad_header(value: bytes | None) -> bool:
-    if value is None:
-        return False
-    try:
-        value.decode("utf-8")
-    except UnicodeDecodeError:
-        return True
-    return False
 
 
 async def _raw_decoder(msg: Any, original: Any) -> Any:
@@ -422,4 +577,4 @@ async def _raw_decoder(msg: Any, original: Any) -> Any:
     return None
 
 
-__all__ = ["Indexer", "commit_positions", "dlq_headers", "split_batch"]
+__all__ = ["Indexer", "dlq_headers"]

@@ -8,9 +8,10 @@
 2. assigns every partition of the five entity topics to a group-less consumer
    (nothing is committed, the live indexer's group is untouched), captures the
    end offsets, seeks to the beginning and consumes up to those ends, in
-   batches, applying each batch with the indexer's own `Engine` over an
-   `IndexNames` whose write targets are the new indices. Poison records are
-   skipped and counted (the live indexer dead-letters them);
+   batches, applying each batch with the indexer's own processor in local mode
+   (indexer/local.py: one owner of every partition, a throwaway state store in a
+   temporary directory) over an `IndexNames` whose write targets are the new
+   indices. Poison records are skipped and counted (the live indexer dead-letters them);
 3. refreshes the new indices and moves the three aliases in ONE `POST _aliases`
    (remove from the old indices, add to the new with `is_write_index`), which
    Elasticsearch applies atomically: readers see the old index or the new one,
@@ -19,16 +20,17 @@
 
 If anything fails before the swap, the new indices are deleted and the aliases
 are untouched. Events published after the captured end offsets are not in the
-new version: stop the live indexer before a replay and start it again afterwards
-with the same consumer group; it re-applies everything after its committed
-offsets, which is idempotent (docs/propagation.md).
+new version: stop the live indexer before a replay and start it again afterwards.
+Its partition epochs now come from the new control index, so it sees that someone
+else wrote its documents and rewrites its partitions once from its own state
+(docs/propagation.md, "Ownership"); its state itself stays valid.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import re
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,20 +40,16 @@ from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
-from indexer.app import split_batch
-from indexer.engine import Engine
-from indexer.sink import Sink
+from indexer.local import LocalPipeline
+from indexer.store import RocksStore
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
-from services.contract import Event
-from services.errors import PermanentError, TransientError
+from services.errors import PermanentError
 from services.es.client import make_es_client
 from services.es.indices import IndexNames, index_settings
 from services.kafka import producer_kwargs
 from services.progress import Progress
 
 log = logging.getLogger("indexer.replay")
-
-MAX_ATTEMPTS = 30
 
 
 @dataclass
@@ -79,13 +77,13 @@ async def indices_behind(es: AsyncElasticsearch, alias: str) -> list[str]:
 
 async def next_version(es: AsyncElasticsearch, names: IndexNames) -> int:
     """One more than the highest `-v<N>` of any of the three aliases' indices."""
-    pattern = ",".join(f"{names.alias(k)}-v*" for k in ("artifacts", "collections", "entities"))
+    pattern = ",".join(f"{names.alias(k)}-v*" for k in ("artifacts", "collections", "control"))
     resp = await es.indices.get(
         index=pattern, expand_wildcards="all", allow_no_indices=True, ignore_unavailable=True
     )
     highest = 0
     for index in resp.body:
-        for kind in ("artifacts", "collections", "entities"):
+        for kind in ("artifacts", "collections", "control"):
             match = re.fullmatch(re.escape(names.alias(kind)) + r"-v(\d+)", index)
             if match:
                 highest = max(highest, int(match.group(1)))
@@ -120,7 +118,7 @@ async def swap_aliases(es: AsyncElasticsearch, names: IndexNames, target: IndexN
     actions: list[dict[str, Any]] = []
     old: list[str] = []
     for kind, new_index in zip(
-        ("artifacts", "collections", "entities"), target.write_targets, strict=True
+        ("artifacts", "collections", "control"), target.write_targets, strict=True
     ):
         alias = names.alias(kind)
         for index in await indices_behind(es, alias):
@@ -184,6 +182,11 @@ class _Source:
                 parts.append(TopicPartition(topic["topic"], part["partition"]))
         return sorted(parts)
 
+    def artifact_partitions(self) -> list[int]:
+        """The partitions of the artifact topic."""
+        topic = self.kafka.topic_for("artifact")
+        return sorted(tp.partition for tp in self.end if tp.topic == topic)
+
     def consumed(self) -> int:
         """Offsets read so far, over every partition."""
         return sum(self.position[tp] - self.begin[tp] for tp in self.position)
@@ -217,20 +220,6 @@ class _Source:
         await self.consumer.stop()
 
 
-async def _apply(engine: Engine, events: list[Event], settings: IndexerSettings) -> None:
-    delay = settings.retry_initial_s
-    for attempt in range(1, MAX_ATTEMPTS + 1):
-        try:
-            await engine.apply(events)
-            return
-        except TransientError as exc:
-            if attempt == MAX_ATTEMPTS:
-                raise
-            log.warning("replay batch failed, retrying in %.1fs: %s", delay, exc)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, settings.retry_max_s)
-
-
 async def replay(
     kafka: KafkaSettings,
     es_settings: ElasticsearchSettings,
@@ -249,6 +238,7 @@ async def replay(
     source = _Source(kafka, batch_size or settings.max_batch)
     target: IndexNames | None = None
     swapped = False
+    scratch = tempfile.TemporaryDirectory(prefix="replay-state-")
     try:
         version = await next_version(es, names)
         target = await create_version(
@@ -263,17 +253,26 @@ async def replay(
         log.info("replay into version %d", version, extra={"indices": result.new_indices})
         total = await source.start()
         progress = Progress(f"replay v{version}", total, stream)
-        engine = Engine(Sink(es, target, settings.bulk_chunk))
-        entity_by_topic = kafka.entity_by_topic()
-        while (records := await source.batch()) is not None:
-            events, poison = split_batch(records, entity_by_topic, settings.max_event_bytes)
-            if events:
-                await _apply(engine, events, settings)
-            result.records += len(records)
-            result.events += len(events)
-            result.poison.update(p.reason for p in poison)
-            result.batches += 1
-            progress.update(source.consumed(), note=f"poison {sum(result.poison.values())}")
+        pipeline = LocalPipeline(
+            es,
+            target,
+            kafka,
+            RocksStore(scratch.name),
+            partitions=source.artifact_partitions(),
+            group=kafka.group_id,
+            settings=settings,
+        )
+        try:
+            while (records := await source.batch()) is not None:
+                step = await pipeline.apply(records)
+                result.records += len(records)
+                result.events += sum(step.output.events.values())
+                result.batches += 1
+                progress.update(source.consumed(), note=f"poison {len(pipeline.poison)}")
+            await pipeline.finish()
+        finally:
+            pipeline.store.close()
+        result.poison.update(p.reason for p in pipeline.poison)
         progress.done = source.consumed()
         progress.finish()
         await es.indices.refresh(index=",".join(target.write_targets))
@@ -305,3 +304,4 @@ async def replay(
                     index=",".join(target.write_targets), ignore_unavailable=True
                 )
             await es.close()
+            scratch.cleanup()

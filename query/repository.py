@@ -217,7 +217,7 @@ class Repository:
             resp = await self.es.options(ignore_status=404).get(
                 index=self.names.collections,
                 id=collection_id(key),
-                source_includes=list(source_fields(False)),
+                source_includes=[*source_fields(False), "live"],
             )
         except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
@@ -225,6 +225,8 @@ class Repository:
         if not resp.get("found"):
             return None
         source: dict[str, Any] = resp["_source"]
+        if not source.pop("live", False):  # a key whose artifacts were all deleted
+            return None
         return source if source.get("key") == key else None
 
     async def ping(self) -> bool:

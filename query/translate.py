@@ -501,8 +501,8 @@ def translate_collection_query(
     flows: FlowFilter | None = None,
     deployments: DeploymentFilter | None = None,
 ) -> Query:
-    """The ``bool`` query selecting collection documents that Prefect would return."""
-    clauses: list[Query] = []
+    """The ``bool`` query selecting live collection documents that Prefect would return."""
+    clauses: list[Query] = [term("live", True)]
     if artifacts is not None:
         clauses.append(artifact_clause(artifacts))
     clauses.extend(_relations(flow_runs, task_runs, flows, deployments))

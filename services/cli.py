@@ -88,20 +88,21 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
 
     settings: IndexerSettings = _settings(IndexerSettings)
     indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
-    app = indexer.app()
-    if settings.metrics_port:
-        health = HealthServer(settings.metrics_host, settings.metrics_port)
+    if not settings.metrics_port:
+        asyncio.run(indexer.app().run())
+        return
+    health = HealthServer(settings.metrics_host, settings.metrics_port)
+    app = indexer.app(first=[health.start])  # alive while the parents are caught up
 
-        async def ready() -> None:
-            health.ready = True
+    async def ready() -> None:
+        health.ready = True
 
-        async def not_ready() -> None:
-            health.ready = False
+    async def not_ready() -> None:
+        health.ready = False
 
-        app.on_startup(health.start)
-        app.after_startup(ready)
-        app.on_shutdown(not_ready)
-        app.after_shutdown(health.stop)
+    app.after_startup(ready)
+    app.on_shutdown(not_ready)
+    app.after_shutdown(health.stop)
     asyncio.run(app.run())
 
 

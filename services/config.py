@@ -7,6 +7,8 @@ never appear in logs or reprs.
 
 from __future__ import annotations
 
+import socket
+
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -33,6 +35,8 @@ class KafkaSettings(BaseSettings):
     topic_task_runs: str = "prefect.task-runs"
     topic_artifacts: str = "prefect.artifacts"
     topic_dlq: str = "prefect.dlq"
+    # internal: artifacts repartitioned by key for collections (indexer/collections.py)
+    topic_members: str = "prefect.indexer.collection-members"
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     group_id: str = "prefect-artifact-indexer"
@@ -47,6 +51,11 @@ class KafkaSettings(BaseSettings):
             "artifact": self.topic_artifacts,
         }[entity]
         return self.topic_prefix + name
+
+    @property
+    def members_topic(self) -> str:
+        """The full name of the indexer's internal member topic."""
+        return self.topic_prefix + self.topic_members
 
     @property
     def dlq_topic(self) -> str:
@@ -84,11 +93,20 @@ class ElasticsearchSettings(BaseSettings):
 
 
 class IndexerSettings(BaseSettings):
-    """Tuning of the indexer's batches and retries."""
+    """The indexer's state, identity, batches and retries."""
 
     model_config = SettingsConfigDict(env_prefix="INDEXER_", extra="ignore")
 
-    max_batch: int = Field(default=2000, ge=1)
+    # the embedded state store (RocksDB), one directory per replica; keep it on a volume
+    state_dir: str = ".local/indexer-state"
+    # a stable name of this replica (the pod name in a StatefulSet; default: the host name)
+    instance_id: str = Field(default_factory=socket.gethostname, min_length=1)
+    # Kafka static membership (group.instance.id = instance_id): a restarted replica gets
+    # its partitions back without a rebalance, so it resumes without rewriting them
+    static_membership: bool = False
+    # documents of a partition rewritten per step while a partition is resynchronised
+    rewrite_budget: int = Field(default=5_000, ge=1)
+    max_batch: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=100, ge=1)
     # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at
     # most this much of each partition, so it also sets how topics interleave.
@@ -98,11 +116,6 @@ class IndexerSettings(BaseSettings):
     retry_initial_s: float = Field(default=0.2, gt=0)
     retry_max_s: float = Field(default=10.0, gt=0)
     max_event_bytes: int = Field(default=1_000_000, ge=1024)
-    # Parents first (indexer/priority.py): pause the artifact partitions while the
-    # other topics lag by more than this many records (0 disables), for at most
-    # `parents_first_max_batches` consecutive batches.
-    parents_first_lag: int = Field(default=5_000, ge=0)
-    parents_first_max_batches: int = Field(default=50, ge=1)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
 

@@ -1,17 +1,14 @@
 """The denormalized documents (docs/document-model.md), built by pure functions.
 
 Entity snapshots are reduced to the *parts* the artifact document embeds
-(`flow_part`, ...). `resolve_refs` assembles the `fr`/`flow`/`dep`/`tr` objects of
-one artifact from a mapping of snapshot documents; when it lacks a snapshot it
-returns the ids it needs instead, so an adapter can fetch them and call again.
+(`flow_part`, ...); the indexer adds the derived fields and assembles the
+`fr`/`flow`/`dep`/`tr` objects from its state (indexer/graph.py).
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -53,7 +50,6 @@ COLLECTION_RESPONSE_FIELDS: tuple[str, ...] = (
     "flow_run_id",
     "task_run_id",
 )
-REF_FIELDS: tuple[str, ...] = ("fr", "flow", "dep", "tr")
 
 Doc = dict[str, Any]
 
@@ -216,162 +212,3 @@ def artifact_own_fields(data: ArtifactData, version: int) -> Doc:
     if data.key is not None:
         doc["key_ci"] = ascii_lower(data.key)
     return doc
-
-
-def artifact_marker(artifact_id: str, version: int) -> Doc:
-    """The document kept for a deleted artifact, so stale upserts stay rejected."""
-    return {"id": artifact_id, "live": False, "version": version}
-
-
-def strip_refs(doc: Mapping[str, Any]) -> Doc:
-    """A copy of a stored document without its reference objects."""
-    return {k: v for k, v in doc.items() if k not in REF_FIELDS}
-
-
-# --- snapshot documents in the entities index -------------------------------------
-
-
-def snapshot_id(entity: str, entity_id: str) -> str:
-    """The `_id` of an entity snapshot document."""
-    return f"{entity}:{entity_id}"
-
-
-def subflows_id(task_run_id: str) -> str:
-    """The `_id` of the candidate set of flow runs whose parent is this task run."""
-    return f"subflows:{task_run_id}"
-
-
-def deployments_id(flow_id: str) -> str:
-    """The `_id` of the candidate set of deployments of this flow."""
-    return f"deployments:{flow_id}"
-
-
-@dataclass(frozen=True, slots=True)
-class NeedDocs:
-    """`resolve_refs` could not finish: fetch these `_id`s of the entities index."""
-
-    ids: frozenset[str]
-
-
-def _live_part(snapshots: Mapping[str, Doc | None], doc_id: str, need: set[str]) -> Doc | None:
-    if doc_id not in snapshots:
-        need.add(doc_id)
-        return None
-    snap = snapshots[doc_id]
-    if snap is None or snap.get("deleted"):
-        return None
-    part = snap.get("data")
-    return dict(part) if isinstance(part, dict) else None
-
-
-def _members(snapshots: Mapping[str, Doc | None], doc_id: str, need: set[str]) -> list[str]:
-    if doc_id not in snapshots:
-        need.add(doc_id)
-        return []
-    snap = snapshots[doc_id]
-    return list(snap.get("members", [])) if snap else []
-
-
-def _any_points_at(
-    snapshots: Mapping[str, Doc | None],
-    entity: str,
-    members: Iterable[str],
-    field: str,
-    target: str,
-    need: set[str],
-) -> bool:
-    found = False
-    for member in members:
-        part = _live_part(snapshots, snapshot_id(entity, member), need)
-        if part is not None and part.get(field) == target:
-            found = True
-    return found
-
-
-def resolve_refs(
-    flow_run_id: str | None, task_run_id: str | None, snapshots: Mapping[str, Doc | None]
-) -> Doc | NeedDocs:
-    """The `fr`, `flow`, `dep`, `tr` objects for an artifact (absent ones are None).
-
-    `snapshots` maps entities-index `_id`s to their stored documents (None when
-    missing). Returns `NeedDocs` when a needed `_id` is not in the mapping.
-    """
-    need: set[str] = set()
-    refs: Doc = {"fr": None, "flow": None, "dep": None, "tr": None}
-    if flow_run_id is not None:
-        fr = _live_part(snapshots, snapshot_id("flow_run", flow_run_id), need)
-        if fr is not None:
-            parent_tr = fr.get("parent_task_run_id")
-            if parent_tr is not None:
-                parent = _live_part(snapshots, snapshot_id("task_run", parent_tr), need)
-                if parent is not None and parent.get("flow_run_id") is not None:
-                    fr["parent_flow_run_id"] = parent["flow_run_id"]
-            refs["fr"] = fr
-            flow = _live_part(snapshots, snapshot_id("flow", fr["flow_id"]), need)
-            if flow is not None:
-                members = _members(snapshots, deployments_id(flow["id"]), need)
-                flow["has_deployment"] = _any_points_at(
-                    snapshots, "deployment", members, "flow_id", flow["id"], need
-                )
-                refs["flow"] = flow
-            deployment_id = fr.get("deployment_id")
-            if deployment_id is not None:
-                dep = _live_part(snapshots, snapshot_id("deployment", deployment_id), need)
-                if dep is not None:
-                    dep_flow = _live_part(snapshots, snapshot_id("flow", dep["flow_id"]), need)
-                    if dep_flow is not None:
-                        dep["flow_name_ci"] = dep_flow["name_ci"]
-                    refs["dep"] = dep
-    if task_run_id is not None:
-        tr = _live_part(snapshots, snapshot_id("task_run", task_run_id), need)
-        if tr is not None:
-            members = _members(snapshots, subflows_id(task_run_id), need)
-            tr["has_subflow_run"] = _any_points_at(
-                snapshots, "flow_run", members, "parent_task_run_id", task_run_id, need
-            )
-            refs["tr"] = tr
-    if need:
-        return NeedDocs(frozenset(need))
-    return refs
-
-
-def with_refs(own: Mapping[str, Any], refs: Mapping[str, Any]) -> Doc:
-    """An artifact or collection document: own fields plus the present references."""
-    doc = dict(own)
-    for name in REF_FIELDS:
-        value = refs.get(name)
-        if value is not None:
-            doc[name] = value
-    return doc
-
-
-def refs_of(doc: Mapping[str, Any]) -> Doc:
-    """The reference objects stored in a document (None where absent)."""
-    return {name: doc.get(name) for name in REF_FIELDS}
-
-
-def collection_own_fields(
-    latest: Mapping[str, Any], earliest_created: str, earliest_us: int
-) -> Doc:
-    """A collection document's own fields from its latest artifact's own fields."""
-    key = latest["key"]
-    doc_id = collection_id(key)
-    id_hi, id_lo = id_order(doc_id)
-    return {
-        "id": doc_id,
-        "id_hi": id_hi,
-        "id_lo": id_lo,
-        "created": earliest_created,
-        "updated": latest["created"],
-        "key": key,
-        "latest_id": latest["id"],
-        "type": latest.get("type"),
-        "description": latest.get("description"),
-        "data": latest.get("data"),
-        "metadata_": latest.get("metadata_"),
-        "flow_run_id": latest.get("flow_run_id"),
-        "task_run_id": latest.get("task_run_id"),
-        "created_us": earliest_us,
-        "updated_us": latest["created_us"],
-        "key_ci": ascii_lower(key),
-    }

@@ -231,6 +231,13 @@ def postgres_dsn(_servers: _Servers) -> str:
     return _servers.postgres()
 
 
+@pytest.fixture(autouse=True)
+def _indexer_state_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test's in-process indexers keep their state store in the test's own directory
+    (a test running several replicas gives each its own `state_dir`)."""
+    monkeypatch.setenv("INDEXER_STATE_DIR", str(tmp_path / "indexer-state"))
+
+
 @pytest.fixture
 def unique_name() -> str:
     """A short unique lowercase name for topics, indices and groups, like ``t-1a2b3c4d``."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _KW: dict[str, Any] = {"type": "keyword"}
 _LONG: dict[str, Any] = {"type": "long"}
@@ -91,25 +91,18 @@ ARTIFACTS_MAPPING: dict[str, Any] = {
         **_COMMON,
         "live": _BOOL,
         "version": _LONG,
-        "prev_keys": _STORED_ONLY,
         **_REFS,
     },
 }
 COLLECTIONS_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
-    "properties": {**_COMMON, "latest_id": _KW, **_REFS},
+    "properties": {**_COMMON, "latest_id": _KW, "live": _BOOL, **_REFS},
 }
-ENTITIES_MAPPING: dict[str, Any] = {
+CONTROL_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
-    "properties": {
-        "entity": _KW,
-        "version": _LONG,
-        "deleted": _BOOL,
-        "data": _OPAQUE,
-        "prev": _OPAQUE,
-        "members": _STORED_ONLY,
-    },
+    "properties": {"epoch": _LONG, "group": _KW, "topic": _KW},
 }
+"""Partition epochs of the indexer (indexer/writer.py `ControlEpochs`)."""
 
 
 @dataclass(frozen=True)
@@ -117,7 +110,7 @@ class IndexNames:
     """Aliases and their versioned concrete indices for one prefix.
 
     `write_targets`, when set, names three concrete indices (artifacts,
-    collections, entities) that the `artifacts`/`collections`/`entities`
+    collections, control) that the `artifacts`/`collections`/`control`
     properties return instead of the aliases: replay runs the indexer engine over
     a new, not yet aliased index version that way. Every existing caller leaves
     it unset and gets the aliases.
@@ -138,12 +131,12 @@ class IndexNames:
         return self.write_targets[1] if self.write_targets else self.alias("collections")
 
     @property
-    def entities(self) -> str:
-        """Alias of the entity snapshots and relation candidates (or its write target)."""
-        return self.write_targets[2] if self.write_targets else self.alias("entities")
+    def control(self) -> str:
+        """Alias of the indexer's partition epochs (or its write target)."""
+        return self.write_targets[2] if self.write_targets else self.alias("control")
 
     def alias(self, kind: str) -> str:
-        """The alias of `kind` ('artifacts', 'collections' or 'entities'), never a target."""
+        """The alias of `kind` ('artifacts', 'collections' or 'control'), never a target."""
         return f"{self.prefix}{kind}"
 
     def concrete(self, alias: str, version: int | None = None) -> str:
@@ -152,7 +145,7 @@ class IndexNames:
 
     def all_aliases(self) -> tuple[str, str, str]:
         """The three aliases (the write targets when they are set)."""
-        return (self.artifacts, self.collections, self.entities)
+        return (self.artifacts, self.collections, self.control)
 
     def retarget(self, version: int) -> IndexNames:
         """The same names with the concrete indices of `version` as write targets."""
@@ -162,7 +155,7 @@ class IndexNames:
     def mapping_for(self, alias: str) -> dict[str, Any]:
         """The mapping of the index behind `alias` (an alias or a write target)."""
         mappings = dict(
-            zip(_KINDS, (ARTIFACTS_MAPPING, COLLECTIONS_MAPPING, ENTITIES_MAPPING), strict=True)
+            zip(_KINDS, (ARTIFACTS_MAPPING, COLLECTIONS_MAPPING, CONTROL_MAPPING), strict=True)
         )
         by_name = {self.alias(k): m for k, m in mappings.items()}
         if self.write_targets:
@@ -170,7 +163,7 @@ class IndexNames:
         return by_name[alias]
 
 
-_KINDS = ("artifacts", "collections", "entities")
+_KINDS = ("artifacts", "collections", "control")
 
 
 MAX_RESULT_WINDOW = 50_000

@@ -20,11 +20,9 @@ import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from indexer.engine import Engine
-from indexer.sink import Sink
+from indexer.local import LocalPipeline
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
-from services.contract import parse_record
 from services.datagen import Dataset, DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
@@ -58,19 +56,8 @@ class Service:
 async def load_through_indexer(
     es: AsyncElasticsearch, names: IndexNames, dataset: Dataset, seed: int
 ) -> None:
-    """Apply the dataset's noisy event stream in batches, like the consumer does."""
-    engine = Engine(Sink(es, names))
-    entity_of = {"flow", "deployment", "flow_run", "task_run", "artifact"}
-    records = dataset_records(dataset, seed, HARD)
-    batch = []
-    for entity, key, value in records:
-        assert entity in entity_of
-        batch.append(parse_record(entity, key, value))
-        if len(batch) == 400:
-            await engine.apply(batch)
-            batch = []
-    if batch:
-        await engine.apply(batch)
+    """Apply the dataset's noisy event stream in batches with the indexer's processor."""
+    await LocalPipeline(es, names).load(dataset_records(dataset, seed, HARD), batch=400)
     await es.indices.refresh(index=",".join(names.all_aliases()))
 
 

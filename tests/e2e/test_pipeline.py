@@ -81,6 +81,26 @@ async def publish(kafka: KafkaSettings, records: list[tuple[str, bytes, bytes | 
         await producer.stop()
 
 
+async def dead_letters(kafka: KafkaSettings, want: int, seconds: float = 30) -> list[Any]:
+    """Records of the dead-letter topic, once `want` of them arrived (or time ran out)."""
+    consumer = AIOKafkaConsumer(
+        kafka.dlq_topic,
+        bootstrap_servers=kafka.bootstrap_servers,
+        auto_offset_reset="earliest",
+        group_id=f"dlq-{uuid.uuid4().hex[:6]}",
+    )
+    await consumer.start()
+    dead: list[Any] = []
+    try:
+        deadline = time.monotonic() + seconds
+        while len(dead) < want and time.monotonic() < deadline:
+            for msgs in (await consumer.getmany(timeout_ms=1000)).values():
+                dead.extend(msgs)
+    finally:
+        await consumer.stop()
+    return dead
+
+
 async def wait_for(
     client: httpx.AsyncClient, path: str, body: dict[str, Any], want: Any, seconds: float
 ) -> Any:
@@ -134,71 +154,88 @@ async def test_poison_goes_to_dead_letter_topic_and_valid_events_survive(stack: 
     await publish(kafka, records)
     body = {"artifacts": {"key": {"any_": ["after-poison"]}}}
     assert await wait_for(client, "/api/artifacts/count", body, 1, 60) == 1
-    consumer = AIOKafkaConsumer(
-        kafka.dlq_topic,
-        bootstrap_servers=kafka.bootstrap_servers,
-        auto_offset_reset="earliest",
-        group_id=f"dlq-{uuid.uuid4().hex[:6]}",
-    )
-    await consumer.start()
-    try:
-        reasons = []
-        deadline = time.monotonic() + 30
-        while len(reasons) < 3 and time.monotonic() < deadline:
-            batch = await consumer.getmany(timeout_ms=1000)
-            for msgs in batch.values():
-                for msg in msgs:
-                    reasons.append(dict(msg.headers)["dlq.reason"].decode())
-        assert sorted(reasons) == ["entity_mismatch", "invalid_json", "invalid_key"]
-    finally:
-        await consumer.stop()
+    dead = await dead_letters(kafka, 3)
+    reasons = [dict(msg.headers)["dlq.reason"].decode() for msg in dead]
+    assert sorted(reasons) == ["entity_mismatch", "invalid_json", "invalid_key"]
 
 
-async def test_parents_first_holds_artifacts_back_during_a_backlog(
-    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
+async def test_parents_are_caught_up_before_any_artifact_so_nothing_is_written_twice(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, monkeypatch: Any
 ) -> None:
-    """A backlog on every topic (artifacts published first): once the indexer has seen
-    the parents' lag, it applies no artifact until the parent topics are drained, and the
-    index converges."""
+    """A backlog on every topic (artifacts published first): the indexer applies every parent
+    record before the first artifact (the global tables' restore), so no artifact document
+    is ever rewritten by fan-out during the initial load, and the index converges."""
+    from indexer.runtime import Processor
+
     dataset = generate_dataset(11, DatasetScale.for_artifacts(3_000))
     # artifacts first, then task runs, ..., flows (each key's own order kept)
     records = sorted(dataset_records(dataset, 11), key=lambda r: -ENTITIES.index(r[0]))
-    settings = IndexerSettings(
-        max_batch=100,
-        max_partition_fetch_bytes=8_192,  # every fetch round interleaves all topics
-        parents_first_lag=20,
-        parents_first_max_batches=10**6,
-    )
-    batches: list[tuple[int, int]] = []  # (parent events, artifact events) per batch
+    steps: list[tuple[int, int, int]] = []  # (parent records, artifact records, fanned out)
+    real = Processor.process
 
-    def record_batches(indexer: Indexer) -> None:
-        apply = indexer.engine.apply
+    async def recording(self: Processor, batch: Any) -> Any:
+        result = await real(self, batch)
+        artifacts = sum(1 for r in batch if r.topic.endswith("artifacts"))
+        members = sum(1 for r in batch if r.topic.endswith("members"))
+        steps.append((len(batch) - artifacts - members, artifacts, result.output.fanned_out))
+        return result
 
-        async def recording_apply(events: Any) -> Any:
-            artifacts = sum(1 for e in events if e.entity == "artifact")
-            batches.append((len(events) - artifacts, artifacts))
-            return await apply(events)
-
-        indexer.engine.apply = recording_apply  # type: ignore[method-assign]
-
-    async with running(
-        kafka_bootstrap, elasticsearch_url, unique_name, settings, records, record_batches
-    ) as (_, _, client):
+    monkeypatch.setattr(Processor, "process", recording)
+    settings = IndexerSettings(max_batch=500)
+    async with running(kafka_bootstrap, elasticsearch_url, unique_name, settings, records) as (
+        _,
+        _,
+        client,
+    ):
         want = len(dataset.artifacts)
         assert await wait_for(client, "/api/artifacts/count", {}, want, 120) == want
         runs = {r["id"] for r in dataset.flow_runs}
         joined = sum(1 for a in dataset.artifacts if a["flow_run_id"] in runs)
         got = await wait_for(client, "/api/artifacts/count", {"flow_runs": {}}, joined, 30)
         assert got == joined
-        parents = len(records) - sum(1 for r in records if r[0] == "artifact")
-        for _ in range(150):  # at most 30 s for the last parent batches
-            if sum(p for p, _ in batches) >= parents:
-                break
-            await asyncio.sleep(0.2)
-        assert sum(p for p, _ in batches) >= parents
-        first_parent = next(i for i, (p, _) in enumerate(batches) if p)
-        last_parent = max(i for i, (p, _) in enumerate(batches) if p)
-        # the batch that revealed the lag may carry artifacts; later ones hold them back
-        early = sum(a for _, a in batches[first_parent + 1 : last_parent])
-        assert early == 0, batches[: last_parent + 1]
-        assert sum(a for _, a in batches) >= want
+    parents = len(records) - sum(1 for r in records if r[0] == "artifact")
+    first_artifact = next(i for i, (_, a, _) in enumerate(steps) if a)
+    assert sum(p for p, _, _ in steps[:first_artifact]) == parents, steps[: first_artifact + 1]
+    assert all(fanned == 0 for _, a, fanned in steps if a), steps
+
+
+async def test_null_and_non_utf8_headers_never_lose_a_record(stack: Any) -> None:
+    """Through the real FastStream path: a header whose value is null (aiokafka gives None)
+    or not UTF-8 must not make the batch fail; valid records are applied, poison ones are
+    dead-lettered with their original header bytes."""
+    kafka, _, client = stack
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    await producer.start()
+    good = [str(uuid.uuid4()) for _ in range(3)]
+    headers = [("nullable", None), ("latin1", b"caf\xe9"), ("ok", b"yes")]
+    try:
+        for i, aid in enumerate(good):
+            data = {
+                "id": aid,
+                "created": "2024-01-01T00:00:00Z",
+                "updated": "2024-01-01T00:00:00Z",
+                "key": "headers",
+                "type": "markdown",
+            }
+            value = encode_event("artifact", aid, "upsert", 1, data)
+            await producer.send(
+                kafka.topic_for("artifact"), value=value, key=aid.encode(), headers=headers
+            )
+            if i == 1:
+                await producer.send(
+                    kafka.topic_for("artifact"),
+                    value=b"{oops",
+                    key=str(uuid.uuid4()).encode(),
+                    headers=headers,
+                )
+        await producer.flush()
+    finally:
+        await producer.stop()
+    body = {"artifacts": {"key": {"any_": ["headers"]}}}
+    assert await wait_for(client, "/api/artifacts/count", body, 3, 60) == 3
+    dead = await dead_letters(kafka, 1)
+    assert len(dead) == 1
+    got = dict(dead[0].headers)
+    assert got["dlq.reason"] == b"invalid_json"
+    assert got["original.latin1"] == b"caf\xe9"
+    assert got["original.nullable"] in (None, b"")

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from query.app import create_app
 from services.config import ElasticsearchSettings, KafkaSettings, QuerySettings
 from services.contract import ENTITIES
 from services.datagen import Dataset, DatasetScale, generate_dataset
+from services.documents import collection_id
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
 from services.events import HARD, dataset_records
@@ -172,9 +173,15 @@ class Wiring:
     def names(self) -> IndexNames:
         return IndexNames(f"{self.name}-")
 
-    def indexer_env(self) -> dict[str, str]:
+    def state_dir(self, replica: str) -> Path:
+        """A replica's state store: kept across its restarts, like a pod's volume."""
+        return FAULTS_DIR / "state" / self.name / replica
+
+    def indexer_env(self, replica: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(_SETTINGS_PREFIXES)}
         env.update(
+            INDEXER_STATE_DIR=str(self.state_dir(replica)),
+            INDEXER_INSTANCE_ID=replica,
             KAFKA_BOOTSTRAP_SERVERS=self.kafka_bootstrap,
             KAFKA_TOPIC_PREFIX=f"{self.name}.",
             KAFKA_GROUP_ID=self.name,
@@ -189,16 +196,21 @@ class Wiring:
 
 
 class IndexerProcess:
-    """`python -m services.cli indexer` as a child process with its own log file."""
+    """`python -m services.cli indexer` as a child process with its own log file.
 
-    def __init__(self, wiring: Wiring, label: str) -> None:
+    `replica` names the state directory and instance id: several processes of one replica
+    are restarts of the same pod (same volume); different replicas share the work.
+    """
+
+    def __init__(self, wiring: Wiring, label: str, replica: str = "a") -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
+        self.replica = replica
         self.log_path = LOG_DIR / f"{wiring.name}-{label}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "services.cli", "indexer"],
             cwd=REPO_ROOT,
-            env=wiring.indexer_env(),
+            env=wiring.indexer_env(replica),
             stdin=subprocess.DEVNULL,
             stdout=self._log,
             stderr=subprocess.STDOUT,
@@ -257,7 +269,13 @@ class Topics:
         self.partitions = partitions
         self.configs = configs or {}
         self.entity_topics = [self.kafka.topic_for(e) for e in ENTITIES]
-        self.all_topics = [*self.entity_topics, self.kafka.dlq_topic]
+        self.parent_topics = [
+            t for t in self.entity_topics if t != self.kafka.topic_for("artifact")
+        ]
+        self.group_topics = [self.kafka.topic_for("artifact"), self.kafka.members_topic]
+        self.all_topics = [*self.entity_topics, self.kafka.dlq_topic, self.kafka.members_topic]
+        #: the replicas whose global (parent) progress counts; set by the scenario
+        self.replicas: Callable[[], set[str]] = lambda: {"a"}
 
     def _admin(self) -> AIOKafkaAdminClient:
         return AIOKafkaAdminClient(
@@ -272,6 +290,15 @@ class Topics:
                 [
                     NewTopic(t, self.partitions, 1, topic_configs=self.configs)
                     for t in self.all_topics
+                    if t != self.kafka.members_topic
+                ]
+                + [
+                    NewTopic(
+                        self.kafka.members_topic,
+                        self.partitions,
+                        1,
+                        topic_configs={"cleanup.policy": "compact"},
+                    )
                 ]
             )
         finally:
@@ -308,6 +335,7 @@ class Topics:
             await producer.stop()
 
     async def end_offsets(self, topics: Iterable[str] | None = None) -> dict[TopicPartition, int]:
+        """End offsets of `topics` (default: the entity topics), every partition."""
         consumer = AIOKafkaConsumer(
             bootstrap_servers=self.kafka.bootstrap_servers, request_timeout_ms=10_000
         )
@@ -322,22 +350,39 @@ class Topics:
         finally:
             await consumer.stop()
 
-    async def committed(self) -> dict[TopicPartition, int]:
+    async def committed(self, group: str | None = None) -> dict[TopicPartition, int]:
         admin = self._admin()
         await admin.start()
         try:
-            got = await admin.list_consumer_group_offsets(self.kafka.group_id)
+            got = await admin.list_consumer_group_offsets(group or self.kafka.group_id)
         finally:
             await admin.close()
         return {tp: meta.offset for tp, meta in got.items() if meta.offset >= 0}
 
     async def lag(self) -> tuple[int, int, int]:
-        """(lag, committed total, end total) over the entity topics."""
-        ends = await self.end_offsets()
-        committed = await self.committed()
-        done = sum(min(committed.get(tp, 0), end) for tp, end in ends.items())
-        total = sum(ends.values())
-        return total - done, done, total
+        """(lag, applied total, end total) over the entity topics, plus the member topic's lag.
+
+        The group commits the artifact and member partitions; each replica commits its
+        copy of the parent topics under `<group>.global.<replica>` (the slowest counts).
+        """
+        ends = await self.end_offsets([*self.entity_topics, self.kafka.members_topic])
+        group = await self.committed()
+        done = 0
+        members_lag = 0
+        for tp, end in ends.items():
+            if tp.topic == self.kafka.members_topic:
+                members_lag += end - min(group.get(tp, 0), end)
+            elif tp.topic in self.group_topics:
+                done += min(group.get(tp, 0), end)
+        parents = [
+            await self.committed(f"{self.kafka.group_id}.global.{replica}")
+            for replica in sorted(self.replicas())
+        ]
+        for tp, end in ends.items():
+            if tp.topic in self.parent_topics:
+                done += min((min(p.get(tp, 0), end) for p in parents), default=0)
+        total = sum(end for tp, end in ends.items() if tp.topic != self.kafka.members_topic)
+        return total - done + members_lag, done, total
 
     async def dead_letters(self) -> list[dict[str, str]]:
         """Headers of every record on the dead-letter topic."""
@@ -614,7 +659,8 @@ async def _scan(es: AsyncElasticsearch, index: str, fields: list[str]) -> list[d
 
 
 async def check_documents(es_url: str, names: IndexNames, expected: Expected) -> StateReport:
-    """Stored versions and liveness of every artifact and entity snapshot, read from ES."""
+    """Stored versions and liveness of every artifact document, and no live collection
+    beyond the expected ones, read from Elasticsearch."""
     report = StateReport()
     es = AsyncElasticsearch(es_url, request_timeout=60)
     try:
@@ -622,14 +668,19 @@ async def check_documents(es_url: str, names: IndexNames, expected: Expected) ->
         stored: dict[tuple[str, str], tuple[int, bool]] = {}
         for doc in await _scan(es, names.artifacts, ["version", "live"]):
             stored[("artifact", doc["_id"])] = (int(doc["version"]), bool(doc.get("live")))
-        for doc in await _scan(es, names.entities, ["entity", "version", "deleted"]):
-            if doc.get("entity") not in ENTITIES:
-                continue  # relation candidate documents
-            entity, _, ident = doc["_id"].partition(":")
-            stored[(entity, ident)] = (int(doc["version"]), not doc.get("deleted"))
+        collections = {
+            doc["_id"] for doc in await _scan(es, names.collections, ["live"]) if doc.get("live")
+        }
     finally:
         await es.close()
+    want_collections = {collection_id(key) for key in expected.collections}
+    for ident in sorted(collections - want_collections)[:3]:
+        report.note(f"unexpected live collection {ident}")
+    report.unexpected_documents += len(collections - want_collections)
+    report.missing_documents += len(want_collections - collections)
     for ident, (version, live) in expected.versions.items():
+        if ident[0] != "artifact":
+            continue  # parents live in the indexer's state store, not in Elasticsearch
         got = stored.get(ident)
         if got is None:
             report.missing_documents += 1
@@ -644,7 +695,7 @@ async def check_documents(es_url: str, names: IndexNames, expected: Expected) ->
         if got[1] != live:
             report.liveness_mismatches += 1
             report.note(f"{ident} live={got[1]}, expected {live}")
-    extra = set(stored) - set(expected.versions)
+    extra = set(stored) - {i for i in expected.versions if i[0] == "artifact"}
     report.unexpected_documents += len(extra)
     for ident in sorted(extra)[:3]:
         report.note(f"unexpected document {ident}")
@@ -707,8 +758,15 @@ class Scenario:
     client: httpx.AsyncClient
     processes: list[IndexerProcess] = field(default_factory=list)
 
-    def start_indexer(self, label: str) -> IndexerProcess:
-        proc = IndexerProcess(self.wiring, label)
+    def __post_init__(self) -> None:
+        self.topics.replicas = self.live_replicas
+
+    def live_replicas(self) -> set[str]:
+        """Replicas with a running process (their parent progress counts towards the lag)."""
+        return {p.replica for p in self.processes if p.alive()} or {"a"}
+
+    def start_indexer(self, label: str, replica: str = "a") -> IndexerProcess:
+        proc = IndexerProcess(self.wiring, label, replica)
         self.processes.append(proc)
         return proc
 

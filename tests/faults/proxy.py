@@ -57,8 +57,15 @@ class FaultProxy:
         self._sock.bind(("127.0.0.1", 0))
         self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
 
+        self.fail_count = 0
+
     def fail_for(self, seconds: float) -> None:
         self.fail_until = time.monotonic() + seconds
+
+    def fail_next(self, count: int) -> None:
+        """Answer the next `count` matching requests with the error, whenever they come
+        (progress-driven, unlike `fail_for`: a fast client cannot slip past the window)."""
+        self.fail_count = count
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
@@ -70,7 +77,9 @@ class FaultProxy:
             body += message.get("body", b"")
             more = message.get("more_body", False)
         path: str = scope["path"]
-        if time.monotonic() < self.fail_until and any(p in path for p in self.paths):
+        matches = any(p in path for p in self.paths)
+        if matches and (time.monotonic() < self.fail_until or self.fail_count > 0):
+            self.fail_count = max(0, self.fail_count - 1)
             self.injected += 1
             await self._reply(
                 send,

@@ -284,7 +284,7 @@ async def test_replica_sigkilled_survivor_finishes(private_servers: PrivateServe
     started = time.monotonic()
     async with open_scenario(private_servers, "replicas") as sc:
         await sc.topics.publish(records)
-        replicas = [sc.start_indexer("a"), sc.start_indexer("b")]
+        replicas = [sc.start_indexer("a", "a"), sc.start_indexer("b", "b")]
         await wait_progress(sc, len(records) // 5, 90)
         members = await group_members(sc)
         await asyncio.sleep(rng.uniform(0.2, 3.0))

@@ -73,7 +73,7 @@ class Stack:
 
 @pytest.fixture
 async def stack(
-    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
 ) -> AsyncIterator[Stack]:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
@@ -87,6 +87,7 @@ async def stack(
         ELASTICSEARCH_URL=elasticsearch_url,
         ELASTICSEARCH_INDEX_PREFIX=es.index_prefix,
         INDEXER_METRICS_PORT="0",
+        INDEXER_STATE_DIR=str(tmp_path / "indexer-state"),
         LOG_LEVEL="WARNING",
     )
     try:
@@ -212,7 +213,7 @@ async def test_bootstrap_twice_is_a_no_op_the_second_time(stack: Stack) -> None:
     assert set(aliases) == {f"{stack.es.index_prefix}{k}" for k in ENTITY_KINDS}
 
 
-ENTITY_KINDS = ("artifacts", "collections", "entities")
+ENTITY_KINDS = ("artifacts", "collections", "control")
 
 
 def _jsonl(records: list[tuple[str, bytes, bytes | None]]) -> str:

@@ -91,5 +91,10 @@ def test_compose_services_commands_ports_and_order() -> None:
     assert services["indexer"]["environment"]["INDEXER_METRICS_PORT"] == "9464"
     assert services["indexer"]["ports"] == ["127.0.0.1:9464:9464"]
     assert "/livez" in " ".join(services["indexer"]["healthcheck"]["test"])
+    # the state store on a named volume (the root filesystem is read-only)
+    state = services["indexer"]["environment"]["INDEXER_STATE_DIR"]
+    (mount,) = services["indexer"]["volumes"]
+    volume, path = mount.split(":")
+    assert state.startswith(path + "/") and volume in compose["volumes"]
     assert "/api/ready" in " ".join(services["api"]["healthcheck"]["test"])
     assert services["elasticsearch"]["image"].endswith(":9.2.4")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from services.es.indices import (
     ARTIFACTS_MAPPING,
     COLLECTIONS_MAPPING,
-    ENTITIES_MAPPING,
+    CONTROL_MAPPING,
     SCHEMA_VERSION,
     IndexNames,
 )
@@ -14,17 +14,17 @@ from services.es.indices import (
 def test_default_names_are_the_aliases() -> None:
     names = IndexNames("p-")
     assert names.write_targets is None
-    assert names.all_aliases() == ("p-artifacts", "p-collections", "p-entities")
+    assert names.all_aliases() == ("p-artifacts", "p-collections", "p-control")
     assert names.concrete(names.artifacts) == f"p-artifacts-v{SCHEMA_VERSION}"
-    assert names.mapping_for("p-entities") is ENTITIES_MAPPING
+    assert names.mapping_for("p-control") is CONTROL_MAPPING
 
 
 def test_retarget_points_the_engine_at_a_new_version() -> None:
     names = IndexNames("p-").retarget(7)
-    assert (names.artifacts, names.collections, names.entities) == (
+    assert (names.artifacts, names.collections, names.control) == (
         "p-artifacts-v7",
         "p-collections-v7",
-        "p-entities-v7",
+        "p-control-v7",
     )
     assert names.alias("artifacts") == "p-artifacts"
     assert names.mapping_for("p-artifacts-v7") is ARTIFACTS_MAPPING
@@ -40,4 +40,4 @@ def test_artifact_and_collection_indices_are_sorted_by_id_descending() -> None:
         assert settings["sort.field"] == ["id_hi", "id_lo"]
         assert settings["sort.order"] == ["desc", "desc"]
         assert (settings["number_of_shards"], settings["number_of_replicas"]) == (3, 1)
-    assert "sort.field" not in index_settings(1, 0, ENTITIES_MAPPING)
+    assert "sort.field" not in index_settings(1, 0, CONTROL_MAPPING)

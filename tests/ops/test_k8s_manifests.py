@@ -34,7 +34,7 @@ def _pod_spec(obj: Obj) -> dict[str, Any]:
 
 
 def _workloads(objs: list[Obj]) -> list[Obj]:
-    return [o for o in objs if o["kind"] in ("Deployment", "Job")]
+    return [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job")]
 
 
 def _config(objs: list[Obj]) -> dict[str, str]:
@@ -64,7 +64,7 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
     overlay, objs = rendered
     kinds = {(o["kind"], o["metadata"]["name"]) for o in objs}
     for want in [
-        ("Deployment", "artifact-search-indexer"),
+        ("StatefulSet", "artifact-search-indexer"),
         ("Deployment", "artifact-search-query"),
         ("Service", "artifact-search-query"),
         ("HorizontalPodAutoscaler", "artifact-search-query"),
@@ -123,11 +123,11 @@ def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
 def test_long_running_pods_have_probes_and_spread(rendered: tuple[str, list[Obj]]) -> None:
     _, objs = rendered
     expected_paths = {
-        "artifact-search-query": ("/api/health", "/api/ready"),
-        "artifact-search-indexer": ("/livez", "/readyz"),
+        ("Deployment", "artifact-search-query"): ("/api/health", "/api/ready"),
+        ("StatefulSet", "artifact-search-indexer"): ("/livez", "/readyz"),
     }
-    for name, (live, ready) in expected_paths.items():
-        dep = _one(objs, "Deployment", name)
+    for (kind, name), (live, ready) in expected_paths.items():
+        dep = _one(objs, kind, name)
         pod = _pod_spec(dep)
         (container,) = pod["containers"]
         assert container["startupProbe"]["httpGet"]["path"] == live
@@ -150,10 +150,10 @@ def pod_labels(dep: Obj) -> dict[str, str]:
 def test_indexer_replicas_partitions_grace_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
     _, objs = rendered
     config = _config(objs)
-    dep = _one(objs, "Deployment", "artifact-search-indexer")
+    dep = _one(objs, "StatefulSet", "artifact-search-indexer")
     replicas = dep["spec"]["replicas"]
     assert 1 <= replicas <= int(config["KAFKA_PARTITIONS"])
-    assert dep["spec"]["strategy"]["rollingUpdate"]["maxSurge"] == 0
+    assert dep["spec"]["updateStrategy"]["type"] == "RollingUpdate"  # one pod at a time
     # a batch gets its retries (up to INDEXER_RETRY_MAX_S each) and a minute of work
     grace = _pod_spec(dep)["terminationGracePeriodSeconds"]
     assert grace >= 60 + 2 * float(config["INDEXER_RETRY_MAX_S"])
@@ -161,6 +161,24 @@ def test_indexer_replicas_partitions_grace_and_pdb(rendered: tuple[str, list[Obj
     assert _selects(pdb["spec"]["selector"], pod_labels(dep))
     assert pdb["spec"].get("maxUnavailable", 0) >= 1 or pdb["spec"]["minAvailable"] < replicas
     assert _selects(dep["spec"]["selector"], pod_labels(dep))
+
+
+def test_indexer_keeps_its_state_on_a_volume_per_replica(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The state store lives on the pod's own claim; the pod name is the instance id and
+    the static member id, so a restart resumes from the same state and partitions."""
+    _, objs = rendered
+    sts = _one(objs, "StatefulSet", "artifact-search-indexer")
+    (claim,) = sts["spec"]["volumeClaimTemplates"]
+    (container,) = _pod_spec(sts)["containers"]
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["INDEXER_STATE_DIR"]["value"].startswith(mounts[claim["metadata"]["name"]] + "/")
+    assert env["INDEXER_INSTANCE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert env["INDEXER_STATIC_MEMBERSHIP"]["value"] == "true"
+    assert sts["spec"]["serviceName"] == "artifact-search-indexer-metrics"
+    assert _one(objs, "Service", "artifact-search-indexer-metrics")["spec"]["clusterIP"] == "None"
 
 
 def test_query_service_hpa_and_pdb(rendered: tuple[str, list[Obj]]) -> None:

@@ -37,11 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from indexer.engine import Engine
-from indexer.sink import Sink
+from indexer.local import LocalPipeline
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
-from services.contract import encode_event, parse_record
+from services.contract import encode_event
 from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
@@ -158,10 +157,7 @@ async def _load(es: AsyncElasticsearch, names: IndexNames) -> tuple[dict[str, st
         literal_ids[key] = aid
         data = {"id": aid, "created": TS, "updated": TS, "key": key, "type": "markdown"}
         records.append(("artifact", aid.encode(), encode_event("artifact", aid, "upsert", 1, data)))
-    engine = Engine(Sink(es, names))
-    events = [parse_record(entity, key, value) for entity, key, value in records]
-    for start in range(0, len(events), 400):
-        await engine.apply(events[start : start + 400])
+    await LocalPipeline(es, names).load(records, batch=400)
     # a document in an index outside the service's aliases: must never be reachable
     await es.index(
         index=f"{names.prefix}canary",

@@ -24,7 +24,17 @@ def test_asyncapi_documents_every_topic_with_its_envelope() -> None:
         "prefect.task-runs",
         "prefect.artifacts",
         "prefect.dlq",
+        "prefect.indexer.collection-members",
     }
     schemas = spec["components"]["schemas"]
     assert "FlowRunEvent" in schemas and "FlowRunData" in schemas
     assert set(schemas["FlowRunEvent"]["required"]) >= {"event_id", "op", "entity_id", "version"}
+
+
+def test_member_record_schema_names_every_field_the_indexer_writes() -> None:
+    from indexer.app import MemberRecord
+    from indexer.collections import Member
+
+    encoded = Member("k", "a", 1, True, {"x": 1}).encode()
+    assert set(MemberRecord.model_fields) == set(encoded)
+    assert MemberRecord.model_validate(encoded).p == {"x": 1}

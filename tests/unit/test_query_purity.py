@@ -1,4 +1,5 @@
-"""The query and Prefect-schema modules stay pure: no client libraries, no I/O."""
+"""The pure modules (query translation, Prefect schemas, the indexer's state machine) import
+no client library and do no I/O."""
 
 from __future__ import annotations
 
@@ -17,8 +18,22 @@ PURE = [
     "query/sort.py",
     "query/paging.py",
     "query/search.py",
+    "indexer/keys.py",
+    "indexer/state.py",
+    "indexer/fold.py",
+    "indexer/graph.py",
+    "indexer/collections.py",
+    "indexer/step.py",
 ]
-FORBIDDEN = {"elasticsearch", "elastic_transport", "faststream", "aiokafka", "httpx", "asyncio"}
+FORBIDDEN = {
+    "elasticsearch",
+    "elastic_transport",
+    "faststream",
+    "aiokafka",
+    "httpx",
+    "asyncio",
+    "rocksdict",
+}
 
 
 @pytest.mark.parametrize("relative", PURE)
@@ -42,6 +57,7 @@ def test_importing_does_not_pull_clients() -> None:
         "import sys\n"
         "import query.translate, query.sort, query.paging, query.search\n"
         "import services.prefect.requests\n"
+        "import indexer.step\n"
         f"bad = [m for m in sys.modules if m.split('.')[0] in {clients!r}]\n"
         "assert not bad, bad\n"
     )

@@ -323,7 +323,7 @@ def test_translation(kind: str, payload: dict[str, Any], clauses: Any) -> None:
 
 def test_no_filters_is_only_live() -> None:
     assert translate_artifact_query() == {"bool": {"filter": [LIVE]}}
-    assert translate_collection_query() == {"bool": {"filter": []}}
+    assert translate_collection_query() == {"bool": {"filter": [LIVE]}}
 
 
 def test_flow_side_filters_share_one_flow_run_requirement() -> None:
@@ -374,6 +374,7 @@ def test_collection_filter_uses_latest_id_and_has_no_live_flag() -> None:
     assert translate_collection_query(flt) == {
         "bool": {
             "filter": [
+                LIVE,
                 terms("latest_id", U1),
                 wc("key_ci", "*k*"),
                 ex("key"),
@@ -384,7 +385,7 @@ def test_collection_filter_uses_latest_id_and_has_no_live_flag() -> None:
         }
     }
     assert translate_collection_query(flows=FlowFilter(), task_runs=TaskRunFilter()) == {
-        "bool": {"filter": [ex("fr.id"), ex("flow.id"), ex("tr.id")]}
+        "bool": {"filter": [LIVE, ex("fr.id"), ex("flow.id"), ex("tr.id")]}
     }
 
 
@@ -398,7 +399,7 @@ def test_or_result_at_top_level_is_wrapped_in_bool() -> None:
         {"operator": "or_", "key": {"any_": ["a"]}, "type": {"any_": ["b"]}}
     )
     assert translate_collection_query(flt) == {
-        "bool": {"filter": [anyof(terms("key", "a"), terms("type", "b"))]}
+        "bool": {"filter": [LIVE, anyof(terms("key", "a"), terms("type", "b"))]}
     }
 
 

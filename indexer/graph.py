@@ -1,0 +1,178 @@
+"""PURE: the parent entities' graph — edges, derived flags, fan-out and references.
+
+Parents (flows, deployments, flow runs, task runs) are replicated whole to every replica
+(a global table). When one changes, `parent_changed` keeps the reverse edges and live
+counters exact and says which flow runs and task runs now embed differently
+(`Affected`); the artifacts and collections embedding those are found through their own
+edges (indexer/step.py).
+
+Why scanning the committed edges is enough: an edge that exists only in this step's
+changes belongs to an entity that itself changed in this step, so it is already
+affected; an edge removed in this step still appears in the committed scan, and
+rewriting that document once more is harmless.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from indexer import keys
+from indexer.state import Tx
+
+Doc = dict[str, Any]
+
+
+@dataclass
+class Affected:
+    """Flow runs and task runs whose embedded form changed in this step."""
+
+    flow_runs: set[str] = field(default_factory=set)
+    task_runs: set[str] = field(default_factory=set)
+
+
+def _get(part: Doc | None, name: str) -> Any:
+    return None if part is None else part.get(name)
+
+
+def _move_edge(tx: Tx, kind: bytes, old: str | None, new: str | None, source: str) -> None:
+    if old == new:
+        return
+    if old is not None:
+        tx.put_raw(keys.edge(kind, old, source), False)
+    if new is not None:
+        tx.put_raw(keys.edge(kind, new, source), True)
+
+
+def _recount(tx: Tx, kind: bytes, old: str | None, new: str | None, source: str) -> list[str]:
+    """Move a counted edge; the targets whose live-edge count changed."""
+    if old == new:
+        return []
+    _move_edge(tx, kind, old, new, source)
+    changed = []
+    for target, delta in ((old, -1), (new, 1)):
+        if target is not None:
+            tx.add_count(keys.count(kind, target), delta)
+            changed.append(target)
+    return changed
+
+
+def sources(tx: Tx, kind: bytes, target: str) -> Iterator[str]:
+    """Committed sources of edges of `kind` pointing at `target`."""
+    for key in tx.scan_keys(keys.edge_prefix(kind, target)):
+        yield keys.edge_source(key)
+
+
+def parent_changed(
+    tx: Tx, entity: str, entity_id: str, old: Doc | None, new: Doc | None, out: Affected
+) -> None:
+    """Record that a parent's live part went from `old` to `new` (None: absent or deleted)."""
+    if old == new:
+        return
+    if entity == "flow_run":
+        out.flow_runs.add(entity_id)
+        _move_edge(tx, b"f", _get(old, "flow_id"), _get(new, "flow_id"), entity_id)
+        _move_edge(tx, b"d", _get(old, "deployment_id"), _get(new, "deployment_id"), entity_id)
+        old_parent, new_parent = _get(old, "parent_task_run_id"), _get(new, "parent_task_run_id")
+        # has_subflow_run of both parents may flip
+        out.task_runs.update(_recount(tx, b"t", old_parent, new_parent, entity_id))
+    elif entity == "task_run":
+        out.task_runs.add(entity_id)
+        if (old is None) != (new is None) or _get(old, "flow_run_id") != _get(new, "flow_run_id"):
+            out.flow_runs.update(sources(tx, b"t", entity_id))  # parent_flow_run_id
+    elif entity == "flow":
+        out.flow_runs.update(sources(tx, b"f", entity_id))
+        if _get(old, "name_ci") != _get(new, "name_ci"):
+            for deployment_id in sources(tx, b"F", entity_id):  # dep.flow_name_ci
+                out.flow_runs.update(sources(tx, b"d", deployment_id))
+    elif entity == "deployment":
+        out.flow_runs.update(sources(tx, b"d", entity_id))
+        old_flow, new_flow = _get(old, "flow_id"), _get(new, "flow_id")
+        for flow_id in _recount(tx, b"F", old_flow, new_flow, entity_id):
+            out.flow_runs.update(sources(tx, b"f", flow_id))  # has_deployment may flip
+    else:  # pragma: no cover - the caller only passes parents
+        raise ValueError(f"not a parent entity: {entity}")
+
+
+def live(tx: Tx, entity: str, entity_id: str) -> Doc | None:
+    """A parent's live part (shared: do not mutate), or None."""
+    state = tx.get(keys.parent(entity, entity_id))
+    if state is None or state["d"]:
+        return None
+    part: Doc = state["p"]
+    return part
+
+
+class Refs:
+    """Builds the `fr`/`flow`/`dep`/`tr` objects of documents, memoized for one step.
+
+    Valid only once every record of the step is folded: the memo assumes the state no
+    longer changes.
+    """
+
+    def __init__(self, tx: Tx) -> None:
+        self.tx = tx
+        self._runs: dict[str, tuple[Doc | None, Doc | None, Doc | None]] = {}
+        self._tasks: dict[str, Doc | None] = {}
+
+    def run_side(self, flow_run_id: str) -> tuple[Doc | None, Doc | None, Doc | None]:
+        """(fr, flow, dep) for a flow run id."""
+        hit = self._runs.get(flow_run_id)
+        if hit is not None:
+            return hit
+        tx = self.tx
+        fr_part = live(tx, "flow_run", flow_run_id)
+        result: tuple[Doc | None, Doc | None, Doc | None] = (None, None, None)
+        if fr_part is not None:
+            fr = dict(fr_part)
+            parent_id = fr.get("parent_task_run_id")
+            if parent_id is not None:
+                parent = live(tx, "task_run", parent_id)
+                if parent is not None and parent.get("flow_run_id") is not None:
+                    fr["parent_flow_run_id"] = parent["flow_run_id"]
+            flow_part = live(tx, "flow", fr["flow_id"])
+            flow = None
+            if flow_part is not None:
+                flow = dict(flow_part)
+                flow["has_deployment"] = bool(tx.get(keys.count(b"F", flow["id"])))
+            dep = None
+            deployment_id = fr.get("deployment_id")
+            if deployment_id is not None:
+                dep_part = live(tx, "deployment", deployment_id)
+                if dep_part is not None:
+                    dep = dict(dep_part)
+                    dep_flow = live(tx, "flow", dep["flow_id"])
+                    if dep_flow is not None:
+                        dep["flow_name_ci"] = dep_flow["name_ci"]
+            result = (fr, flow, dep)
+        self._runs[flow_run_id] = result
+        return result
+
+    def task_side(self, task_run_id: str) -> Doc | None:
+        """tr for a task run id."""
+        if task_run_id in self._tasks:
+            return self._tasks[task_run_id]
+        part = live(self.tx, "task_run", task_run_id)
+        tr = None
+        if part is not None:
+            tr = dict(part)
+            tr["has_subflow_run"] = bool(self.tx.get(keys.count(b"t", task_run_id)))
+        self._tasks[task_run_id] = tr
+        return tr
+
+    def attach(self, doc: Doc, flow_run_id: str | None, task_run_id: str | None) -> Doc:
+        """`doc` with the present reference objects added (in place; returns it)."""
+        if flow_run_id is not None:
+            fr, flow, dep = self.run_side(flow_run_id)
+            if fr is not None:
+                doc["fr"] = fr
+                if flow is not None:
+                    doc["flow"] = flow
+                if dep is not None:
+                    doc["dep"] = dep
+        if task_run_id is not None:
+            tr = self.task_side(task_run_id)
+            if tr is not None:
+                doc["tr"] = tr
+        return doc

@@ -1,0 +1,248 @@
+"""The indexer's processor: runs steps over the store and performs their effects in order.
+
+One `Processor` per replica. For every batch of consumed records, under one lock:
+
+1. activate newly assigned group partitions: take a new epoch (compare-and-set in the
+   control index); if the epoch is not the stored one plus one, or the control index is
+   another one, somebody else may have written the partition's documents meanwhile, so
+   it is rewritten whole (a cursor, a slice per step);
+2. run the pure step (indexer/step.py) on a `Tx` of the store;
+3. write its documents with external versions (`epoch << 40 | sequence`), publish its
+   member records, dead-letter its poison — each retried with backoff and jitter
+   (tenacity) until it succeeds, so nothing is ever skipped;
+4. commit the `Tx` — state and positions — in one atomic store batch.
+
+Only then may Kafka offsets be committed (the caller does it: they only serve lag
+monitoring; positions are resumed from the store). A crash anywhere before step 4 leaves
+the store at the previous step and the same records are applied again: every effect is a
+blind versioned write or a re-sent record, so repeating it is harmless.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from indexer import keys, metrics
+from indexer.collections import Member
+from indexer.state import Cache, Tx
+from indexer.step import TP, Poison, RecordLike, StepOutput, Topology, run_step
+from indexer.store import Store
+from indexer.writer import MAX_SEQUENCE, Versioned, WriteStats, version_of
+from services.errors import TransientError
+
+log = logging.getLogger("indexer.runtime")
+
+T = TypeVar("T")
+
+
+class Writer(Protocol):
+    """Where final documents go (Elasticsearch, or a fake)."""
+
+    async def write(self, writes: Sequence[Versioned]) -> WriteStats: ...
+
+
+class Epochs(Protocol):
+    """Partition epochs shared by every replica of the group."""
+
+    async def acquire(self, topic: str, partition: int) -> tuple[int, str]: ...
+
+
+PublishMembers = Callable[[Sequence[tuple[int, Member]]], Awaitable[None]]
+DeadLetter = Callable[[Poison], Awaitable[None]]
+
+
+@dataclass
+class StepResult:
+    """A committed step: its output and the positions it reached."""
+
+    output: StepOutput
+    positions: dict[TP, int] = field(default_factory=dict)
+    stats: WriteStats = field(default_factory=WriteStats)
+
+
+class Processor:
+    """One replica's state, ownership and effects (see the module docstring)."""
+
+    def __init__(
+        self,
+        store: Store,
+        topology: Topology,
+        writer: Writer,
+        epochs: Epochs,
+        index_of: Callable[[str], str],
+        publish_members: PublishMembers | None = None,
+        dead_letter: DeadLetter | None = None,
+        *,
+        max_event_bytes: int = 1_000_000,
+        rewrite_budget: int = 5_000,
+        retry_initial_s: float = 0.2,
+        retry_max_s: float = 10.0,
+    ) -> None:
+        self.store = store
+        self.topology = topology
+        self.writer = writer
+        self.epochs = epochs
+        self.index_of = index_of
+        self.publish_members = publish_members
+        self.dead_letter = dead_letter
+        self.max_event_bytes = max_event_bytes
+        self.rewrite_budget = rewrite_budget
+        self.retry_initial_s = retry_initial_s
+        self.retry_max_s = retry_max_s
+        self.cache = Cache()
+        self.active: dict[TP, int] = {}
+        self.pending: set[TP] = set()
+        self.lock = asyncio.Lock()
+        self.sequence = 0
+        self.steps = 0
+
+    # -- ownership ----------------------------------------------------------------------
+    def position(self, topic: str, partition: int) -> int:
+        """The next offset to apply on a partition, from the committed store."""
+        raw = self.store.get(keys.position(topic, partition))
+        return 0 if raw is None else int(raw)
+
+    def assigned(self, tps: Sequence[TP]) -> None:
+        """Group partitions were assigned: activated before the next step."""
+        self.pending.update(tps)
+
+    def revoked(self, tps: Sequence[TP]) -> None:
+        """Group partitions were revoked: no more writes for them from this replica."""
+        for tp in tps:
+            self.active.pop(tp, None)
+            self.pending.discard(tp)
+
+    async def _activate(self) -> None:
+        for tp in sorted(self.pending):
+            epoch, control = await self._acquire(tp)
+            if tp not in self.pending:  # revoked while the epoch was taken
+                continue
+            own_key = keys.ownership(*tp)
+            own = Tx(self.store, self.cache).get(own_key)
+            continuous = (
+                own is not None and own.get("control") == control and own["epoch"] + 1 == epoch
+            )
+            record = {
+                "epoch": epoch,
+                "control": control,
+                "rewrite": (own or {}).get("rewrite") if continuous else "",
+                "marks": True,
+            }
+            tx = Tx(self.store, self.cache)
+            tx.put(own_key, record)
+            self.store.commit(tx.changes())
+            tx.committed()
+            self.active[tp] = epoch
+            self.pending.discard(tp)
+            log.info(
+                "partition %s:%d active at epoch %d (%s)",
+                *tp,
+                epoch,
+                "continuous" if continuous else "rewriting it whole",
+            )
+
+    async def _acquire(self, tp: TP) -> tuple[int, str]:
+        return await self._retry(lambda: self.epochs.acquire(*tp))
+
+    # -- steps --------------------------------------------------------------------------
+    async def process(self, records: Sequence[RecordLike]) -> StepResult:
+        """Apply records (group records of partitions not owned are left for their owner)."""
+        async with self.lock:
+            started = time.perf_counter()
+            if self.pending:
+                await self._activate()
+            topo = self.topology
+            mine = [
+                r
+                for r in records
+                if not topo.is_group_topic(r.topic) or (r.topic, r.partition) in self.active
+            ]
+            active = dict(self.active)
+            tx = Tx(self.store, self.cache, merged={b"s": keys.RANKED_FAMILY})
+            output = run_step(tx, topo, mine, active, self.max_event_bytes, self.rewrite_budget)
+            writes = [
+                Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
+                for w in output.writes
+            ]
+            stats = await self._retry(lambda: self.writer.write(writes))
+            if output.members:
+                publish = self.publish_members
+                assert publish is not None, "member records need a publisher"
+                await self._retry(lambda: publish(output.members))
+            for item in output.poison:
+                assert self.dead_letter is not None, "poison records need a dead-letter topic"
+                await self.dead_letter(item)
+            changes = tx.changes()
+            self.store.commit(changes)
+            tx.committed()
+            self.steps += 1
+            positions = {
+                keys.split_position(k): int(v)
+                for k, v in changes.items()
+                if k[:1] == b"P" and v is not None
+            }
+            _observe(output, stats)
+            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+            metrics.REWRITING.set(1 if self._rewriting() else 0)
+            return StepResult(output, positions, stats)
+
+    async def drain(self) -> StepResult | None:
+        """A step without records: drains marks and rewrite cursors (None when idle)."""
+        if not self.pending and not self._has_pending_work():
+            return None
+        return await self.process([])
+
+    def _has_pending_work(self) -> bool:
+        tx = Tx(self.store, self.cache)
+        for tp in self.active:
+            own = tx.get(keys.ownership(*tp))
+            if own is not None and (own.get("marks") or own.get("rewrite") is not None):
+                return True
+        return False
+
+    def _rewriting(self) -> bool:
+        tx = Tx(self.store, self.cache)
+        return any(
+            (tx.get(keys.ownership(*tp)) or {}).get("rewrite") is not None for tp in self.active
+        )
+
+    def _version(self, epoch: int) -> int:
+        self.sequence += 1
+        if self.sequence > MAX_SEQUENCE:  # pragma: no cover - 10^12 writes in one epoch
+            raise TransientError("sequence exhausted: restart to take a new epoch")
+        return version_of(epoch, self.sequence)
+
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        """Retry transient failures with exponential backoff and jitter, for ever."""
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(TransientError),
+            wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
+            before_sleep=_log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _log_retry(state: Any) -> None:
+    metrics.RETRIES.inc()
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("retrying after a transient failure (attempt %d): %s", state.attempt_number, exc)
+
+
+def _observe(output: StepOutput, stats: WriteStats) -> None:
+    for entity, n in output.events.items():
+        metrics.EVENTS.labels(entity=entity).inc(n)
+    metrics.DOCUMENTS.labels(kind="written").inc(stats.written)
+    metrics.DOCUMENTS.labels(kind="superseded").inc(stats.superseded)
+    metrics.PROPAGATED.inc(output.fanned_out)
+    metrics.FANOUT_DOCUMENTS.observe(output.fanned_out)
+    metrics.REDELIVERED.inc(output.skipped)
