@@ -34,6 +34,7 @@ from indexer.fold import fold_events, live_part
 from indexer.graph import Affected, Refs, parent_changed
 from indexer.state import Tx
 from services.contract import ArtifactData, EntityData, Event, parse_record
+from services.contract_fast import FastArtifact
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
 
@@ -112,7 +113,7 @@ def _parse(entity: str, record: RecordLike, max_bytes: int) -> Event:
 
 
 def _artifact_fields(data: EntityData, version: int) -> Doc:
-    assert isinstance(data, ArtifactData)
+    assert isinstance(data, ArtifactData | FastArtifact)
     return artifact_own_fields(data, version)
 
 

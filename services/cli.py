@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import logging
 import re
 import sys
@@ -88,6 +89,10 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
 
     settings: IndexerSettings = _settings(IndexerSettings)
     indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
+    # A step allocates tens of thousands of short-lived objects: with the default thresholds
+    # the cyclic GC runs hundreds of times a second and rescans everything alive (about 20 %
+    # of a step's CPU, measured). Objects alive after start-up are frozen out of its scans.
+    gc.set_threshold(50_000, 20, 100)
     if not settings.metrics_port:
         asyncio.run(indexer.app().run())
         return
@@ -95,6 +100,7 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
     app = indexer.app(first=[health.start])  # alive while the parents are caught up
 
     async def ready() -> None:
+        gc.freeze()
         health.ready = True
 
     async def not_ready() -> None:

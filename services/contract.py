@@ -8,6 +8,7 @@ ignored, as the contract allows producers to add optional fields.
 
 from __future__ import annotations
 
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -24,6 +25,14 @@ from pydantic import (
     create_model,
 )
 
+from services.contract_fast import (
+    FastArtifact,
+    FastDeployment,
+    FastFlow,
+    FastFlowRun,
+    FastTaskRun,
+    decode_envelope,
+)
 from services.errors import PoisonEventError
 from services.prefect.filters import StateType
 
@@ -125,7 +134,20 @@ class ArtifactData(_Data):
     task_run_id: uuid.UUID | None = None
 
 
-EntityData = FlowData | DeploymentData | FlowRunData | TaskRunData | ArtifactData
+EntityData = (
+    FlowData
+    | DeploymentData
+    | FlowRunData
+    | TaskRunData
+    | ArtifactData
+    | FastFlow
+    | FastDeployment
+    | FastFlowRun
+    | FastTaskRun
+    | FastArtifact
+)
+"""A snapshot as the full parser (pydantic) or the fast path (msgspec) gives it: the same
+field names and values, ids as `uuid.UUID` or canonical strings."""
 
 MAX_INDEXED_STRING_BYTES = 32_766
 """Largest UTF-8 size of a string the index stores as a keyword term (Lucene's term limit).
@@ -191,9 +213,14 @@ class Event:
     event_id: str | None
 
 
+_CANONICAL_KEY = re.compile(rb"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+
 def _canonical_key(key: bytes | None) -> str:
     if key is None:
         raise PoisonEventError("missing_key", "the record has no key")
+    if _CANONICAL_KEY.fullmatch(key):  # the common case: exactly what str(UUID(text)) gives
+        return key.decode()
     try:
         text = key.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -231,7 +258,7 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
-def _check_indexed_sizes(entity: str, data: BaseModel) -> None:
+def _check_indexed_sizes(entity: str, data: Any) -> None:
     for path in INDEXED_STRINGS[entity]:
         value: Any = data
         for part in path.split("."):
@@ -258,6 +285,9 @@ def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
     entity_id = _canonical_key(key)
     if value is None:
         return Event(entity, entity_id, "tombstone", 0, None, None)
+    fast = _parse_valid(entity, entity_id, value)
+    if fast is not None:
+        return fast
     try:
         raw = orjson.loads(value)
     except orjson.JSONDecodeError as exc:
@@ -292,6 +322,23 @@ def parse_record(entity: str, key: bytes | None, value: bytes | None) -> Event:
             "too_deep", f"data.data nests arrays/objects deeper than {MAX_DATA_DEPTH} levels"
         )
     return Event(entity, entity_id, "upsert", envelope.version, data, str(envelope.event_id))
+
+
+def _parse_valid(entity: str, entity_id: str, value: bytes) -> Event | None:
+    """The common case in one pass (services/contract_fast.py); None when anything is off,
+    and `parse_record`'s step-by-step path then names the exact reason."""
+    envelope = decode_envelope(entity, value)
+    if envelope is None or envelope.entity != entity or envelope.entity_id != entity_id:
+        return None
+    if envelope.op == "delete":
+        return Event(entity, entity_id, "delete", envelope.version, None, envelope.event_id)
+    data = envelope.data
+    if data is None or data.id != entity_id:
+        return None
+    _check_indexed_sizes(entity, data)
+    if isinstance(data, FastArtifact) and _depth_exceeds(data.data, MAX_DATA_DEPTH):
+        return None
+    return Event(entity, entity_id, "upsert", envelope.version, data, envelope.event_id)
 
 
 def encode_event(

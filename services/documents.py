@@ -20,6 +20,14 @@ from services.contract import (
     FlowRunData,
     TaskRunData,
 )
+from services.contract_fast import FastArtifact, FastDeployment, FastFlow, FastFlowRun, FastTaskRun
+
+# a snapshot from either parser: same field names, ids as UUID or canonical str
+AnyFlow = FlowData | FastFlow
+AnyDeployment = DeploymentData | FastDeployment
+AnyFlowRun = FlowRunData | FastFlowRun
+AnyTaskRun = TaskRunData | FastTaskRun
+AnyArtifact = ArtifactData | FastArtifact
 
 COLLECTION_NAMESPACE = uuid.UUID("6f0a3a8e-7f5e-4d0b-9a49-3c1b1b0c2a55")
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -56,8 +64,10 @@ Doc = dict[str, Any]
 
 def format_timestamp(value: datetime) -> str:
     """Prefect's JSON form of a timestamp: UTC, `Z`, microseconds only when non-zero."""
-    # isoformat of a naive value omits a zero microsecond part, as Prefect does
-    return value.astimezone(UTC).replace(tzinfo=None).isoformat() + "Z"
+    if value.tzinfo is not UTC:
+        value = value.astimezone(UTC)
+    # isoformat omits a zero microsecond part, as Prefect does; "+00:00" becomes "Z"
+    return value.isoformat()[:-6] + "Z"
 
 
 def format_micros(micros: int) -> str:
@@ -90,7 +100,10 @@ def id_order(doc_id: str) -> tuple[int, int]:
     Sorting on two longs is several times cheaper than on a keyword, above all for
     deep pages, where every shard returns `from + size` sort values.
     """
-    value = uuid.UUID(doc_id).int
+    if len(doc_id) == 36 and doc_id[8] == "-":
+        value = int(doc_id.replace("-", ""), 16)  # canonical text: no UUID object needed
+    else:
+        value = uuid.UUID(doc_id).int
     return (value >> 64) - _SIGN, (value & _LOW64) - _SIGN
 
 
@@ -110,18 +123,18 @@ def _put_time(doc: Doc, name: str, value: datetime | None) -> None:
         doc[name + "_us"] = to_micros(value)
 
 
-def _sid(value: uuid.UUID | None) -> str | None:
+def _sid(value: uuid.UUID | str | None) -> str | None:
     return None if value is None else str(value)
 
 
-def flow_part(data: FlowData) -> Doc:
+def flow_part(data: AnyFlow) -> Doc:
     """The flow fields artifact documents embed (without derived fields)."""
     doc: Doc = {"id": str(data.id), "name": data.name, "name_ci": ascii_lower(data.name)}
     _put(doc, "tags", list(data.tags))
     return doc
 
 
-def deployment_part(data: DeploymentData) -> Doc:
+def deployment_part(data: AnyDeployment) -> Doc:
     """The deployment fields artifact documents embed (without derived fields)."""
     doc: Doc = {
         "id": str(data.id),
@@ -135,7 +148,7 @@ def deployment_part(data: DeploymentData) -> Doc:
     return doc
 
 
-def flow_run_part(data: FlowRunData) -> Doc:
+def flow_run_part(data: AnyFlowRun) -> Doc:
     """The flow-run fields artifact documents embed (without derived fields)."""
     doc: Doc = {
         "id": str(data.id),
@@ -164,7 +177,7 @@ def flow_run_part(data: FlowRunData) -> Doc:
     return doc
 
 
-def task_run_part(data: TaskRunData) -> Doc:
+def task_run_part(data: AnyTaskRun) -> Doc:
     """The task-run fields artifact documents embed (without derived fields)."""
     doc: Doc = {"id": str(data.id), "name": data.name, "name_ci": ascii_lower(data.name)}
     _put(doc, "flow_run_id", _sid(data.flow_run_id))
@@ -179,18 +192,18 @@ def task_run_part(data: TaskRunData) -> Doc:
 
 def entity_part(data: EntityData) -> Doc:
     """Dispatch to the part builder of the snapshot's entity."""
-    if isinstance(data, FlowData):
+    if isinstance(data, FlowData | FastFlow):
         return flow_part(data)
-    if isinstance(data, DeploymentData):
+    if isinstance(data, DeploymentData | FastDeployment):
         return deployment_part(data)
-    if isinstance(data, FlowRunData):
+    if isinstance(data, FlowRunData | FastFlowRun):
         return flow_run_part(data)
-    if isinstance(data, TaskRunData):
+    if isinstance(data, TaskRunData | FastTaskRun):
         return task_run_part(data)
     raise TypeError(f"artifacts have no part: {type(data).__name__}")
 
 
-def artifact_own_fields(data: ArtifactData, version: int) -> Doc:
+def artifact_own_fields(data: AnyArtifact, version: int) -> Doc:
     """The artifact document without its `fr`/`flow`/`dep`/`tr` objects."""
     doc: Doc = {
         "id": str(data.id),

@@ -1,0 +1,106 @@
+"""The fast path (msgspec) accepts only what the full parser (pydantic) accepts, and then
+gives the same event: same op, version, event id and, built into documents, same fields."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import services.contract as contract
+from services.contract import parse_record
+from services.datagen import DatasetScale, generate_dataset
+from services.documents import artifact_own_fields, entity_part
+from services.errors import PoisonEventError
+from services.events import MOVING, dataset_records
+
+DATASET = generate_dataset(17, DatasetScale.tiny())
+RECORDS = [r for r in dataset_records(DATASET, 17, MOVING) if r[2] is not None]
+
+
+def _slow(entity: str, key: bytes, value: bytes) -> Any:
+    fast = contract._parse_valid
+    contract._parse_valid = lambda *_: None  # type: ignore[assignment]
+    try:
+        return parse_record(entity, key, value)
+    finally:
+        contract._parse_valid = fast  # type: ignore[assignment]
+
+
+def _built(event: Any) -> Any:
+    if event.data is None:
+        return None
+    if event.entity == "artifact":
+        return artifact_own_fields(event.data, event.version)
+    return entity_part(event.data)
+
+
+def _same(entity: str, key: bytes, value: bytes) -> bool:
+    """Whether the fast path took the record (and, if so, agreed with the full parser)."""
+    fast = contract._parse_valid(entity, key.decode("utf-8", "replace"), value)
+    if fast is None:
+        return False
+    slow = _slow(entity, key, value)  # raises if the full parser rejects it
+    assert (fast.op, fast.version, str(fast.event_id)) == (slow.op, slow.version, slow.event_id)
+    assert _built(fast) == _built(slow)
+    return True
+
+
+def test_every_generated_record_takes_the_fast_path() -> None:
+    assert all(_same(e, k, v) for e, k, v in RECORDS)
+
+
+TIMES = [
+    "2024-01-02T03:04:05Z",
+    "2024-01-02T03:04:05.5Z",
+    "2024-01-02T03:04:05.123456Z",
+    "2024-01-02T03:04:05.123456789Z",
+    "2024-01-02T03:04:05+02:00",
+    "2024-01-02T03:04:05-11:30",
+    "2024-01-02T03:04:05",
+    "2024-01-02t03:04:05z",
+    "2024-01-02 03:04:05Z",
+    "0001-01-01T00:00:00Z",
+    "0001-01-01T00:30:00+01:00",
+    "9999-12-31T23:59:59.999999Z",
+    "9999-12-31T23:59:59-05:00",
+    "2024-02-30T00:00:00Z",
+    1704164645,
+    "",
+]
+ODD_VALUES = [None, 1, -1, 1.5, "x", True, [], {}, ["a"], {"a": 1}, "A" * 10]
+
+
+def _mutations(data: dict[str, Any], rng: random.Random) -> dict[str, Any]:
+    out = dict(data)
+    for _ in range(rng.randint(1, 3)):
+        field = rng.choice([*sorted(out), "extra"])
+        roll = rng.random()
+        if field in ("created", "updated", "start_time", "end_time") or roll < 0.25:
+            out[field] = rng.choice(TIMES)
+        elif field.endswith("id") and isinstance(out.get(field), str) and roll < 0.6:
+            out[field] = rng.choice([out[field].upper(), "{" + out[field] + "}", out[field][:-1]])
+        else:
+            out[field] = rng.choice(ODD_VALUES)
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(index=st.integers(0, len(RECORDS) - 1), seed=st.integers(0, 2**32))
+def test_mutated_records_agree_or_fall_back(index: int, seed: int) -> None:
+    rng = random.Random(seed)
+    entity, key, value = RECORDS[index]
+    envelope = orjson.loads(value)
+    if envelope.get("data") and rng.random() < 0.8:
+        envelope["data"] = _mutations(envelope["data"], rng)
+    else:
+        envelope = _mutations(envelope, rng)
+    raw = orjson.dumps(envelope)
+    try:
+        _same(entity, key, raw)
+    except PoisonEventError as exc:  # the fast path took what the full parser rejects
+        pytest.fail(f"fast path accepted a record the full parser rejects: {exc}")
