@@ -22,7 +22,7 @@ import contextlib
 import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ from pydantic import BaseModel, Field
 
 from indexer import metrics
 from indexer.collections import Member
-from indexer.runtime import Processor, StepResult
+from indexer.runtime import PipelineError, Processor, StepResult
 from indexer.step import Poison, Topology
 from indexer.store import RocksStore, Store
 from indexer.writer import BulkWriter, ControlEpochs
@@ -57,6 +57,11 @@ from services.es.indices import IndexNames
 from services.kafka import broker_kwargs, producer_kwargs
 
 log = logging.getLogger("indexer")
+
+MEMBER_BATCH_BYTES = 512 * 1024
+MEMBER_MAX_BYTES = 8 * 1024 * 1024
+"""Member records carry an artifact's fields, so they are as large as its event (at most
+`INDEXER_MAX_EVENT_BYTES`): the producer and the member topic accept up to this size."""
 
 DLQ_TRUNCATED_VALUE_BYTES = 65_536
 """A dead letter refused as too large is re-sent with its value cut to this many bytes."""
@@ -143,6 +148,9 @@ class Indexer:
         self._global: AIOKafkaConsumer | None = None
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
+        self._background: set[asyncio.Task[None]] = set()
+        self.fatal: BaseException | None = None
+        self._on_fatal: Callable[[], None] | None = None
         self._register()
 
     # -- wiring -------------------------------------------------------------------------
@@ -230,7 +238,11 @@ class Indexer:
                     self.members_topic,
                     partitions,
                     self.kafka.replication_factor,
-                    topic_configs={"cleanup.policy": "compact"},
+                    topic_configs={
+                        "cleanup.policy": "compact",
+                        # a member record carries an artifact's fields: as large as its event
+                        "max.message.bytes": str(MEMBER_MAX_BYTES),
+                    },
                 )
                 with contextlib.suppress(TopicAlreadyExistsError):
                     await admin.create_topics([topic])
@@ -266,7 +278,12 @@ class Indexer:
         store = self._open_store(partitions)
         self._store = store
         self._producer = AIOKafkaProducer(
-            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+            **producer_kwargs(self.kafka),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            max_batch_size=MEMBER_BATCH_BYTES,
+            max_request_size=MEMBER_MAX_BYTES,
         )
         await self._producer.start()
         topology = Topology(
@@ -288,6 +305,7 @@ class Indexer:
             rewrite_budget=self.settings.rewrite_budget,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
+            depth=self.settings.pipeline_depth,
         )
         await self._start_global()
         await self._catch_up_parents()
@@ -307,6 +325,9 @@ class Indexer:
 
     async def _close(self) -> None:
         self._stopping = True
+        if self.processor is not None and self.fatal is None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.processor.flush(), self.settings.retry_max_s * 3)
         if self._pump is not None:
             self._pump.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -331,6 +352,7 @@ class Indexer:
         app = FastStream(self.broker, specification=specification(self.kafka))
         for hook in first:
             app.on_startup(hook)
+        self._on_fatal = app.exit
 
         @app.on_startup
         async def _start() -> None:
@@ -384,7 +406,9 @@ class Indexer:
             batch = await consumer.getmany(timeout_ms=500, max_records=self.settings.max_batch)
             records = [r for rs in batch.values() for r in rs]
             if records:
-                await self._step_parents(records)
+                if not await self._submit(consumer, records):
+                    return
+                await self.processor.flush()
             behind = {
                 tp for tp in behind if self.processor.position(tp.topic, tp.partition) < ends[tp]
             }
@@ -394,50 +418,99 @@ class Indexer:
         """Keep applying parent records; idle time drains rewrites and marks."""
         consumer = self._global
         assert consumer is not None and self.processor is not None
-        while not self._stopping:
+        while not self._stopping and self.fatal is None:
             try:
                 batch = await consumer.getmany(
                     timeout_ms=self.settings.batch_timeout_ms, max_records=self.settings.max_batch
                 )
                 records = [r for rs in batch.values() for r in rs]
                 if records:
-                    await self._step_parents(records)
-                else:
-                    await self.processor.drain()
+                    await self._submit(consumer, records)
+                elif self.processor.has_work():
+                    await self._submit(consumer, [])  # activations, marks, rewrites
             except asyncio.CancelledError:
                 raise
-            except Exception:
-                log.exception("parent step failed; re-reading from the store's positions")
-                for tp in consumer.assignment():
-                    consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+            except Exception:  # the consumer itself failed: it resumes where it stood
+                log.exception("reading the parent topics failed; retrying")
                 await asyncio.sleep(self.settings.retry_max_s)
 
-    async def _step_parents(self, records: list[ConsumerRecord[Any, Any]]) -> None:
-        consumer = self._global
-        assert consumer is not None and self.processor is not None
-        result = await self.processor.process(records)
-        await self._commit(consumer, result)
+    def parent_lag(self) -> int:
+        """Parent records fetched or fetchable but not yet applied (committed), all partitions."""
+        consumer, processor = self._global, self.processor
+        if consumer is None or processor is None:
+            return 0
+        lag = 0
+        for tp in consumer.assignment():
+            highwater = consumer.highwater(tp)
+            if highwater is not None:
+                lag += max(highwater - processor.position(tp.topic, tp.partition), 0)
+        return lag
+
+    async def _parents_first(self) -> None:
+        """Hold group records while the parents lag (a backlog): artifacts then find their
+        parents and are written once instead of once more per parent that arrives later."""
+        limit = self.settings.parents_first_lag
+        if not limit:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.settings.parents_first_max_s
+        while self.parent_lag() > limit and loop.time() < deadline and not self._stopping:
+            metrics.ARTIFACTS_HELD.set(1)
+            await asyncio.sleep(0.05)
+        metrics.ARTIFACTS_HELD.set(0)
 
     # -- the group topics ---------------------------------------------------------------
     async def handle(self, body: Any, message: KafkaMessage) -> None:
-        """Apply one batch of artifact and member records, then commit its positions."""
+        """Apply one batch of artifact and member records; positions are committed to Kafka
+        once the step is committed to the store."""
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
-        if not records or self.processor is None:
+        if not records or self.processor is None or self.fatal is not None:
             return
-        consumer: AIOKafkaConsumer = message.consumer
+        await self._parents_first()
+        if await self._submit(message.consumer, records):
+            self.batches += 1
+            metrics.BATCH_SIZE.observe(len(records))
+            metrics.ACTIVE_PARTITIONS.set(len(self.processor.active))
+
+    async def _submit(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> bool:
+        """Hand a batch to the processor; on failure, never let its records be skipped."""
+        processor = self.processor
+        assert processor is not None
+
+        def committed(result: StepResult) -> None:
+            self._spawn(self._commit(consumer, result))
+
         try:
-            result = await self.processor.process(records)
+            await processor.submit(records, committed)
+            return True
+        except PipelineError as exc:
+            self._fail(exc)
         except Exception:
-            # FastStream would drop the batch and fetch on: seek back so nothing is skipped
+            # the step could not be computed (a bug): nothing of it reached the store; once
+            # the steps before it are committed, re-read its partitions from the store
             log.exception("step failed; re-reading from the store's positions")
+            await processor.flush()
+            if processor.failed is not None:
+                self._fail(processor.failed)
+                return False
             for tp in _tps(records) & consumer.assignment():
-                consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+                consumer.seek(tp, processor.position(tp.topic, tp.partition))
             await asyncio.sleep(self.settings.retry_max_s)
-            return
-        self.batches += 1
-        metrics.BATCH_SIZE.observe(len(records))
-        metrics.ACTIVE_PARTITIONS.set(len(self.processor.active))
-        await self._commit(consumer, result)
+        return False
+
+    def _fail(self, exc: BaseException) -> None:
+        """A step's effects failed with an error no retry is known to fix (a bug): stop
+        consuming, so the process exits and restarts from its store (nothing is lost)."""
+        if self.fatal is None:
+            log.critical("a step failed for good; stopping the indexer", exc_info=exc)
+            self.fatal = exc
+            if self._on_fatal is not None:
+                self._on_fatal()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _commit(self, consumer: AIOKafkaConsumer, result: StepResult) -> None:
         """Commit the step's positions to Kafka (monitoring only) and export the lag."""
@@ -465,17 +538,34 @@ class Indexer:
         return self._producer
 
     async def _publish_members(self, members: Sequence[tuple[int, Member]]) -> None:
+        """Publish member records in one batch per partition (much cheaper than one `send`
+        each); any Kafka error is transient: the whole set is re-sent, which is harmless."""
         producer = self._producer_or_fail()
+        by_partition: dict[int, list[Member]] = {}
+        for q, member in members:
+            by_partition.setdefault(q, []).append(member)
         try:
-            futures = [
-                await producer.send(
-                    self.members_topic,
-                    value=orjson.dumps(member.encode()),
-                    key=member.record_key(),
-                    partition=q,
-                )
-                for q, member in members
-            ]
+            futures = []
+            for q, items in by_partition.items():
+                batch = producer.create_batch()
+                for member in items:
+                    key, value = member.record_key(), orjson.dumps(member.encode())
+                    if batch.append(key=key, value=value, timestamp=None) is None:
+                        if batch.record_count():
+                            futures.append(
+                                await producer.send_batch(batch, self.members_topic, partition=q)
+                            )
+                            batch = producer.create_batch()
+                        if batch.append(key=key, value=value, timestamp=None) is None:
+                            futures.append(  # larger than a batch: on its own
+                                await producer.send(
+                                    self.members_topic, value=value, key=key, partition=q
+                                )
+                            )
+                if batch.record_count():
+                    futures.append(
+                        await producer.send_batch(batch, self.members_topic, partition=q)
+                    )
             await asyncio.gather(*futures)
         except KafkaError as exc:
             raise TransientError(f"publishing member records failed: {exc}") from exc

@@ -91,27 +91,48 @@ def memberships(old: Doc | None, new: Doc | None, artifact_id: str, offset: int)
 
 
 def apply_member(tx: Tx, q: int, member: Member) -> str | None:
-    """Fold one member record; the collection id it changed, or None (stale or repeated)."""
+    """Fold one member record; the collection id it changed, or None (stale or repeated).
+
+    The collection's summary keeps its latest and earliest members: a member that joins
+    updates them by comparison; only when the latest or earliest itself leaves or moves
+    must `build_collection` look them up again in the ranked index.
+    """
     cid = collection_id(member.key)
     key = keys.member(q, cid, member.artifact_id)
     old = tx.get(key)
     if old is not None and old["o"] >= member.offset:
         return None
+    summary_key = keys.collection(q, cid)
+    summary = dict(tx.get(summary_key) or _EMPTY)
+    aid = member.artifact_id
     if old is not None and old["l"]:
-        tx.put_raw(keys.ranked(q, cid, old["c"], member.artifact_id), False)
+        tx.put_raw(keys.ranked(q, cid, old["c"], aid), False)
+        if summary.get("a") == aid:
+            summary["a"], summary["dl"] = None, True
+        if summary.get("e") == aid:
+            summary["e"], summary["de"] = None, True
     created = None if member.doc is None else member.doc["created_us"]
     tx.put(
         key, {"o": member.offset, "l": member.live, "k": member.key, "c": created, "p": member.doc}
     )
     if member.live:
         assert created is not None
-        tx.put_raw(keys.ranked(q, cid, created, member.artifact_id), True)
+        tx.put_raw(keys.ranked(q, cid, created, aid), True)
+        rank = (created, aid)
+        if not summary.get("dl") and (summary["a"] is None or rank > (summary["lc"], summary["a"])):
+            summary["a"], summary["lc"] = aid, created
+        if not summary.get("de") and (summary["e"] is None or rank < (summary["ec"], summary["e"])):
+            summary["e"], summary["ec"] = aid, created
+    tx.put(summary_key, summary)
     return cid
 
 
-def _first(tx: Tx, q: int, cid: str, reverse: bool) -> str | None:
+_EMPTY: Doc = {"a": None, "lc": None, "e": None, "ec": None, "fr": None, "tr": None}
+
+
+def _first(tx: Tx, q: int, cid: str, reverse: bool) -> tuple[int, str] | None:
     for key in tx.scan_keys(keys.ranked_prefix(q, cid), reverse=reverse):
-        return keys.ranked_artifact(key)
+        return keys.ranked_created(key), keys.ranked_artifact(key)
     return None
 
 
@@ -131,22 +152,29 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str) -> Doc:
     and task run current, so a change of those reaches this collection.
     """
     summary_key = keys.collection(q, cid)
-    summary = tx.get(summary_key) or {}
-    latest_id = _first(tx, q, cid, reverse=True)
+    summary = dict(tx.get(summary_key) or _EMPTY)
+    if summary.get("dl") or (summary["a"] is None) != (summary["e"] is None):
+        found = _first(tx, q, cid, reverse=True)
+        summary["lc"], summary["a"] = found if found is not None else (None, None)
+    if summary.get("de") or (summary["a"] is None) != (summary["e"] is None):
+        found = _first(tx, q, cid, reverse=False)
+        summary["ec"], summary["e"] = found if found is not None else (None, None)
+    summary.pop("dl", None)
+    summary.pop("de", None)
+    latest_id, earliest_id = summary["a"], summary["e"]
     if latest_id is None:
-        _move(tx, b"f", summary.get("fr"), None, q, cid)
-        _move(tx, b"t", summary.get("tr"), None, q, cid)
-        # kept (without a latest) so a rewrite of this partition still finds the id
-        tx.put(summary_key, {"a": None, "fr": None, "tr": None})
+        _move(tx, b"f", summary["fr"], None, q, cid)
+        _move(tx, b"t", summary["tr"], None, q, cid)
+        # kept (without members) so a rewrite of this partition still finds the id
+        tx.put(summary_key, _EMPTY)
         return {"id": cid, "live": False}
-    earliest_id = _first(tx, q, cid, reverse=False)
-    assert earliest_id is not None
     latest = tx.get(keys.member(q, cid, latest_id))["p"]
     earliest = latest if earliest_id == latest_id else tx.get(keys.member(q, cid, earliest_id))["p"]
     fr_id, tr_id = latest.get("flow_run_id"), latest.get("task_run_id")
-    _move(tx, b"f", summary.get("fr"), fr_id, q, cid)
-    _move(tx, b"t", summary.get("tr"), tr_id, q, cid)
-    tx.put(summary_key, {"a": latest_id, "fr": fr_id, "tr": tr_id})
+    _move(tx, b"f", summary["fr"], fr_id, q, cid)
+    _move(tx, b"t", summary["tr"], tr_id, q, cid)
+    summary["fr"], summary["tr"] = fr_id, tr_id
+    tx.put(summary_key, summary)
     key = latest["key"]
     id_hi, id_lo = id_order(cid)
     doc: Doc = {

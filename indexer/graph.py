@@ -105,16 +105,47 @@ def live(tx: Tx, entity: str, entity_id: str) -> Doc | None:
 
 
 class Refs:
-    """Builds the `fr`/`flow`/`dep`/`tr` objects of documents, memoized for one step.
+    """Builds the `fr`/`flow`/`dep`/`tr` objects of documents, memoized across steps.
 
-    Valid only once every record of the step is folded: the memo assumes the state no
-    longer changes.
+    An entry stays valid until its flow run or task run is `Affected` (graph rules above
+    add every run or task run whose embedded form may have changed), so `forget` is
+    called with each step's affected ids once its records are folded, before any document
+    is built. The objects are shared by the documents that embed them: never mutated.
     """
 
-    def __init__(self, tx: Tx) -> None:
-        self.tx = tx
+    def __init__(self, capacity: int = 100_000) -> None:
+        self._tx: Tx | None = None
+        self.capacity = capacity
         self._runs: dict[str, tuple[Doc | None, Doc | None, Doc | None]] = {}
         self._tasks: dict[str, Doc | None] = {}
+
+    def bind(self, tx: Tx, affected: Affected) -> Refs:
+        """Use `tx` (a step whose records are all folded) and drop what it changed."""
+        self._tx = tx
+        self.forget(affected)
+        return self
+
+    @property
+    def tx(self) -> Tx:
+        """The step being built."""
+        assert self._tx is not None, "bind() a step first"
+        return self._tx
+
+    def forget(self, affected: Affected) -> None:
+        """Drop what a step changed (call before building its documents)."""
+        for flow_run_id in affected.flow_runs:
+            self._runs.pop(flow_run_id, None)
+        for task_run_id in affected.task_runs:
+            self._tasks.pop(task_run_id, None)
+        if len(self._runs) > self.capacity:
+            self._runs.clear()
+        if len(self._tasks) > self.capacity:
+            self._tasks.clear()
+
+    def clear(self) -> None:
+        """Forget everything (after uncommitted steps were dropped)."""
+        self._runs.clear()
+        self._tasks.clear()
 
     def run_side(self, flow_run_id: str) -> tuple[Doc | None, Doc | None, Doc | None]:
         """(fr, flow, dep) for a flow run id."""

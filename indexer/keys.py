@@ -15,7 +15,8 @@ says. Values are JSON (orjson) unless noted.
     x kind(1) target part(2) id     artifact edge (b""): f flow run, t task run
     m q(2) cid id                   collection member: {"o", "l", "k", "c", "p"}
     s q(2) cid created(8) id        live member by created (b""), for latest / earliest
-    c q(2) cid                      collection summary: {"k", "a", "fr", "tr"}
+    c q(2) cid                      collection summary: latest and earliest member
+                                    {"a", "lc", "e", "ec"}, the latest's {"fr", "tr"}
     y kind(1) target q(2) cid       collection edge of its latest artifact (b"")
     D kind(1) part(2) id            a document to rewrite once its partition is active
 """
@@ -135,10 +136,25 @@ def ranked_prefix(q: int, cid: str) -> bytes:
 RANKED_FAMILY = 1 + 2 + ID_LEN
 """Length of a ranked key's collection prefix: the overlay indexes changes by it."""
 
+MERGED_FAMILIES: dict[bytes, int] = {
+    b"s": RANKED_FAMILY,  # ranked members of one collection
+    b"r": 2 + ID_LEN,  # parent edges of one kind to one target
+    b"x": 2 + ID_LEN,  # artifact edges to one flow run or task run
+    b"y": 2 + ID_LEN,  # collection edges to one flow run or task run
+    b"D": 4,  # marks of one partition
+}
+"""Families whose scans must also see uncommitted changes, by the length of the prefix a
+scan uses (indexer/state.py)."""
+
 
 def ranked_artifact(key: bytes) -> str:
     """The artifact id of a ranked key."""
     return key[-ID_LEN:].decode()
+
+
+def ranked_created(key: bytes) -> int:
+    """The `created` (microseconds) of a ranked key."""
+    return int.from_bytes(key[-ID_LEN - 8 : -ID_LEN], "big") - _SIGN
 
 
 def collection(q: int, cid: str) -> bytes:

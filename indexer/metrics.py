@@ -38,3 +38,7 @@ ACTIVE_PARTITIONS = Gauge(
     "indexer_active_partitions", "Group partitions this replica owns and writes"
 )
 REWRITING = Gauge("indexer_rewriting", "1 while a newly owned partition is being rewritten whole")
+ARTIFACTS_HELD = Gauge(
+    "indexer_artifacts_held",
+    "1 while artifact records wait for the parent topics to catch up (parents first)",
+)

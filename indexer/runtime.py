@@ -12,6 +12,10 @@ One `Processor` per replica. For every batch of consumed records, under one lock
    (tenacity) until it succeeds, so nothing is ever skipped;
 4. commit the `Tx` — state and positions — in one atomic store batch.
 
+Steps 3 and 4 run in the background (`submit`): while Elasticsearch indexes one step, the
+next is computed on top of it (its `Tx` reads through the uncommitted one); commits stay in
+order, at most `depth` steps are in flight.
+
 Only then may Kafka offsets be committed (the caller does it: they only serve lag
 monitoring; positions are resumed from the store). A crash anywhere before step 4 leaves
 the store at the previous step and the same records are applied again: every effect is a
@@ -21,6 +25,7 @@ blind versioned write or a re-sent record, so repeating it is harmless.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -31,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 
 from indexer import keys, metrics
 from indexer.collections import Member
+from indexer.graph import Refs
 from indexer.state import Cache, Tx
 from indexer.step import TP, Poison, RecordLike, StepOutput, Topology, run_step
 from indexer.store import Store
@@ -67,6 +73,10 @@ class StepResult:
     stats: WriteStats = field(default_factory=WriteStats)
 
 
+class PipelineError(TransientError):
+    """A step in flight failed; nothing after it was committed (see `Processor.reset`)."""
+
+
 class Processor:
     """One replica's state, ownership and effects (see the module docstring)."""
 
@@ -84,6 +94,7 @@ class Processor:
         rewrite_budget: int = 5_000,
         retry_initial_s: float = 0.2,
         retry_max_s: float = 10.0,
+        depth: int = 1,
     ) -> None:
         self.store = store
         self.topology = topology
@@ -102,6 +113,12 @@ class Processor:
         self.lock = asyncio.Lock()
         self.sequence = 0
         self.steps = 0
+        self.depth = depth
+        self.failed: BaseException | None = None
+        self._inflight: list[asyncio.Task[StepResult]] = []
+        self._last: Tx | None = None
+        self._last_done = True
+        self.refs = Refs()
 
     # -- ownership ----------------------------------------------------------------------
     def position(self, topic: str, partition: int) -> int:
@@ -153,11 +170,32 @@ class Processor:
 
     # -- steps --------------------------------------------------------------------------
     async def process(self, records: Sequence[RecordLike]) -> StepResult:
-        """Apply records (group records of partitions not owned are left for their owner)."""
+        """Apply records and wait until the step is committed."""
+        return await (await self.submit(records))
+
+    async def submit(
+        self,
+        records: Sequence[RecordLike],
+        on_commit: Callable[[StepResult], None] | None = None,
+    ) -> asyncio.Future[StepResult]:
+        """Compute a step now; perform its effects and commit it in the background.
+
+        Returns once the step is computed and fewer than `depth` steps are in flight, so
+        the caller can fetch and compute the next batch while Elasticsearch indexes this
+        one. Steps commit strictly in order; `on_commit` runs after the store commit.
+        Group records of partitions this replica does not own are left for their owner.
+        """
         async with self.lock:
-            started = time.perf_counter()
+            if self.failed is not None:
+                raise PipelineError("an earlier step failed; call reset()") from self.failed
             if self.pending:
+                await self.flush()
                 await self._activate()
+            while len(self._inflight) >= self.depth:
+                await asyncio.wait([self._inflight[0]])
+                if self.failed is not None:
+                    raise PipelineError("an earlier step failed; call reset()") from self.failed
+            started = time.perf_counter()
             topo = self.topology
             mine = [
                 r
@@ -165,12 +203,33 @@ class Processor:
                 if not topo.is_group_topic(r.topic) or (r.topic, r.partition) in self.active
             ]
             active = dict(self.active)
-            tx = Tx(self.store, self.cache, merged={b"s": keys.RANKED_FAMILY})
-            output = run_step(tx, topo, mine, active, self.max_event_bytes, self.rewrite_budget)
+            base = self._last if self._last is not None and not self._last_done else None
+            tx = Tx(self.store, self.cache, keys.MERGED_FAMILIES, base)
+            output = run_step(
+                tx, topo, mine, active, self.max_event_bytes, self.rewrite_budget, self.refs
+            )
             writes = [
                 Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
                 for w in output.writes
             ]
+            previous = self._inflight[-1] if self._inflight else None
+            task = asyncio.create_task(
+                self._effects(tx, output, writes, previous, started, on_commit)
+            )
+            self._inflight.append(task)
+            self._last, self._last_done = tx, False
+            return task
+
+    async def _effects(
+        self,
+        tx: Tx,
+        output: StepOutput,
+        writes: list[Versioned],
+        previous: asyncio.Task[StepResult] | None,
+        started: float,
+        on_commit: Callable[[StepResult], None] | None,
+    ) -> StepResult:
+        try:
             stats = await self._retry(lambda: self.writer.write(writes))
             if output.members:
                 publish = self.publish_members
@@ -179,25 +238,61 @@ class Processor:
             for item in output.poison:
                 assert self.dead_letter is not None, "poison records need a dead-letter topic"
                 await self.dead_letter(item)
+            if previous is not None:
+                await previous  # commit in order; a failed predecessor fails this step too
             changes = tx.changes()
             self.store.commit(changes)
             tx.committed()
-            self.steps += 1
-            positions = {
-                keys.split_position(k): int(v)
-                for k, v in changes.items()
-                if k[:1] == b"P" and v is not None
-            }
-            _observe(output, stats)
-            metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-            metrics.REWRITING.set(1 if self._rewriting() else 0)
-            return StepResult(output, positions, stats)
+            if self._last is tx:
+                self._last_done = True
+        except BaseException as exc:
+            if self.failed is None:
+                self.failed = exc
+            raise
+        finally:
+            with contextlib.suppress(ValueError):
+                self._inflight.remove(asyncio.current_task())  # type: ignore[arg-type]
+        self.steps += 1
+        positions = {
+            keys.split_position(k): int(v)
+            for k, v in changes.items()
+            if k[:1] == b"P" and v is not None
+        }
+        _observe(output, stats)
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        result = StepResult(output, positions, stats)
+        if on_commit is not None:
+            on_commit(result)
+        return result
+
+    async def flush(self) -> None:
+        """Wait until every step in flight is committed (or failed)."""
+        while self._inflight:
+            await asyncio.wait(list(self._inflight))
+
+    async def reset(self) -> None:
+        """After a failed step: drop the steps in flight and their uncommitted state. The
+        caller then re-reads every partition from the store's positions."""
+        for task in list(self._inflight):
+            task.cancel()
+        for task in list(self._inflight):
+            with contextlib.suppress(BaseException):
+                await task
+        self._inflight.clear()
+        self._last, self._last_done = None, True
+        self.refs.clear()  # it may hold state of the dropped steps
+        self.failed = None
 
     async def drain(self) -> StepResult | None:
         """A step without records: drains marks and rewrite cursors (None when idle)."""
-        if not self.pending and not self._has_pending_work():
+        if not self.has_work():
             return None
         return await self.process([])
+
+    def has_work(self) -> bool:
+        """Whether a step without records would do something (activate partitions, write
+        marked documents, rewrite a partition)."""
+        return bool(self.pending) or self._has_pending_work()
 
     def _has_pending_work(self) -> bool:
         tx = Tx(self.store, self.cache)

@@ -75,23 +75,37 @@ CACHED_FAMILIES = (b"g", b"n", b"P", b"O")
 
 
 class Tx:
-    """Reads see committed state plus this step's changes; `changes()` is the commit batch."""
+    """Reads see committed state plus this step's changes; `changes()` is the commit batch.
+
+    `base` is the previous step when it is not committed yet (the runtime computes a step
+    while the previous one's writes are in flight): reads fall through to it, so this step
+    sees every change of the steps before it, committed or not.
+    """
 
     def __init__(
-        self, store: Store, cache: Cache | None = None, merged: dict[bytes, int] | None = None
+        self,
+        store: Store,
+        cache: Cache | None = None,
+        merged: dict[bytes, int] | None = None,
+        base: Tx | None = None,
     ) -> None:
         self.store = store
         self.cache = cache or Cache()
+        self.base = base
         self._values: dict[bytes, Any] = {}  # changed: decoded value, None = deleted
         self._raw: dict[bytes, bytes | None] = {}  # changed raw-bytes keys
-        self._merged = merged or {}
+        self._merged: dict[bytes, int] = merged or (base._merged if base is not None else {})
         self._families: dict[bytes, set[bytes]] = {}
 
     # -- reads --------------------------------------------------------------------------
     def get(self, key: bytes) -> Any:
         """The decoded JSON value of `key`, or None."""
-        if key in self._values:
-            return self._values[key]
+        tx: Tx | None = self
+        while tx is not None:
+            value = tx._values.get(key, _MISSING)
+            if value is not _MISSING:
+                return value
+            tx = tx.base
         if key[:1] in CACHED_FAMILIES:
             hit = self.cache.get(key)
             if hit is not _MISSING:
@@ -103,48 +117,54 @@ class Tx:
         raw = self.store.get(key)
         return None if raw is None else orjson.loads(raw)
 
+    def _status(self, key: bytes) -> bool | None:
+        """Whether an overlay of the chain added (True) or removed (False) a raw key; None
+        when no overlay touched it."""
+        tx: Tx | None = self
+        while tx is not None:
+            if key in tx._raw:
+                return tx._raw[key] is not None
+            tx = tx.base
+        return None
+
     def exists(self, key: bytes) -> bool:
         """Whether a raw (valueless) key is present."""
-        if key in self._raw:
-            return self._raw[key] is not None
+        status = self._status(key)
+        if status is not None:
+            return status
         return self.store.get(key) is not None
+
+    def _changed(self, family: bytes, prefix: bytes) -> set[bytes]:
+        out: set[bytes] = set()
+        tx: Tx | None = self
+        while tx is not None:
+            out.update(k for k in tx._families.get(family, ()) if k.startswith(prefix))
+            tx = tx.base
+        return out
 
     def scan_keys(
         self, prefix: bytes, reverse: bool = False, after: bytes | None = None
     ) -> Iterator[bytes]:
-        """Keys under `prefix`: committed ones, merged with this step's changes when the
-        prefix is a registered family (`after`: forward scans of other families only)."""
+        """Keys under `prefix`: committed ones, merged with the changes of this step and the
+        uncommitted steps before it when the prefix is a registered family (`after`: forward
+        scans of other families only)."""
         committed = (k for k, _ in self.store.scan(prefix, reverse, after))
         family = self._merged.get(prefix[:1])
         if family is None or len(prefix) < family:
             yield from committed
             return
-        changed = self._families.get(prefix[:family], set())
-        mine = sorted((k for k in changed if k.startswith(prefix)), reverse=reverse)
-        if not mine:
+        changed = self._changed(prefix[:family], prefix)
+        if not changed:
             yield from committed
             return
-        stream = heapq.merge(committed, mine, reverse=reverse)
+        mine = sorted(changed, reverse=reverse)
         last = None
-        for key in stream:
+        for key in heapq.merge(committed, mine, reverse=reverse):
             if key == last:
                 continue
             last = key
-            if key in self._raw:
-                if self._raw[key] is not None:
-                    yield key
-            else:
+            if key not in changed or self._status(key):
                 yield key
-
-    def scan_items(self, prefix: bytes) -> Iterator[tuple[bytes, Any]]:
-        """Committed (key, decoded value) pairs under `prefix` (this step's changes win)."""
-        for key, raw in self.store.scan(prefix):
-            if key in self._values:
-                value = self._values[key]
-                if value is not None:
-                    yield key, value
-            else:
-                yield key, orjson.loads(raw)
 
     # -- writes -------------------------------------------------------------------------
     def put(self, key: bytes, value: Any) -> None:
@@ -173,10 +193,12 @@ class Tx:
         return out
 
     def committed(self) -> None:
-        """After a successful store commit: refresh the shared cache with this step's values."""
+        """After a successful store commit: refresh the shared cache with this step's values
+        (the steps before it are committed already, so the chain ends here)."""
         for key, value in self._values.items():
             if key[:1] in CACHED_FAMILIES:
                 self.cache.put(key, value)
+        self.base = None
 
     def __len__(self) -> int:
         return len(self._values) + len(self._raw)

@@ -137,7 +137,9 @@ class Step:
         active: dict[TP, int],
         max_event_bytes: int = 1_000_000,
         rewrite_budget: int = 5_000,
+        refs: Refs | None = None,
     ) -> None:
+        self.refs = refs or Refs()
         self.tx = tx
         self.topo = topology
         self.active = active
@@ -322,7 +324,7 @@ class Step:
 
     # -- documents ----------------------------------------------------------------------
     def _build(self) -> None:
-        refs = Refs(self.tx)
+        refs = self.refs.bind(self.tx, self.affected)
         arts, members = self.topo.artifacts, self.topo.members
         for artifact_id, partition in self.dirty.artifacts.items():
             tp = (arts, partition)
@@ -357,6 +359,7 @@ def run_step(
     active: dict[TP, int],
     max_event_bytes: int = 1_000_000,
     rewrite_budget: int = 5_000,
+    refs: Refs | None = None,
 ) -> StepOutput:
-    """One step: see the module docstring."""
-    return Step(tx, topology, active, max_event_bytes, rewrite_budget).run(records)
+    """One step: see the module docstring. `refs` may be kept across steps (memo)."""
+    return Step(tx, topology, active, max_event_bytes, rewrite_budget, refs).run(records)

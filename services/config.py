@@ -106,6 +106,12 @@ class IndexerSettings(BaseSettings):
     static_membership: bool = False
     # documents of a partition rewritten per step while a partition is resynchronised
     rewrite_budget: int = Field(default=5_000, ge=1)
+    # steps whose writes may be in flight while the next one is computed
+    pipeline_depth: int = Field(default=2, ge=1, le=16)
+    # parents first: hold artifact records while the parent topics lag by more than this
+    # many records (0: never), at most `parents_first_max_s` seconds per batch
+    parents_first_lag: int = Field(default=2_000, ge=0)
+    parents_first_max_s: float = Field(default=30.0, gt=0)
     max_batch: int = Field(default=5000, ge=1)
     batch_timeout_ms: int = Field(default=100, ge=1)
     # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at

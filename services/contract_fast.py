@@ -173,7 +173,7 @@ def decode_envelope(entity: str, value: bytes) -> Any:
         return None
     try:
         envelope = decoder.decode(value)
-    except (msgspec.ValidationError, msgspec.DecodeError):
+    except (msgspec.ValidationError, msgspec.DecodeError, RecursionError, ValueError):
         return None
     occurred = envelope.occurred
     if occurred.tzinfo is not UTC and _utc(occurred) is None:

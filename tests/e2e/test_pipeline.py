@@ -165,22 +165,22 @@ async def test_parents_are_caught_up_before_any_artifact_so_nothing_is_written_t
     """A backlog on every topic (artifacts published first): the indexer applies every parent
     record before the first artifact (the global tables' restore), so no artifact document
     is ever rewritten by fan-out during the initial load, and the index converges."""
-    from indexer.runtime import Processor
+    from indexer import runtime
 
     dataset = generate_dataset(11, DatasetScale.for_artifacts(3_000))
     # artifacts first, then task runs, ..., flows (each key's own order kept)
     records = sorted(dataset_records(dataset, 11), key=lambda r: -ENTITIES.index(r[0]))
     steps: list[tuple[int, int, int]] = []  # (parent records, artifact records, fanned out)
-    real = Processor.process
+    real = runtime.run_step
 
-    async def recording(self: Processor, batch: Any) -> Any:
-        result = await real(self, batch)
-        artifacts = sum(1 for r in batch if r.topic.endswith("artifacts"))
-        members = sum(1 for r in batch if r.topic.endswith("members"))
-        steps.append((len(batch) - artifacts - members, artifacts, result.output.fanned_out))
-        return result
+    def recording(tx: Any, topology: Any, batch: Any, *args: Any) -> Any:
+        output = real(tx, topology, batch, *args)
+        artifacts = sum(1 for r in batch if r.topic == topology.artifacts)
+        members = sum(1 for r in batch if r.topic == topology.members)
+        steps.append((len(batch) - artifacts - members, artifacts, output.fanned_out))
+        return output
 
-    monkeypatch.setattr(Processor, "process", recording)
+    monkeypatch.setattr(runtime, "run_step", recording)
     settings = IndexerSettings(max_batch=500)
     async with running(kafka_bootstrap, elasticsearch_url, unique_name, settings, records) as (
         _,

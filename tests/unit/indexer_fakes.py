@@ -8,6 +8,7 @@ also fail on demand, after some writes of a request landed, like a bulk cut shor
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -33,8 +34,11 @@ class FakeIndex:
     fail_after: int | None = None  # raise TransientError after this many writes land
     writes: int = 0
     superseded: int = 0
+    pauses: int = 0  # yield to the event loop this many times per request (a slow index)
 
     async def write(self, writes: Sequence[Versioned]) -> WriteStats:
+        for _ in range(self.pauses):
+            await asyncio.sleep(0)
         stats = WriteStats()
         for item in writes:
             if self.fail_after is not None:

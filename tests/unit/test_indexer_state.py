@@ -347,6 +347,58 @@ async def test_a_zombie_finishing_late_cannot_overwrite_the_new_owner() -> None:
     assert index.superseded > 0
 
 
+async def test_pipelined_steps_see_each_other_and_commit_in_order() -> None:
+    """Steps computed while earlier ones are still being written (depth 3, a slow index):
+    each reads the uncommitted state before it — edges included, so a parent change reaches
+    an artifact whose edge is not committed yet — and the result is the oracle's."""
+    dataset = generate_dataset(12, DatasetScale.tiny())
+    records = number(dataset_records(dataset, 12, MOVING))
+    r = Replica(FakeIndex(pauses=5), FakeEpochs())
+    r.processor.depth = 3
+    r.own_all()
+    commits: list[int] = []
+    tickets = [
+        await r.processor.submit(records[i : i + 9], lambda res: commits.append(res.output.applied))
+        for i in range(0, len(records), 9)
+    ]
+    assert len(r.processor._inflight) > 1  # the pipeline really overlapped
+    await r.processor.flush()
+    assert all(t.done() and t.exception() is None for t in tickets)
+    assert len(commits) == len(tickets)
+    arts, cols = expected_documents(dataset)
+    assert comparable(r.index.sources("artifacts")) == comparable(arts)
+    assert comparable(r.index.sources("collections")) == comparable(cols)
+
+
+async def test_a_failed_step_in_flight_is_reset_and_nothing_after_it_commits() -> None:
+    dataset = generate_dataset(13, DatasetScale.tiny())
+    records = number(dataset_records(dataset, 13, MOVING))
+    store = MemoryStore()
+    r = Replica(FakeIndex(pauses=3), FakeEpochs(), store)
+    r.processor.depth = 4
+    r.own_all()
+    await r.processor.process(records[:50])
+    before = dict(store.data)
+
+    async def broken(writes: Any) -> Any:
+        raise RuntimeError("a bug in the writer")
+
+    real = r.index.write
+    r.index.write = broken  # type: ignore[method-assign]
+    first = await r.processor.submit(records[50:60])
+    with pytest.raises(Exception, match="bug|earlier step failed"):
+        await r.processor.submit(records[60:70])
+        await r.processor.submit(records[70:80])
+        await first
+    assert store.data == before  # nothing after the failure was committed
+    await r.processor.reset()
+    r.index.write = real  # type: ignore[method-assign]
+    await r.feed(records)  # re-read from the store's positions
+    arts, cols = expected_documents(dataset)
+    assert comparable(r.index.sources("artifacts")) == comparable(arts)
+    assert comparable(r.index.sources("collections")) == comparable(cols)
+
+
 # -- the property ----------------------------------------------------------------------------
 def _far_dates(dataset: Any, rng: random.Random) -> None:
     for art in dataset.artifacts:
