@@ -461,8 +461,7 @@ class Indexer:
 
     # -- the group topics ---------------------------------------------------------------
     async def handle(self, body: Any, message: KafkaMessage) -> None:
-        """Apply one batch of artifact and member records; positions are committed to Kafka
-        once the step is committed to the store."""
+        """Apply a batch of artifact and member records (offsets follow the store's)."""
         records: tuple[ConsumerRecord[Any, Any], ...] = message.raw_message
         if not records or self.processor is None or self.fatal is not None:
             return
@@ -576,7 +575,8 @@ class Indexer:
         A record the producer or broker refuses as too large is re-sent truncated (value cut
         to `DLQ_TRUNCATED_VALUE_BYTES`, key to 1 KiB, without its original headers, with
         `dlq.truncated` = the original value size), then as headers only; any other Kafka
-        error is retried with backoff, stalling the partition visibly instead.
+        error is raised as transient: the processor retries it with backoff, stalling the
+        partition visibly instead.
         """
         rec = item.record
         log.warning(
@@ -595,9 +595,7 @@ class Indexer:
             ),
             (None, None, dlq_only),
         ]
-        delay = self.settings.retry_initial_s
-        while True:
-            value, key, headers = attempts[0]
+        for value, key, headers in attempts:
             try:
                 await self._producer_or_fail().send_and_wait(
                     self.kafka.dlq_topic, value=value, key=key, headers=headers
@@ -605,15 +603,10 @@ class Indexer:
                 metrics.DLQ.labels(reason=item.reason).inc()
                 return
             except MessageSizeTooLargeError:
-                if len(attempts) == 1:
-                    raise
                 log.warning("dead letter too large, re-sending it truncated")
-                attempts.pop(0)
-            except KafkaError as exc:
-                metrics.RETRIES.inc()
-                log.warning("dead-letter publish failed, retrying in %.1fs: %s", delay, exc)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, self.settings.retry_max_s)
+            except KafkaError as exc:  # the processor retries with backoff (tenacity)
+                raise TransientError(f"dead-letter publish failed: {exc}") from exc
+        raise PermanentError("the dead-letter topic refused even the headers of a record")
 
 
 def specification(kafka: KafkaSettings) -> AsyncAPI:

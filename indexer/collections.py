@@ -15,9 +15,12 @@ This is Kafka Streams' repartition-and-aggregate shape; the member stream is com
 
 from __future__ import annotations
 
+import hashlib
 import uuid
 from dataclasses import dataclass
 from typing import Any
+
+import orjson
 
 from indexer import keys
 from indexer.graph import Refs
@@ -197,3 +200,20 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str) -> Doc:
         "live": True,
     }
     return refs.attach(doc, fr_id, tr_id)
+
+
+def remember_content(tx: Tx, q: int, cid: str, doc: Doc) -> bool:
+    """Record the content a collection is written with; False when it is the content last
+    written (a member that is neither the latest nor the earliest joined: nothing to write).
+
+    Collections of popular keys change members in almost every step of a load, but their
+    document only when the latest or the earliest member changes.
+    """
+    digest = hashlib.blake2b(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), digest_size=12)
+    content = digest.hexdigest()
+    summary_key = keys.collection(q, cid)
+    summary = tx.get(summary_key) or dict(_EMPTY)
+    if summary.get("h") == content:
+        return False
+    tx.put(summary_key, {**summary, "h": content})
+    return True

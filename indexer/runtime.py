@@ -30,6 +30,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Protocol, TypeVar
 
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
@@ -236,8 +237,7 @@ class Processor:
                 assert publish is not None, "member records need a publisher"
                 await self._retry(lambda: publish(output.members))
             for item in output.poison:
-                assert self.dead_letter is not None, "poison records need a dead-letter topic"
-                await self.dead_letter(item)
+                await self._retry(partial(self._dead_letter, item))
             if previous is not None:
                 await previous  # commit in order; a failed predecessor fails this step too
             changes = tx.changes()
@@ -264,6 +264,10 @@ class Processor:
         if on_commit is not None:
             on_commit(result)
         return result
+
+    async def _dead_letter(self, item: Poison) -> None:
+        assert self.dead_letter is not None, "poison records need a dead-letter topic"
+        await self.dead_letter(item)
 
     async def flush(self) -> None:
         """Wait until every step in flight is committed (or failed)."""

@@ -29,7 +29,14 @@ from typing import Any, Protocol
 import orjson
 
 from indexer import keys
-from indexer.collections import Member, apply_member, build_collection, memberships, partition_of
+from indexer.collections import (
+    Member,
+    apply_member,
+    build_collection,
+    memberships,
+    partition_of,
+    remember_content,
+)
 from indexer.fold import fold_events, live_part
 from indexer.graph import Affected, Refs, parent_changed
 from indexer.state import Tx
@@ -104,6 +111,7 @@ class StepOutput:
     fanned_out: int = 0
     rewritten: int = 0
     marked: int = 0
+    unchanged: int = 0  # collections rebuilt to the content they already had: not rewritten
 
 
 def _parse(entity: str, record: RecordLike, max_bytes: int) -> Event:
@@ -147,6 +155,7 @@ class Step:
         self.rewrite_budget = rewrite_budget
         self.out = StepOutput()
         self.dirty = _Dirty()
+        self.forced: set[str] = set()  # documents rewritten whatever they were
         self.affected = Affected()
 
     # -- entry point --------------------------------------------------------------------
@@ -315,6 +324,7 @@ class Step:
                         break
                     last = key[-keys.ID_LEN :].decode()
                     target.setdefault(last, tp[1])
+                    self.forced.add(last)
                     taken += 1
                 budget -= taken
                 self.out.rewritten += taken
@@ -347,9 +357,11 @@ class Step:
                 self.tx.put_raw(keys.dirty(b"c", q, cid), True)
                 self.out.marked += 1
                 continue
-            self.out.writes.append(
-                DocWrite("collection", cid, tp, build_collection(self.tx, refs, q, cid))
-            )
+            doc = build_collection(self.tx, refs, q, cid)
+            if remember_content(self.tx, q, cid, doc) or cid in self.forced:
+                self.out.writes.append(DocWrite("collection", cid, tp, doc))
+            else:
+                self.out.unchanged += 1
 
 
 def run_step(

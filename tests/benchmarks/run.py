@@ -43,18 +43,17 @@ from typing import Any
 import aiohttp
 import httpx
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.admin import AIOKafkaAdminClient
 
 from query.repository import Repository
 from query.search import build_search_body
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import KafkaSettings, QuerySettings
-from services.contract import ENTITIES, encode_event
+from services.contract import encode_event
 from services.datagen import Dataset, DatasetScale, format_timestamp, generate_dataset
 from services.es.indices import IndexNames, index_settings
-from services.events import dataset_records
+from services.events import HARD, dataset_records
 from services.prefect.filters import ArtifactFilter
 from services.prefect.requests import (
     ArtifactCollectionCountRequest,
@@ -64,13 +63,32 @@ from services.prefect.requests import (
     parse_count_request,
     parse_read_request,
 )
+from tests.benchmarks.kafka_io import (
+    KAFKA,
+    create_topics,
+    delete_topics,
+    end_offsets,
+    kafka_settings,
+    lag,
+    make_producer,
+    publish,
+)
 from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
+from tests.benchmarks.side import (
+    entity_and_member_topics,
+    indexer_child,
+    restart_after_kill,
+    side_load,
+    stack_env,
+    state_size,
+    wait_consuming,
+    writes_per_document,
+)
 
 HERE = Path(__file__).resolve().parent
 MIX_PATH = HERE / "query_mix.json"
 DEFAULT_OUT = REPO_ROOT / "docs" / "benchmarks"
 
-KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 ES_URL = os.environ.get("ELASTICSEARCH_URL", "http://127.0.0.1:9200").rstrip("/")
 PG_DSN = os.environ.get("POSTGRES_DSN", "postgresql://postgres@127.0.0.1:55432/postgres")
 LOCAL_PREFIXES = ("127.", "localhost", "[::1]")
@@ -306,86 +324,6 @@ def load_mix() -> list[MixQuery]:
     return [MixQuery(**q) for q in raw["queries"]]
 
 
-# ----------------------------------------------------------------------------- kafka
-
-
-def kafka_settings(prefix: str) -> KafkaSettings:
-    return KafkaSettings(bootstrap_servers=KAFKA, topic_prefix=prefix, group_id=prefix + "indexer")
-
-
-async def create_topics(kafka: KafkaSettings) -> list[str]:
-    topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        await admin.create_topics([NewTopic(t, kafka.partitions, 1) for t in topics])
-    finally:
-        await admin.close()
-    return topics
-
-
-async def delete_topics(topics: list[str]) -> None:
-    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
-    await admin.start()
-    try:
-        await admin.delete_topics(topics)
-    finally:
-        await admin.close()
-
-
-async def make_producer() -> AIOKafkaProducer:
-    producer = AIOKafkaProducer(
-        bootstrap_servers=KAFKA, acks="all", linger_ms=5, max_batch_size=262_144
-    )
-    await producer.start()
-    return producer
-
-
-async def publish(
-    producer: AIOKafkaProducer, kafka: KafkaSettings, records: Sequence[tuple[str, bytes, Any]]
-) -> None:
-    pending = []
-    for entity, key, value in records:
-        pending.append(await producer.send(kafka.topic_for(entity), value=value, key=key))
-        if len(pending) >= 5000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
-
-
-async def lag(kafka: KafkaSettings, admin: AIOKafkaAdminClient, ends: dict[Any, int]) -> int:
-    committed = await admin.list_consumer_group_offsets(kafka.group_id)
-    total = 0
-    for tp, end in ends.items():
-        meta = committed.get(tp)
-        total += max(end - (meta.offset if meta is not None and meta.offset >= 0 else 0), 0)
-    return total
-
-
-async def end_offsets(topics: list[str]) -> dict[Any, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
-    await consumer.start()
-    try:
-        tps = [
-            TopicPartition(t, p)
-            for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
-        ]
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        await consumer._client.force_metadata_update()  # no public way to wait for metadata
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await asyncio.sleep(0.1)
-    raise RuntimeError(f"no partitions for {topic}")
-
-
 # ----------------------------------------------------------------------------- the run
 
 
@@ -477,14 +415,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
         _log(f"  Prefect ready in {time.perf_counter() - t0:.1f}s {result['prefect_setup']}")
 
         topics = await create_topics(kafka)
-        env = {
-            "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
-            "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
-            "KAFKA_GROUP_ID": kafka.group_id,
-            "ELASTICSEARCH_URL": ES_URL,
-            "ELASTICSEARCH_INDEX_PREFIX": names.prefix,
-            "INDEXER_METRICS_PORT": "0",
-        }
+        env = stack_env(kafka, names)
         api_port = free_port()
         api = Child(
             "api",
@@ -493,11 +424,10 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             log_dir,
             profile_to=opts.out / f"profile-api-{n}.txt" if opts.profile == "api" else None,
         )
-        indexer = Child(
-            "indexer",
-            ["-m", "services.cli", "indexer"],
+        indexer = indexer_child(
             env,
             log_dir,
+            0,
             profile_to=opts.out / f"profile-indexer-{n}.txt" if opts.profile == "indexer" else None,
         )
         children += [api, indexer]
@@ -519,6 +449,21 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             result["ceiling"] = await bulk_ceiling(
                 stack, http, result["load"]["seconds"], len(records)
             )
+            docs = result["ceiling"]["documents"]
+            result["load"]["writes_per_document"] = await writes_per_document(stack.indexer, docs)
+            result["state"] = state_size(log_dir / "state-0", dataset)
+            result["load_noisy"] = await side_load(
+                opts, n, "noisy", dataset, dataset_records(dataset, opts.seed, HARD), 1, http
+            )
+            result["load_noisy"]["indexer_vs_bulk"] = round(
+                result["ceiling"]["seconds"] / result["load_noisy"]["seconds"], 3
+            )
+            two = await side_load(opts, n, "replicas", dataset, records, 2, http)
+            two["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / two["seconds"], 3)
+            result["load_replicas"] = {
+                "1": {k: result["load"][k] for k in ("seconds", "events_per_s")},
+                "2": two,
+            }
             mix = load_mix()
             result["latency"] = await latency(stack, mix, http, opts)
             result["throughput"] = await throughput(stack, mix, opts, result["latency"])
@@ -528,8 +473,19 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                     stack, dataset, http, opts, rate, seconds
                 )
             result["propagation"] = await propagation(stack, dataset, http, opts)
-        result["rss_mib"] = {c.name: c.peak_rss_mib() for c in children}
-        _log(f"  peak RSS (MiB): {result['rss_mib']}")
+            result["rss_mib"] = {c.name.split("-")[0]: c.peak_rss_mib() for c in children}
+            _log(f"  peak RSS (MiB): {result['rss_mib']}")
+            factory = ArtifactFactory(dataset, opts.seed + 3)
+
+            def keyless(count: int) -> list[tuple[str, bytes, Any]]:
+                return [
+                    artifact_event(factory.make(None, now_us()), now_us()) for _ in range(count)
+                ]
+
+            result["restart"] = await restart_after_kill(
+                stack, dataset, http, opts, log_dir, keyless
+            )
+            children.append(stack.indexer)
     finally:
         for child in reversed(children):
             child.stop()
@@ -583,29 +539,7 @@ async def initial_load(
     """Publish everything once the indexer consumes; time until all of it is queryable."""
     producer = await make_producer()
     try:
-        # a probe flow (no runs, no artifacts) tells when the consumer group is live
-        probe = str(uuid.uuid4())
-        flow = {
-            "id": probe,
-            "created": "2024-01-01T00:00:00Z",
-            "updated": "2024-01-01T00:00:00Z",
-            "name": f"bench-probe-{probe[:8]}",
-            "tags": [],
-        }
-        await publish(
-            producer,
-            stack.kafka,
-            [("flow", probe.encode(), encode_event("flow", probe, "upsert", 1, flow))],
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            stack.indexer.check()
-            resp = await http.get(f"{ES_URL}/{stack.names.entities}/_doc/flow:{probe}")
-            if resp.status_code == 200 and resp.json().get("found"):
-                break
-            if time.monotonic() > deadline:
-                raise TimeoutError("the indexer did not consume the probe event in 120s")
-            await asyncio.sleep(0.2)
+        await wait_consuming(producer, stack.kafka, stack.names, [stack.indexer], http)
         _log(f"  publishing {len(records):,} events; the indexer consumes concurrently")
         rss_before = stack.indexer.peak_rss_mib()
         t0 = time.perf_counter()
@@ -614,7 +548,7 @@ async def initial_load(
     finally:
         await producer.stop()
     _log(f"  published in {published:.1f}s ({len(records) / published:,.0f} events/s)")
-    ends = await end_offsets(stack.topics[:-1])
+    ends = await end_offsets(entity_and_member_topics(stack.topics))
     want_artifacts = len(dataset.artifacts)
     want_collections = len(dataset.collections())
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
@@ -921,7 +855,9 @@ class ArtifactFactory:
             if task["flow_run_id"] is not None:
                 self.tasks.setdefault(task["flow_run_id"], []).append(task["id"])
 
-    def make(self, key: str, created_us: int, flow_run_id: str | None = None) -> dict[str, Any]:
+    def make(
+        self, key: str | None, created_us: int, flow_run_id: str | None = None
+    ) -> dict[str, Any]:
         run = flow_run_id or self.runs[self.rng.randrange(len(self.runs))]
         tasks = self.tasks.get(run)
         return {
@@ -941,7 +877,7 @@ class ArtifactFactory:
 async def wait_caught_up(stack: Stack, timeout_s: float) -> float:
     """Wait (bounded) until the indexer has committed everything published so far."""
     t0 = time.perf_counter()
-    ends = await end_offsets(stack.topics[:-1])
+    ends = await end_offsets(entity_and_member_topics(stack.topics))
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:

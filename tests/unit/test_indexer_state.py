@@ -322,8 +322,13 @@ async def test_a_partition_someone_else_owned_meanwhile_is_rewritten_whole() -> 
         await r.epochs.acquire(topic, p)
     r.index.docs.clear()  # and whatever it wrote, we must not rely on
     r.processor.assigned([(topic, p) for p in range(3)])
+    r.processor.revoked([(KAFKA.members_topic, q) for q in range(2)])
+    for q in range(2):
+        await r.epochs.acquire(KAFKA.members_topic, q)
+    r.processor.assigned([(KAFKA.members_topic, q) for q in range(2)])
     await r.feed([])  # rewrite_budget is 7: several steps, one cursor per partition
     assert set(r.index.sources("artifacts")) == set(arts)
+    assert set(r.index.sources("collections")) == {collection_id(f"k{i}") for i in range(4)}
 
 
 async def test_a_zombie_finishing_late_cannot_overwrite_the_new_owner() -> None:

@@ -1,0 +1,315 @@
+"""Indexer phases of the benchmark beside the main load: a noisy stream, two replicas,
+a restart after SIGKILL, the state's size and the writes per final document.
+
+Every phase runs real indexer processes (`python -m services.cli indexer`) against the
+local Kafka and Elasticsearch, on unique topics and index prefixes removed afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import re
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient
+
+from services.config import KafkaSettings
+from services.contract import encode_event
+from services.datagen import Dataset
+from services.es.indices import IndexNames
+from tests.benchmarks.kafka_io import (
+    KAFKA,
+    create_topics,
+    delete_topics,
+    end_offsets,
+    kafka_settings,
+    lag,
+    make_producer,
+    publish,
+)
+from tests.benchmarks.procs import REPO_ROOT, Child, free_port
+
+Record = tuple[str, bytes, Any]
+ES_URL = os.environ.get("ELASTICSEARCH_URL", "http://127.0.0.1:9200").rstrip("/")
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stack_env(kafka: KafkaSettings, names: IndexNames, es_url: str = ES_URL) -> dict[str, str]:
+    """Environment of the API and indexer processes of one stack."""
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": KAFKA,
+        "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
+        "KAFKA_GROUP_ID": kafka.group_id,
+        "ELASTICSEARCH_URL": es_url,
+        "ELASTICSEARCH_INDEX_PREFIX": names.prefix,
+        "INDEXER_METRICS_PORT": "0",
+    }
+
+
+def indexer_child(
+    env: dict[str, str], log_dir: Path, index: int, profile_to: Path | None = None
+) -> Child:
+    """Indexer replica `index`: its own state directory, instance id and metrics port."""
+    port = free_port()
+    own = {
+        **env,
+        "INDEXER_STATE_DIR": str(log_dir / f"state-{index}"),
+        "INDEXER_INSTANCE_ID": f"bench-{index}",
+        "INDEXER_STATIC_MEMBERSHIP": "true",  # as in the StatefulSet: restarts keep partitions
+        "INDEXER_METRICS_HOST": "127.0.0.1",
+        "INDEXER_METRICS_PORT": str(port),
+    }
+    child = Child(f"indexer-{index}", ["-m", "services.cli", "indexer"], own, log_dir, profile_to)
+    child.metrics_port = port  # type: ignore[attr-defined]
+    return child
+
+
+def instances(children: Sequence[Child]) -> list[str]:
+    """The instance ids of indexer children (their parents' progress is watched)."""
+    return [f"bench-{c.name.rsplit('-', 1)[-1]}" for c in children]
+
+
+def entity_and_member_topics(topics: Sequence[str]) -> list[str]:
+    """`create_topics`' list without the dead-letter topic (second to last)."""
+    return [*topics[:-2], topics[-1]]
+
+
+async def metric(child: Child, name: str, labels: str = "") -> float:
+    """A counter of an indexer child's /metrics (summed over label sets matching `labels`)."""
+    port = child.metrics_port  # type: ignore[attr-defined]
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name) and labels in line:
+            match = re.match(r"^[^ ]+ ([0-9.e+-]+)$", line)
+            if match:
+                total += float(match.group(1))
+    return total
+
+
+async def writes_per_document(children: Child | Sequence[Child], documents: int) -> float | None:
+    """Documents the indexer(s) sent to Elasticsearch per final document (1.0 is ideal)."""
+    group = [children] if isinstance(children, Child) else list(children)
+    try:
+        sent = sum([await metric(c, "indexer_documents_total") for c in group])
+    except httpx.HTTPError:
+        return None
+    return round(sent / documents, 3) if documents else None
+
+
+def state_size(path: Path, dataset: Dataset) -> dict[str, Any]:
+    """Bytes of an indexer's state directory and the entities it holds."""
+    size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    parents = sum(
+        len(dataset.entities(e)) + len(dataset.deleted.get(e, []))
+        for e in ("flow", "deployment", "flow_run", "task_run")
+    )
+    artifacts = len(dataset.artifacts) + len(dataset.deleted.get("artifact", []))
+    collections = len(dataset.collections())
+    entities = parents + artifacts + collections
+    return {
+        "bytes": size,
+        "parents": parents,
+        "artifacts": artifacts,
+        "collections": collections,
+        "entities": entities,
+        "bytes_per_entity": round(size / entities, 1),
+    }
+
+
+async def wait_consuming(
+    producer: AIOKafkaProducer,
+    kafka: KafkaSettings,
+    names: IndexNames,
+    children: Sequence[Child],
+    http: httpx.AsyncClient,
+    timeout_s: float = 300,
+) -> None:
+    """A probe artifact (no key, no runs) tells that the indexer consumes; it is deleted
+    again (a tombstone) so it counts nowhere."""
+    probe = str(uuid.uuid4())
+    art = {
+        "id": probe,
+        "created": "2024-01-01T00:00:00Z",
+        "updated": "2024-01-01T00:00:00Z",
+        "type": "bench-probe",
+    }
+    await publish(
+        producer,
+        kafka,
+        [("artifact", probe.encode(), encode_event("artifact", probe, "upsert", 1, art))],
+    )
+    deadline = time.monotonic() + timeout_s
+    while True:
+        for child in children:
+            child.check()
+        resp = await http.get(f"{ES_URL}/{names.artifacts}/_doc/{probe}")
+        if resp.status_code == 200 and resp.json().get("found"):
+            break
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the indexer did not consume the probe in {timeout_s:.0f}s")
+        await asyncio.sleep(0.2)
+    await publish(producer, kafka, [("artifact", probe.encode(), None)])
+
+
+async def live_count(http: httpx.AsyncClient, index: str) -> int:
+    resp = await http.post(f"{ES_URL}/{index}/_count", json={"query": {"term": {"live": True}}})
+    return int(resp.json().get("count", -1)) if resp.status_code == 200 else -1
+
+
+async def wait_converged(
+    kafka: KafkaSettings,
+    names: IndexNames,
+    topics: Sequence[str],
+    children: Sequence[Child],
+    http: httpx.AsyncClient,
+    want: tuple[int, int],
+    timeout_s: float,
+) -> float:
+    """Wait until nothing is behind and the live artifact and collection counts are `want`;
+    the perf_counter time it happened."""
+    ends = await end_offsets(entity_and_member_topics(topics))
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    deadline = time.perf_counter() + timeout_s
+    last = 0.0
+    try:
+        while True:
+            for child in children:
+                child.check()
+            behind = await lag(kafka, admin, ends, instances(children))
+            if behind == 0:
+                got = (
+                    await live_count(http, names.artifacts),
+                    await live_count(http, names.collections),
+                )
+                if got == want:
+                    return time.perf_counter()
+            now = time.perf_counter()
+            if now > deadline:
+                raise TimeoutError(f"not converged within {timeout_s:.0f}s ({behind} behind)")
+            if now - last > 15:
+                _log(f"    {behind:,} records behind")
+                last = now
+            await asyncio.sleep(0.25)
+    finally:
+        await admin.close()
+
+
+async def side_load(
+    opts: Any,
+    n: int,
+    label: str,
+    dataset: Dataset,
+    records: Sequence[Record],
+    replicas: int,
+    http: httpx.AsyncClient,
+) -> dict[str, Any]:
+    """Load `records` with `replicas` indexer processes into fresh topics and indices,
+    published while they consume (as the main load); removed afterwards."""
+    prefix = f"bench-{n}-{label}-{uuid.uuid4().hex[:6]}"
+    log_dir = REPO_ROOT / ".local" / "bench" / prefix
+    kafka = kafka_settings(prefix + ".")
+    names = IndexNames(prefix + "-")
+    topics = await create_topics(kafka)
+    env = stack_env(kafka, names)
+    children = [indexer_child(env, log_dir, i) for i in range(replicas)]
+    _log(f"  {label}: {len(records):,} events, {replicas} indexer process(es)")
+    try:
+        producer = await make_producer()
+        try:
+            await wait_consuming(producer, kafka, names, children, http)
+            t0 = time.perf_counter()
+            await publish(producer, kafka, records)
+        finally:
+            await producer.stop()
+        want = (len(dataset.artifacts), len(dataset.collections()))
+        done = await wait_converged(kafka, names, topics, children, http, want, opts.load_timeout_s)
+        seconds = done - t0
+        docs = sum(want) + len(dataset.deleted.get("artifact", []))
+        out = {
+            "events": len(records),
+            "replicas": replicas,
+            "seconds": round(seconds, 2),
+            "events_per_s": round(len(records) / seconds),
+            "writes_per_document": await writes_per_document(children, docs),
+            "rss_mib": [c.peak_rss_mib() for c in children],
+        }
+        _log(f"    {label}: {seconds:.1f}s, {out['events_per_s']:,} events/s")
+        return out
+    finally:
+        for child in children:
+            child.stop()
+        with contextlib.suppress(Exception):
+            await delete_topics(topics)
+        with contextlib.suppress(httpx.HTTPError):
+            await http.delete(
+                f"{ES_URL}/{names.prefix}*",
+                params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            )
+
+
+async def restart_after_kill(
+    stack: Any,
+    dataset: Dataset,
+    http: httpx.AsyncClient,
+    opts: Any,
+    log_dir: Path,
+    make_records: Callable[[int], list[Record]],
+) -> dict[str, Any]:
+    """New keyless artifacts are published, the indexer is SIGKILLed right away (while
+    behind) and restarted on its state directory: seconds from the restart until it is
+    caught up, and how many records it applied (all of them again = a full replay)."""
+    extra = max(5_000, stack.n // 20)
+    records = make_records(extra)
+    assert {r[0] for r in records} == {"artifact"}, "restart records are new keyless artifacts"
+    ends = await end_offsets(entity_and_member_topics(stack.topics))
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        for _ in range(int(opts.idle_timeout_s * 4)):
+            if await lag(stack.kafka, admin, ends, ["bench-0"]) == 0:
+                break
+            await asyncio.sleep(0.25)
+        want = (
+            await live_count(http, stack.names.artifacts) + extra,
+            await live_count(http, stack.names.collections),
+        )
+        producer = await make_producer()
+        try:
+            await publish(producer, stack.kafka, records)
+        finally:
+            await producer.stop()
+        ends = await end_offsets(entity_and_member_topics(stack.topics))
+        behind = await lag(stack.kafka, admin, ends, ["bench-0"])
+    finally:
+        await admin.close()
+    stack.indexer.proc.kill()
+    stack.indexer.proc.wait(30)
+    _log(f"  restart: SIGKILLed with {behind:,} records behind; restarting on its state")
+    t0 = time.perf_counter()
+    child = indexer_child(stack_env(stack.kafka, stack.names), log_dir, 0)
+    stack.indexer = child
+    done = await wait_converged(stack.kafka, stack.names, stack.topics, [child], http, want, 600)
+    applied = await metric(child, "indexer_events_total")
+    out = {
+        "events_after_kill": len(records),
+        "lag_at_kill": behind,
+        "restart_to_caught_up_s": round(done - t0, 2),
+        "records_applied_after_restart": int(applied),
+        "replayed_from_zero": applied > len(records) * 2 + 1000,
+    }
+    _log(f"    caught up {out['restart_to_caught_up_s']}s after the restart")
+    return out

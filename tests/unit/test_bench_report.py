@@ -1,0 +1,148 @@
+"""The benchmark report renders old (indexer v1) and new (indexer v2) results without servers."""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.benchmarks import report
+
+OLD = Path(__file__).resolve().parents[2] / "docs" / "benchmarks" / "results-full-indexer-v1.json"
+
+
+def _old() -> dict[str, Any]:
+    return json.loads(OLD.read_text())
+
+
+def new_format(old: dict[str, Any], name: str = "100000") -> dict[str, Any]:
+    """One scale of the old results, reshaped as the v2 runner writes it, plausible numbers."""
+    res = copy.deepcopy(old)
+    res["started"] = "2026-12-01 10:00:00 UTC"
+    res["machine"]["git"] = "abcdef0"
+    scale = res["scales"][name]
+    res["scales"] = {name: scale}
+    ceiling = scale["ceiling"]
+    ceiling["indices"].pop("entities")
+    ceiling["indices"]["control"] = {"docs": 6, "store_bytes": 9000, "bytes_per_doc": 1500.0}
+    ceiling["loaded_indices"] = {
+        k: v for k, v in ceiling["loaded_indices"].items() if "entities" not in k
+    }
+    docs = sum(ceiling["indices"][k]["docs"] for k in ("artifacts", "collections"))
+    ceiling["documents"] = docs
+    ceiling["documents_per_s"] = round(docs / ceiling["seconds"])
+    k = scale["artifacts"] / 100_000  # seconds grow with the scale
+    load = scale["load"]
+    load["seconds"] = 9.0 * k
+    load["events_per_s"] = round(load["events"] / load["seconds"])
+    load["writes_per_document"] = 1.02
+    ceiling["indexer_vs_bulk"] = round(ceiling["seconds"] / load["seconds"], 3)
+    ceiling["events_per_s_equivalent"] = round(load["events"] / ceiling["seconds"])
+    noisy_events = round(docs * 1.8)
+    scale["load_noisy"] = {
+        "events": noisy_events,
+        "seconds": 14.0 * k,
+        "events_per_s": round(noisy_events / (14.0 * k)),
+        "indexer_vs_bulk": round(ceiling["seconds"] / (14.0 * k), 3),
+        "writes_per_document": None,
+    }
+    scale["load_replicas"] = {
+        "1": {"seconds": 9.5 * k, "events_per_s": round(load["events"] / (9.5 * k))},
+        "2": {
+            "seconds": 6.1 * k,
+            "events_per_s": round(load["events"] / (6.1 * k)),
+            "indexer_vs_bulk": round(ceiling["seconds"] / (6.1 * k), 3),
+        },
+    }
+    scale["restart"] = {
+        "events_after_kill": 80_000,
+        "lag_at_kill": 61_234,
+        "restart_to_caught_up_s": 4.2,
+        "replayed_from_zero": False,
+    }
+    d = scale["dataset"]
+    parents = d["flows"] + d["deployments"] + d["flow_runs"] + d["task_runs"]
+    entities = parents + d["artifacts"] + d["collections"]
+    scale["state"] = {
+        "bytes": entities * 366,
+        "parents": parents,
+        "artifacts": d["artifacts"],
+        "collections": d["collections"],
+        "entities": entities,
+        "bytes_per_entity": 366.0,
+    }
+    scale["freshness"]["1000"]["p99_s"] = 1.2
+    scale["propagation"]["10000"]["seconds"] = 1.4
+    return res
+
+
+def test_old_results_still_render(tmp_path: Path) -> None:
+    old = _old()
+    report.write_all(old, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    sizing = (tmp_path / "SIZING.md").read_text()
+    assert report.NOT_MEASURED in text
+    assert "entity bytes/doc" not in text
+    assert "| entities" not in sizing and "entity bytes" not in sizing
+    assert "not measured in this run" in sizing
+    assert "No previous run to compare with" in text  # the v1 file is this very run
+    assert report.summary(old)
+
+
+@pytest.mark.parametrize("embedded", [False, True])
+def test_new_results_render_beside_previous(tmp_path: Path, embedded: bool) -> None:
+    old = _old()
+    new = new_format(old)
+    if embedded:
+        new["previous"] = old
+    report.write_all(new, tmp_path)
+    text = (tmp_path / "RESULTS.md").read_text()
+    sizing = (tmp_path / "SIZING.md").read_text()
+    assert "| 100,000: previous run | 100,000: this run |" in text
+    assert "1,000,000: previous run" not in text  # only scales this run measured
+    assert "0.08x" in text  # the previous run's own ratio
+    assert "no replay from offset 0" in text
+    assert "### Targets of the indexer redesign" in text
+    assert "noisy stream" in text
+    table = text.split("### Targets of the indexer redesign")[0]
+    assert "| **noisy stream: indexer / raw `_bulk`** | - | 0.42x |" in table
+    assert "| 2 indexers / 1 indexer | - | 1.56x |" in table
+    assert "366 B per entity" in table
+    # only the noisy load's writes per document is None in the synthetic results
+    assert table.count(report.NOT_MEASURED) == 1
+    assert "indexing-full.png" in text and (tmp_path / "indexing-full.png").exists()
+    for k in (1, 3, 6, 12):
+        assert f"\n| {k} | " in sizing or f"\n| {k} (measured) | " in sizing
+    assert "entities index" not in sizing
+    assert "two replicas of one group loaded it at" in sizing
+    assert report.summary(new)
+
+
+def test_indexer_targets_verdicts() -> None:
+    new = new_format(_old())
+    scale = new["scales"].pop("100000")
+    new["scales"]["1000000"] = scale
+    rows = {row[0]: row for row in report.indexer_targets(new)}
+    assert rows["initial load >= 0.5x raw _bulk, clean stream"][3] == report.MET
+    assert rows["initial load >= 0.5x raw _bulk, noisy stream"][3] == report.MISSED
+    assert rows["freshness p99 <= 1.5 s at 1,000 events/s at 1M"][3] == report.MET
+    assert rows["one flow run's change reaches 10,000 artifacts <= 2 s"][3] == report.MET
+    assert rows["restart after SIGKILL at 1M caught up <= 30 s"][3] == report.MET
+    assert rows["indexer peak RSS <= 1 GiB at 1M"][3] == report.MET
+    scale["restart"]["replayed_from_zero"] = True
+    rows = {row[0]: row for row in report.indexer_targets(new)}
+    assert rows["restart after SIGKILL at 1M caught up <= 30 s"][3] == report.MISSED
+
+
+def test_missing_kinds_and_sections(tmp_path: Path) -> None:
+    new = new_format(_old())
+    scale = new["scales"]["100000"]
+    del scale["ceiling"]["indices"]["collections"]
+    for key in ("load_noisy", "load_replicas", "restart", "state"):
+        del scale[key]
+    report.write_all(new, tmp_path)
+    assert report.NOT_MEASURED in (tmp_path / "RESULTS.md").read_text()
+    assert report.NOT_MEASURED in (tmp_path / "SIZING.md").read_text()
