@@ -47,13 +47,19 @@ def new_format(old: dict[str, Any], name: str = "100000") -> dict[str, Any]:
         "seconds": 14.0 * k,
         "events_per_s": round(noisy_events / (14.0 * k)),
         "indexer_vs_bulk": round(ceiling["seconds"] / (14.0 * k), 3),
+        "replicas": 1,
         "writes_per_document": None,
+        "rss_mib": [190.5],
     }
     scale["load_replicas"] = {
-        "1": {"seconds": 9.5 * k, "events_per_s": round(load["events"] / (9.5 * k))},
+        "1": {"seconds": load["seconds"], "events_per_s": load["events_per_s"]},
         "2": {
+            "events": load["events"],
+            "replicas": 2,
             "seconds": 6.1 * k,
             "events_per_s": round(load["events"] / (6.1 * k)),
+            "writes_per_document": 1.04,
+            "rss_mib": [150.2, 149.8],
             "indexer_vs_bulk": round(ceiling["seconds"] / (6.1 * k), 3),
         },
     }
@@ -61,6 +67,7 @@ def new_format(old: dict[str, Any], name: str = "100000") -> dict[str, Any]:
         "events_after_kill": 80_000,
         "lag_at_kill": 61_234,
         "restart_to_caught_up_s": 4.2,
+        "records_applied_after_restart": 80_000,
         "replayed_from_zero": False,
     }
     d = scale["dataset"]
@@ -109,7 +116,8 @@ def test_new_results_render_beside_previous(tmp_path: Path, embedded: bool) -> N
     assert "noisy stream" in text
     table = text.split("### Targets of the indexer redesign")[0]
     assert "| **noisy stream: indexer / raw `_bulk`** | - | 0.42x |" in table
-    assert "| 2 indexers / 1 indexer | - | 1.56x |" in table
+    assert "| 2 indexers / 1 indexer (clean stream) | - | 1.48x |" in table
+    assert "peak RSS 150 and 150 MiB" in table
     assert "366 B per entity" in table
     # only the noisy load's writes per document is None in the synthetic results
     assert table.count(report.NOT_MEASURED) == 1
