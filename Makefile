@@ -27,6 +27,8 @@ export ELASTICSEARCH_URL ?= http://127.0.0.1:$(or $(ES_PORT),9200)
 export POSTGRES_DSN ?= postgresql://postgres@127.0.0.1:$(or $(PG_PORT),55432)/postgres
 
 PYTEST_ARGS ?=
+DEMO ?= 1
+API_PORT ?= $(or $(QUERY_PORT),4200)
 # fast pure tier first, then the server-backed tiers (benchmarks are not tests)
 TEST_TIERS := tests/unit tests/integration tests/e2e tests/ops tests/reliability \
   tests/conformance tests/faults
@@ -62,9 +64,19 @@ ifneq ($(wildcard services/cli.py),)
 	$(PY) -m services.cli bootstrap
 	@$(call bg,api,api)
 	@$(call bg,indexer,indexer)
+	@for i in $$(seq 1 120); do \
+	  curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready && break; \
+	  if [ -f $(RUN_DIR)/api.pid ] && ! kill -0 $$(cat $(RUN_DIR)/api.pid) 2>/dev/null; then \
+	    echo "the API exited: see $(RUN_DIR)/api.log" >&2; tail -5 $(RUN_DIR)/api.log >&2; exit 1; \
+	  fi; sleep 0.5; \
+	done; curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready \
+	  || { echo "the API did not become ready on port $(API_PORT) (see $(RUN_DIR)/api.log)" >&2; exit 1; }
+ifneq ($(DEMO),0)
 	$(PY) -m services.cli demo
+endif
 	@echo
-	@echo "Try:  curl -s -X POST http://127.0.0.1:4200/api/artifacts/filter -H 'Content-Type: application/json' -d '{\"limit\": 5}'"
+	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m services.cli --help"
+	@echo "Try:  curl -s -X POST http://127.0.0.1:$(API_PORT)/api/artifacts/filter -H 'Content-Type: application/json' -d '{\"limit\": 5}'"
 else
 	@echo "services/cli.py does not exist yet: servers are up, no app started."
 endif

@@ -144,7 +144,8 @@ class Indexer:
         self.bootstrapped = asyncio.Event()
         self._store = store
         self._owns_store = store is None
-        self._producer: AIOKafkaProducer | None = None
+        self._producer: AIOKafkaProducer | None = None  # member records (large, batched)
+        self._dlq: AIOKafkaProducer | None = None  # dead letters (Kafka's default sizes)
         self._global: AIOKafkaConsumer | None = None
         self._pump: asyncio.Task[None] | None = None
         self._stopping = False
@@ -286,6 +287,8 @@ class Indexer:
             max_request_size=MEMBER_MAX_BYTES,
         )
         await self._producer.start()
+        self._dlq = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
+        await self._dlq.start()
         topology = Topology(
             parents=self.parent_topics,
             artifacts=self.artifact_topic,
@@ -335,9 +338,10 @@ class Indexer:
         if self._global is not None:
             await self._global.stop()
             self._global = None
-        if self._producer is not None:
-            await self._producer.stop()
-            self._producer = None
+        for producer in (self._producer, self._dlq):
+            if producer is not None:
+                await producer.stop()
+        self._producer = self._dlq = None
         if self._store is not None and self._owns_store:
             self._store.close()
             self._store = None
@@ -597,7 +601,8 @@ class Indexer:
         ]
         for value, key, headers in attempts:
             try:
-                await self._producer_or_fail().send_and_wait(
+                assert self._dlq is not None, "the indexer is not started"
+                await self._dlq.send_and_wait(
                     self.kafka.dlq_topic, value=value, key=key, headers=headers
                 )
                 metrics.DLQ.labels(reason=item.reason).inc()
