@@ -29,12 +29,14 @@ def _one(objs: list[Obj], kind: str, name: str) -> Obj:
 
 
 def _pod_spec(obj: Obj) -> dict[str, Any]:
+    if obj["kind"] == "CronJob":
+        obj = obj["spec"]["jobTemplate"]
     spec: dict[str, Any] = obj["spec"]["template"]["spec"]
     return spec
 
 
 def _workloads(objs: list[Obj]) -> list[Obj]:
-    return [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job")]
+    return [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
 
 
 def _config(objs: list[Obj]) -> dict[str, str]:
@@ -70,14 +72,15 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
         ("HorizontalPodAutoscaler", "artifact-search-query"),
         ("PodDisruptionBudget", "artifact-search-query"),
         ("PodDisruptionBudget", "artifact-search-indexer"),
-        ("Job", "artifact-search-bootstrap"),
-        ("Job", "artifact-search-replay"),
+        ("CronJob", "artifact-search-replay"),
         ("ConfigMap", "artifact-search-config"),
         ("NetworkPolicy", "artifact-search-default"),
     ]:
         assert want in kinds
-    namespaces = {o["metadata"].get("namespace") for o in objs}
-    assert namespaces == {"artifact-search-dev" if overlay == "dev" else "artifact-search"}
+    namespace = "artifact-search-dev" if overlay == "dev" else "artifact-search"
+    namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
+    assert namespaces == {namespace}
+    assert ("Namespace", namespace) in kinds  # `kubectl apply -k` creates it too
     assert all(
         o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "prefect-artifact-search"
         for o in objs
@@ -104,7 +107,7 @@ def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
         assert pod["securityContext"]["runAsUser"] == 10001, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
-        for container in pod["containers"]:
+        for container in pod["containers"] + pod.get("initContainers", []):
             sc = container["securityContext"]
             assert sc["runAsNonRoot"] is True, name
             assert sc["readOnlyRootFilesystem"] is True, name
@@ -190,20 +193,71 @@ def test_query_service_hpa_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
     assert svc["spec"]["ports"][0]["targetPort"] in {p["name"] for p in container["ports"]}
     hpa = _one(objs, "HorizontalPodAutoscaler", "artifact-search-query")
     assert hpa["spec"]["scaleTargetRef"]["name"] == dep["metadata"]["name"]
-    assert 1 <= hpa["spec"]["minReplicas"] <= dep["spec"]["replicas"] <= hpa["spec"]["maxReplicas"]
+    assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
+    # the HPA owns the count: a `replicas` here would reset the scale on every apply
+    assert "replicas" not in dep["spec"]
+    (container,) = _pod_spec(dep)["containers"]
+    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
     pdb = _one(objs, "PodDisruptionBudget", "artifact-search-query")
     assert _selects(pdb["spec"]["selector"], pod_labels(dep))
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_jobs(rendered: tuple[str, list[Obj]]) -> None:
+def test_bootstrap_runs_on_every_start_and_replay_is_a_template(
+    rendered: tuple[str, list[Obj]],
+) -> None:
     _, objs = rendered
-    bootstrap = _one(objs, "Job", "artifact-search-bootstrap")
-    replay = _one(objs, "Job", "artifact-search-replay")
-    assert _pod_spec(bootstrap)["containers"][0]["args"] == ["bootstrap"]
+    sts = _one(objs, "StatefulSet", "artifact-search-indexer")
+    (init,) = _pod_spec(sts)["initContainers"]
+    assert init["args"] == ["bootstrap"]  # re-runs on upgrades, unlike a one-shot Job
+    assert not [o for o in objs if o["kind"] == "Job"]  # nothing immutable to re-apply
+    replay = _one(objs, "CronJob", "artifact-search-replay")
     assert _pod_spec(replay)["containers"][0]["args"] == ["replay"]
     # applying the manifests must never start a replay by itself
     assert replay["spec"]["suspend"] is True
+    mounts = {m["mountPath"] for m in _pod_spec(replay)["containers"][0]["volumeMounts"]}
+    assert "/tmp" in mounts  # its throwaway state store, on a read-only root filesystem
+
+
+def test_an_upgrade_changes_only_what_kubernetes_lets_change(tmp_path: Path) -> None:
+    """Render prod, then prod with another image tag, more replicas and another config:
+    every object keeps its kind and name, and the fields Kubernetes refuses to change on
+    an existing object (StatefulSet selector, service name and volume claims; Deployment
+    selector) are identical."""
+    before = {(o["kind"], o["metadata"]["name"]): o for o in render(K8S / "overlays" / "prod")}
+    overlay = tmp_path / "upgrade"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
+        "kind: Kustomization\n"
+        "resources:\n"
+        f"  - {K8S / 'overlays' / 'prod'}\n"
+        "images:\n"
+        "  - name: artifact-search\n"
+        "    newTag: 0.2.0\n"
+        "patches:\n"
+        "  - path: patch.yaml\n"
+    )
+    (overlay / "patch.yaml").write_text(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: artifact-search-indexer\n"
+        "spec:\n  replicas: 9\n---\n"
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: artifact-search-config\n"
+        "data:\n  LOG_LEVEL: DEBUG\n"
+    )
+    after = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    assert set(after) == set(before)
+    old, new = (
+        before[("StatefulSet", "artifact-search-indexer")],
+        after[("StatefulSet", "artifact-search-indexer")],
+    )
+    for field in ("selector", "serviceName", "volumeClaimTemplates", "podManagementPolicy"):
+        assert old["spec"][field] == new["spec"][field], field
+    assert new["spec"]["replicas"] == 9
+    images = {c["image"] for c in _pod_spec(new)["containers"] + _pod_spec(new)["initContainers"]}
+    assert images == {"artifact-search:0.2.0"}
+    query = ("Deployment", "artifact-search-query")
+    assert before[query]["spec"]["selector"] == after[query]["spec"]["selector"]
+    assert after[("ConfigMap", "artifact-search-config")]["data"]["LOG_LEVEL"] == "DEBUG"
 
 
 def test_network_policies(rendered: tuple[str, list[Obj]]) -> None:
@@ -212,7 +266,7 @@ def test_network_policies(rendered: tuple[str, list[Obj]]) -> None:
     assert set(default["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in default["spec"]
     egress_ports = {p["port"] for rule in default["spec"]["egress"] for p in rule["ports"]}
-    assert {53, 9092, 9200} <= egress_ports
+    assert {53, 9092, 9200, 5432} <= egress_ports
     query = _one(objs, "NetworkPolicy", "artifact-search-query-ingress")
     assert {p["port"] for r in query["spec"]["ingress"] for p in r["ports"]} == {4200}
 
