@@ -143,7 +143,8 @@ class Indexer:
 
     # -- lifecycle ----------------------------------------------------------------------
     async def bootstrap(self) -> None:
-        """Create indices, aliases and the member topic if missing (idempotent)."""
+        """Create indices and aliases if missing (idempotent; the member topic is created
+        when the processor starts)."""
         await ensure_indices(
             self.es,
             self.names,

@@ -53,7 +53,7 @@ from services.config import KafkaSettings, QuerySettings
 from services.contract import encode_event
 from services.datagen import Dataset, DatasetScale, format_timestamp, generate_dataset
 from services.es.indices import IndexNames, index_settings
-from services.events import HARD, dataset_records
+from services.events import dataset_records
 from services.prefect.filters import ArtifactFilter
 from services.prefect.requests import (
     ArtifactCollectionCountRequest,
@@ -77,8 +77,9 @@ from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
 from tests.benchmarks.side import (
     entity_and_member_topics,
     indexer_child,
+    release_memory,
     restart_after_kill,
-    side_load,
+    run_side_load,
     stack_env,
     state_size,
     wait_consuming,
@@ -452,13 +453,15 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             docs = result["ceiling"]["documents"]
             result["load"]["writes_per_document"] = await writes_per_document(stack.indexer, docs)
             result["state"] = state_size(log_dir / "state-0", dataset)
-            result["load_noisy"] = await side_load(
-                opts, n, "noisy", dataset, dataset_records(dataset, opts.seed, HARD), 1, http
+            del records  # the side loads regenerate theirs in child processes
+            release_memory()
+            result["load_noisy"] = await run_side_load(
+                n, opts.seed, "noisy", True, 1, opts.load_timeout_s
             )
             result["load_noisy"]["indexer_vs_bulk"] = round(
                 result["ceiling"]["seconds"] / result["load_noisy"]["seconds"], 3
             )
-            two = await side_load(opts, n, "replicas", dataset, records, 2, http)
+            two = await run_side_load(n, opts.seed, "replicas", False, 2, opts.load_timeout_s)
             two["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / two["seconds"], 3)
             result["load_replicas"] = {
                 "1": {k: result["load"][k] for k in ("seconds", "events_per_s")},

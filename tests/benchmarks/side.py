@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import re
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -209,7 +211,7 @@ async def wait_converged(
 
 
 async def side_load(
-    opts: Any,
+    load_timeout_s: float,
     n: int,
     label: str,
     dataset: Dataset,
@@ -236,7 +238,7 @@ async def side_load(
         finally:
             await producer.stop()
         want = (len(dataset.artifacts), len(dataset.collections()))
-        done = await wait_converged(kafka, names, topics, children, http, want, opts.load_timeout_s)
+        done = await wait_converged(kafka, names, topics, children, http, want, load_timeout_s)
         seconds = done - t0
         docs = sum(want) + len(dataset.deleted.get("artifact", []))
         out = {
@@ -313,3 +315,68 @@ async def restart_after_kill(
     }
     _log(f"    caught up {out['restart_to_caught_up_s']}s after the restart")
     return out
+
+
+def release_memory() -> None:
+    """Give freed memory back to the operating system (glibc keeps it otherwise): the
+    benchmark's own Python must not squeeze the page cache Elasticsearch, Kafka and the
+    indexer's RocksDB read through."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+
+
+async def run_side_load(
+    n: int, seed: int, label: str, noisy: bool, replicas: int, load_timeout_s: float
+) -> dict[str, Any]:
+    """`side_load` in a child process: it generates its own dataset and stream and exits
+    afterwards, so neither stays in the runner's memory (gigabytes at 1M)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.benchmarks.side",
+        *("--scale", str(n), "--seed", str(seed), "--label", label),
+        *("--replicas", str(replicas), "--load-timeout", str(load_timeout_s)),
+        *(("--noisy",) if noisy else ()),
+        cwd=REPO_ROOT,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    out, _ = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"side load {label} failed with {proc.returncode}")
+    result: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
+    return result
+
+
+def main() -> None:
+    """`python -m tests.benchmarks.side --scale N ...`: one side load; JSON on the last line."""
+    import argparse
+
+    from services.datagen import DatasetScale, generate_dataset
+    from services.events import HARD, NONE, dataset_records
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--scale", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--label", required=True)
+    parser.add_argument("--replicas", type=int, default=1)
+    parser.add_argument("--noisy", action="store_true")
+    parser.add_argument("--load-timeout", type=float, default=3600.0)
+    args = parser.parse_args()
+    dataset = generate_dataset(args.seed, DatasetScale.for_artifacts(args.scale))
+    records = dataset_records(dataset, args.seed, HARD if args.noisy else NONE)
+
+    async def go() -> dict[str, Any]:
+        async with httpx.AsyncClient(timeout=120) as http:
+            return await side_load(
+                args.load_timeout, args.scale, args.label, dataset, records, args.replicas, http
+            )
+
+    print(json.dumps(asyncio.run(go())), flush=True)
+
+
+if __name__ == "__main__":
+    main()
