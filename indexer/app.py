@@ -78,6 +78,9 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         processor.assigned([(tp.topic, tp.partition) for tp in assigned])
         for tp in assigned:
             consumer.seek(tp, processor.position(tp.topic, tp.partition))
+        if assigned:  # what a previous run of this replica may have applied uncommitted
+            for tp, end in (await consumer.end_offsets(list(assigned))).items():
+                processor.suspect_below((tp.topic, tp.partition), end)
         log.info("assigned %s", ", ".join(sorted(f"{tp.topic}:{tp.partition}" for tp in assigned)))
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -81,15 +82,32 @@ def partition_of(key: str, partitions: int) -> int:
     return int(collection_id(key)[:8], 16) % partitions
 
 
-def memberships(old: Doc | None, new: Doc | None, artifact_id: str, offset: int) -> list[Member]:
-    """The member records an artifact's change from `old` to `new` own fields emits."""
+def memberships(
+    old: Doc | None,
+    changes: Sequence[tuple[int, Doc | None]],
+    artifact_id: str,
+    offset: int,
+) -> list[Member]:
+    """The member records of one step of an artifact whose own fields went from `old`
+    through `changes` — (offset, own fields after it, None when deleted), in partition
+    order — where `offset` is the artifact's last offset in the step.
+
+    Every move away from a key leaves it at the offset of that move, not only the step's
+    net change: a run that dies after publishing may have published an intermediate key
+    (a join that stays in the topic), and the run that repeats the step with other
+    boundaries must retract it with a greater offset. The records are thus the same
+    whatever the step boundaries: a leave per move, a join at each step's end.
+    """
     out: list[Member] = []
-    old_key = None if old is None else old.get("key")
-    new_key = None if new is None else new.get("key")
-    if old_key is not None and old_key != new_key:
-        out.append(Member(old_key, artifact_id, offset, False, None))
-    if new_key is not None and new is not None:
-        out.append(Member(new_key, artifact_id, offset, True, new))
+    key = None if old is None else old.get("key")
+    for at, fields in changes:
+        now = None if fields is None else fields.get("key")
+        if key is not None and now != key:
+            out.append(Member(key, artifact_id, at, False, None))
+        key = now
+    final = changes[-1][1] if changes else old
+    if key is not None and final is not None:
+        out.append(Member(key, artifact_id, offset, True, final))
     return out
 
 

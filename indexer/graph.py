@@ -65,10 +65,21 @@ def sources(tx: Tx, kind: bytes, target: str) -> Iterator[str]:
 
 
 def parent_changed(
-    tx: Tx, entity: str, entity_id: str, old: Doc | None, new: Doc | None, out: Affected
+    tx: Tx,
+    entity: str,
+    entity_id: str,
+    old: Doc | None,
+    new: Doc | None,
+    out: Affected,
+    force: bool = False,
 ) -> None:
-    """Record that a parent's live part went from `old` to `new` (None: absent or deleted)."""
-    if old == new:
+    """Record that a parent's live part went from `old` to `new` (None: absent or deleted).
+
+    An equal part changes nothing — unless `force`: a step that re-applies records an
+    earlier, uncommitted run may have applied already must rewrite what that run may have
+    written from an intermediate part (docs/propagation.md, "Crashes").
+    """
+    if old == new and not force:
         return
     if entity == "flow_run":
         out.flow_runs.add(entity_id)

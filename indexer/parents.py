@@ -72,6 +72,8 @@ class Parents:
         consumer.assign(tps)
         for tp in tps:
             consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+        for tp, end in (await consumer.end_offsets(tps)).items():
+            self.processor.suspect_below((tp.topic, tp.partition), end)
 
     async def stop(self) -> None:
         """Stop reading."""

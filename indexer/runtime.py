@@ -33,7 +33,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, Protocol, TypeVar
 
-from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    wait_exponential_jitter,
+)
 
 from indexer import keys, metrics
 from indexer.collections import Member
@@ -42,7 +47,7 @@ from indexer.state import Cache, Tx
 from indexer.step import TP, Poison, RecordLike, StepOutput, Topology, run_step
 from indexer.store import Store
 from indexer.writer import MAX_SEQUENCE, Versioned, WriteStats, version_of
-from services.errors import TransientError
+from services.errors import PermanentError, TransientError
 
 log = logging.getLogger("indexer.runtime")
 
@@ -120,12 +125,23 @@ class Processor:
         self._last: Tx | None = None
         self._last_done = True
         self.refs = Refs()
+        # offsets below which a record may have been applied by a run that did not commit
+        self.suspect: dict[TP, int] = {}
+        self._submitted: dict[TP, int] = {}
 
     # -- ownership ----------------------------------------------------------------------
     def position(self, topic: str, partition: int) -> int:
         """The next offset to apply on a partition, from the committed store."""
         raw = self.store.get(keys.position(topic, partition))
         return 0 if raw is None else int(raw)
+
+    def suspect_below(self, tp: TP, offset: int) -> None:
+        """Records of `tp` below `offset` may have been applied, and their documents written,
+        by a run that never committed (this process before a crash, or before `reset`):
+        steps re-applying them take no "unchanged" shortcut. Called with the partition's
+        end offset when it is (re)assigned or the process starts."""
+        if offset > self.suspect.get(tp, 0):
+            self.suspect[tp] = offset
 
     def assigned(self, tps: Sequence[TP]) -> None:
         """Group partitions were assigned: activated before the next step."""
@@ -206,8 +222,19 @@ class Processor:
             active = dict(self.active)
             base = self._last if self._last is not None and not self._last_done else None
             tx = Tx(self.store, self.cache, keys.MERGED_FAMILIES, base)
+            for record in mine:
+                tp = (record.topic, record.partition)
+                if record.offset >= self._submitted.get(tp, 0):
+                    self._submitted[tp] = record.offset + 1
             output = run_step(
-                tx, topo, mine, active, self.max_event_bytes, self.rewrite_budget, self.refs
+                tx,
+                topo,
+                mine,
+                active,
+                self.max_event_bytes,
+                self.rewrite_budget,
+                self.refs,
+                self.suspect,
             )
             writes = [
                 Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
@@ -285,6 +312,8 @@ class Processor:
         self._inflight.clear()
         self._last, self._last_done = None, True
         self.refs.clear()  # it may hold state of the dropped steps
+        for tp, end in self._submitted.items():  # their writes may have landed
+            self.suspect_below(tp, end)
         self.failed = None
 
     async def drain(self) -> StepResult | None:
@@ -319,9 +348,11 @@ class Processor:
         return version_of(epoch, self.sequence)
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Retry transient failures with exponential backoff and jitter, for ever."""
+        """Retry with exponential backoff and jitter, for ever, every failure but a
+        `PermanentError`: an unclassified one stalls the partition visibly (retries metric,
+        error log) rather than dropping or skipping anything (docs/contract.md)."""
         async for attempt in AsyncRetrying(
-            retry=retry_if_exception_type(TransientError),
+            retry=retry_if_exception_type(Exception) & retry_if_not_exception_type(PermanentError),
             wait=wait_exponential_jitter(initial=self.retry_initial_s, max=self.retry_max_s),
             before_sleep=_log_retry,
             reraise=True,
@@ -334,7 +365,16 @@ class Processor:
 def _log_retry(state: Any) -> None:
     metrics.RETRIES.inc()
     exc = state.outcome.exception() if state.outcome else None
-    log.warning("retrying after a transient failure (attempt %d): %s", state.attempt_number, exc)
+    if isinstance(exc, TransientError):
+        log.warning(
+            "retrying after a transient failure (attempt %d): %s", state.attempt_number, exc
+        )
+    else:
+        log.error(
+            "retrying after an unexpected failure (attempt %d)",
+            state.attempt_number,
+            exc_info=exc,
+        )
 
 
 def _observe(output: StepOutput, stats: WriteStats) -> None:

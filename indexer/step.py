@@ -37,7 +37,7 @@ from indexer.collections import (
     partition_of,
     remember_content,
 )
-from indexer.fold import fold_events, live_part
+from indexer.fold import fold_event, fold_events, live_part
 from indexer.graph import Affected, Refs, parent_changed
 from indexer.state import Tx
 from services.contract import ArtifactData, EntityData, Event, parse_record
@@ -146,8 +146,13 @@ class Step:
         max_event_bytes: int = 1_000_000,
         rewrite_budget: int = 5_000,
         refs: Refs | None = None,
+        suspect: dict[TP, int] | None = None,
     ) -> None:
         self.refs = refs or Refs()
+        self.suspect = suspect or {}
+        # True when the step re-applies records that an earlier run may have applied
+        # without committing: its writes may sit in the index, so no "unchanged" shortcut
+        self.replaying = False
         self.tx = tx
         self.topo = topology
         self.active = active
@@ -173,6 +178,8 @@ class Step:
             if record.offset < start:
                 self.out.skipped += 1
                 continue
+            if record.offset < self.suspect.get(tp, 0):
+                self.replaying = True
             ends[tp] = record.offset + 1
             self._sort(record, parents, artifacts, members)
         for tp, end in ends.items():
@@ -227,14 +234,28 @@ class Step:
             return
         self.out.applied += applied
         self.tx.put(key, new)
-        parent_changed(self.tx, entity, entity_id, live_part(old), live_part(new), self.affected)
+        parent_changed(
+            self.tx,
+            entity,
+            entity_id,
+            live_part(old),
+            live_part(new),
+            self.affected,
+            force=self.replaying,
+        )
 
     def _fold_artifact(
         self, partition: int, artifact_id: str, numbered: list[tuple[int, Event]]
     ) -> None:
         key = keys.artifact(partition, artifact_id)
         old = self.tx.get(key)
-        new, applied = fold_events(old, (event for _, event in numbered), _artifact_fields)
+        new, applied = old, 0
+        changes: list[tuple[int, Doc | None]] = []  # (offset, own fields after it)
+        for offset, event in numbered:
+            state = fold_event(new, event, _artifact_fields)
+            if state is not new:
+                new, applied = state, applied + 1
+                changes.append((offset, live_part(state)))
         if new is old:
             return
         self.out.applied += applied
@@ -250,7 +271,7 @@ class Step:
                     self.tx.put_raw(keys.artifact_edge(kind, now, partition, artifact_id), True)
         self.dirty.artifacts[artifact_id] = partition
         last_offset = numbered[-1][0]
-        for member in memberships(before, after, artifact_id, last_offset):
+        for member in memberships(before, changes, artifact_id, last_offset):
             q = partition_of(member.key, self.topo.member_partitions)
             if self.topo.local_members:
                 self._fold_member(q, member)
@@ -358,7 +379,8 @@ class Step:
                 self.out.marked += 1
                 continue
             doc = build_collection(self.tx, refs, q, cid)
-            if remember_content(self.tx, q, cid, doc) or cid in self.forced:
+            changed = remember_content(self.tx, q, cid, doc)
+            if changed or self.replaying or cid in self.forced:
                 self.out.writes.append(DocWrite("collection", cid, tp, doc))
             else:
                 self.out.unchanged += 1
@@ -372,6 +394,8 @@ def run_step(
     max_event_bytes: int = 1_000_000,
     rewrite_budget: int = 5_000,
     refs: Refs | None = None,
+    suspect: dict[TP, int] | None = None,
 ) -> StepOutput:
-    """One step: see the module docstring. `refs` may be kept across steps (memo)."""
-    return Step(tx, topology, active, max_event_bytes, rewrite_budget, refs).run(records)
+    """One step: see the module docstring. `refs` may be kept across steps (memo);
+    `suspect` bounds, per partition, the offsets an uncommitted run may have applied."""
+    return Step(tx, topology, active, max_event_bytes, rewrite_budget, refs, suspect).run(records)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from elasticsearch import AsyncElasticsearch, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from elasticsearch import ConnectionError as EsConnectionError
 
 from indexer.metrics import BULK_SECONDS
@@ -110,6 +110,10 @@ class BulkWriter:
                 )
         except (TransportError, EsConnectionError) as exc:
             raise TransientError(f"bulk failed: {exc}") from exc
+        except ApiError as exc:  # the whole request refused: 429 and 5xx are expected
+            if exc.status_code == 429 or exc.status_code >= 500:
+                raise TransientError(f"bulk refused: {exc.status_code} {exc.error}") from exc
+            raise WriteRejectedError(f"bulk refused: {exc.status_code} {exc.error}") from exc
         if not resp.get("errors"):
             stats.written += len(part)
             return
@@ -166,7 +170,7 @@ class ControlEpochs:
                 if resp.meta.status < 300:
                     return epoch, await self._uuid()
             raise TransientError(f"epoch of {topic}:{partition}: too many concurrent owners")
-        except (TransportError, EsConnectionError) as exc:
+        except (TransportError, EsConnectionError, ApiError) as exc:
             raise TransientError(f"epoch of {topic}:{partition}: {exc}") from exc
 
     async def _uuid(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import random
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -17,12 +18,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from indexer import keys
+from indexer.collections import Member
 from indexer.fold import fold_event
 from indexer.local import LocalRecord
+from indexer.runtime import PipelineError
 from indexer.store import MemoryStore
 from services.contract import encode_event, parse_record
 from services.datagen import DatasetScale, generate_dataset
 from services.documents import collection_id
+from services.errors import PermanentError
 from services.events import MOVING, NONE, dataset_records
 from tests.unit.indexer_fakes import (
     KAFKA,
@@ -386,15 +390,18 @@ async def test_a_failed_step_in_flight_is_reset_and_nothing_after_it_commits() -
     before = dict(store.data)
 
     async def broken(writes: Any) -> Any:
-        raise RuntimeError("a bug in the writer")
+        raise PermanentError("a bug in the writer")  # any other error is retried for ever
 
     real = r.index.write
     r.index.write = broken  # type: ignore[method-assign]
-    first = await r.processor.submit(records[50:60])
-    with pytest.raises(Exception, match=r"bug|earlier step failed"):
-        await r.processor.submit(records[60:70])
-        await r.processor.submit(records[70:80])
-        await first
+    tickets = [await r.processor.submit(records[i : i + 10]) for i in (50, 60, 70)]
+    with pytest.raises(PermanentError):
+        await tickets[0]
+    for later in tickets[1:]:  # they wait for the failed one, and fail with it
+        with pytest.raises(PermanentError):
+            await later
+    with pytest.raises(PipelineError):
+        await r.processor.submit(records[80:90])
     assert store.data == before  # nothing after the failure was committed
     await r.processor.reset()
     r.index.write = real  # type: ignore[method-assign]
@@ -402,6 +409,124 @@ async def test_a_failed_step_in_flight_is_reset_and_nothing_after_it_commits() -
     arts, cols = expected_documents(dataset)
     assert comparable(r.index.sources("artifacts")) == comparable(arts)
     assert comparable(r.index.sources("collections")) == comparable(cols)
+
+
+async def test_an_unexpected_failure_is_retried_until_it_goes_away() -> None:
+    """Not classified (a bug, an unknown client error): retried with backoff, never skipped."""
+    r = replica()
+    art = uid()
+    real = r.index.write
+    failures = {"left": 3}
+
+    async def flaky(writes: Any) -> Any:
+        if failures["left"]:
+            failures["left"] -= 1
+            raise RuntimeError("an error nobody classified")
+        return await real(writes)
+
+    r.index.write = flaky  # type: ignore[method-assign]
+    await r.feed(number([rec("artifact", art, 1, key="k")]))
+    assert failures["left"] == 0
+    assert art in r.index.sources("artifacts")
+
+
+class _DiesBeforeCommit(MemoryStore):
+    """A store whose next commit kills the process: the step's writes landed, its state
+    did not (a SIGKILL between the bulk and the store commit)."""
+
+    def __init__(self, base: MemoryStore) -> None:
+        super().__init__()
+        self.data = base.data
+        self.armed = False
+
+    def commit(self, changes: Any) -> None:
+        if self.armed:
+            raise PermanentError("killed before the commit")
+        super().commit(changes)
+
+
+async def _crash_after_writes(
+    store: MemoryStore, index: FakeIndex, epochs: FakeEpochs, records: Any
+) -> None:
+    dying = _DiesBeforeCommit(store)
+    first = Replica(index, epochs, dying)
+    first.own_all()
+    await first.processor.process([])  # its partitions activated (that commit succeeds)
+    dying.armed = True
+    with pytest.raises(PermanentError):
+        await first.processor.process(records)
+
+
+@pytest.mark.parametrize("suspect", [True, False])
+async def test_a_restart_rewrites_what_an_uncommitted_run_wrote(suspect: bool) -> None:
+    """A run applies a flow run's intermediate version and a collection's intermediate
+    member, writes the documents, and dies before committing. The restarted run applies
+    those records together with the later ones that undo them: the net change is nothing,
+    yet the index holds the intermediate documents, so they must be rewritten. The
+    partitions' end offsets at start-up mark the records to re-apply without shortcuts."""
+    run, art, other = uid(), uid(), uid()
+    flow = uid()
+    base = [
+        rec("flow", flow, 1, name="F"),
+        rec("flow_run", run, 5, name="original", flow_id=flow),
+        rec("artifact", art, 1, key="k", flow_run_id=run, created="2024-01-01T00:00:00Z"),
+    ]
+    store, index, epochs = MemoryStore(), FakeIndex(), FakeEpochs()
+    r = Replica(index, epochs, store)
+    r.own_all()
+    await r.feed(number(base))
+    later = [
+        at(1, rec("flow_run", run, 8, name="intermediate", flow_id=flow)),
+        at(1, rec("artifact", other, 1, key="k", created="2024-06-01T00:00:00Z")),
+    ]
+    await _crash_after_writes(store, index, epochs, later)
+    assert index.sources("artifacts")[art]["fr"]["name"] == "intermediate"  # the damage
+    assert index.sources("collections")[collection_id("k")]["latest_id"] == other
+    undo = [
+        at(2, rec("flow_run", run, 10, name="original", flow_id=flow)),
+        at(2, rec("artifact", other, 2, key="elsewhere", created="2024-06-01T00:00:00Z")),
+    ]
+    restarted = Replica(index, epochs, store)
+    restarted.own_all()
+    if suspect:  # what the app does at start-up with each partition's end offset
+        for record in later + undo:
+            restarted.processor.suspect_below((record.topic, record.partition), 3)
+    await restarted.feed(later + undo)
+    fixed = index.sources("artifacts")[art]["fr"]["name"] == "original"
+    fixed &= index.sources("collections")[collection_id("k")]["latest_id"] == art
+    assert fixed == suspect
+
+
+async def test_a_move_published_by_an_uncommitted_run_is_retracted_by_the_restart() -> None:
+    """A run publishes that an artifact moved from key k0 to k1, then dies before
+    committing. The restart applies that move and a move back to k0 in one step: no net
+    change of key, but the first run's member records stay in the topic for good, so
+    every move away from a key must be published (with its own offset), not only the
+    step's net change. Found by the replica SIGKILL fault test (an extra live collection)."""
+    art = uid()
+    store, index, epochs = MemoryStore(), FakeIndex(), FakeEpochs()
+    r = Replica(index, epochs, store, local_members=False)
+    r.own_all()
+    await r.feed([at(0, rec("artifact", art, 1, key="k0"))])
+    topic = list(r.published)
+    dying = _DiesBeforeCommit(store)
+    first = Replica(index, epochs, dying, local_members=False)
+    first.own_all()
+    await first.processor.process([])
+    dying.armed = True
+    moved = at(1, rec("artifact", art, 2, key="k1"))
+    with pytest.raises(PermanentError):
+        await first.processor.process([moved])
+    topic += first.published
+    assert [(m.key, m.live) for _, m in first.published] == [("k0", False), ("k1", True)]
+    restarted = Replica(index, epochs, store, local_members=False)
+    restarted.own_all()
+    await restarted.feed([moved, at(2, rec("artifact", art, 3, key="k0"))])
+    topic += restarted.published
+    await restarted.feed(member_records(topic))
+    cols = index.sources("collections")
+    assert set(cols) == {collection_id("k0")}
+    assert cols[collection_id("k0")]["latest_id"] == art
 
 
 # -- the property ----------------------------------------------------------------------------
@@ -458,6 +583,64 @@ async def test_any_delivery_converges_to_the_oracle(seed: int, order: int, plan:
             index.fail_after = None
             r = start()  # a restart on the same store
     await r.feed(records, batch=rng.choice([5, 50, 500]))
+    arts, cols = expected_documents(dataset)
+    assert comparable(index.sources("artifacts")) == comparable(arts)
+    assert comparable(index.sources("collections")) == comparable(cols)
+
+
+def _ends(records: Sequence[LocalRecord]) -> dict[tuple[str, int], int]:
+    ends: dict[tuple[str, int], int] = {}
+    for record in records:
+        tp = (record.topic, record.partition)
+        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    return ends
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    seed=st.integers(0, 10_000),
+    order=st.integers(0, 10_000),
+    runs=st.lists(st.tuples(st.integers(0, 60), st.integers(1, 60)), min_size=1, max_size=6),
+)
+async def test_runs_dying_after_publishing_members_converge_to_the_oracle(
+    seed: int, order: int, runs: list[tuple[int, int]]
+) -> None:
+    """Member records through the topic: each run commits some steps, then applies more
+    records, writes their documents, publishes their member records and dies before its
+    commit; the next run repeats those records with other step boundaries. The member
+    records of every run, dead or not, are in the topic for the owner of the keys."""
+    rng = random.Random(order)
+    dataset = generate_dataset(seed, DatasetScale.tiny())
+    records = number(dataset_records(dataset, order, MOVING))
+    store, index, epochs = MemoryStore(), FakeIndex(), FakeEpochs()
+    topic: list[tuple[int, Member]] = []
+
+    def start(ends: dict[tuple[str, int], int]) -> Replica:
+        r = Replica(index, epochs, store, local_members=False)
+        r.own_all()
+        for tp, end in ends.items():  # what the app does at start-up (indexer/app.py)
+            r.processor.suspect_below(tp, end)
+        return r
+
+    done = 0
+    for committed, dying in runs:
+        r = start(_ends(records))
+        await r.feed(records[done : done + committed], batch=rng.choice([3, 20, 100]))
+        done += committed
+        topic += r.published
+        doomed = _DiesBeforeCommit(store)
+        d = Replica(index, epochs, doomed, local_members=False)
+        d.own_all()
+        await d.processor.process([])
+        doomed.armed = True
+        if done < len(records):
+            with pytest.raises(PermanentError):
+                await d.processor.process(records[done : done + dying])
+        topic += d.published
+    r = start(_ends(records))
+    await r.feed(records, batch=rng.choice([5, 50, 500]))
+    topic += r.published
+    await r.feed(member_records(topic), batch=rng.choice([5, 50, 500]))
     arts, cols = expected_documents(dataset)
     assert comparable(index.sources("artifacts")) == comparable(arts)
     assert comparable(index.sources("collections")) == comparable(cols)
