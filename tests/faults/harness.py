@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -600,7 +601,11 @@ async def check_answers(client: httpx.AsyncClient, expected: Expected) -> StateR
                 report.note(f"missing artifact {art_id}")
             elif row != expected.artifacts[art_id]:
                 report.wrong_artifacts += 1
-                report.note(f"artifact {art_id}: {row} != {expected.artifacts[art_id]}")
+                want = expected.artifacts[art_id]
+                diff = {
+                    f: (row.get(f), want.get(f)) for f in {*row, *want} if row.get(f) != want.get(f)
+                }
+                report.note(f"artifact {art_id}: (got, want) {diff}")
         report.artifacts_checked += len(chunk)
     keys = sorted(expected.collections)
     for chunk in _chunks(keys, 200):
@@ -617,7 +622,11 @@ async def check_answers(client: httpx.AsyncClient, expected: Expected) -> StateR
                 report.note(f"missing collection {key!r}")
             elif row != expected.collections[key]:
                 report.wrong_collections += 1
-                report.note(f"collection {key!r}: {row} != {expected.collections[key]}")
+                want = expected.collections[key]
+                diff = {
+                    f: (row.get(f), want.get(f)) for f in {*row, *want} if row.get(f) != want.get(f)
+                }
+                report.note(f"collection {key!r}: (got, want) {diff}")
         report.collections_checked += len(chunk)
     for path, body, want in expected.counts:
         got_count = await _post(client, path, body)
@@ -806,6 +815,7 @@ async def open_scenario(
         with contextlib.suppress(Exception):
             await drop_indices(es, wiring.names)
         await es.close()
+        shutil.rmtree(FAULTS_DIR / "state" / wiring.name, ignore_errors=True)
 
 
 def stream(seed: int, artifacts: int, poison: int = 0) -> tuple[Dataset, list[Record]]:
