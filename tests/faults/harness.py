@@ -206,6 +206,7 @@ class IndexerProcess:
     def __init__(self, wiring: Wiring, label: str, replica: str = "a") -> None:
         LOG_DIR.mkdir(parents=True, exist_ok=True)
         self.replica = replica
+        self.label = label
         self.log_path = LOG_DIR / f"{wiring.name}-{label}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
@@ -844,7 +845,13 @@ async def wait_progress(sc: Scenario, at_least: int, seconds: float) -> int:
         if done >= at_least:
             return done
         await asyncio.sleep(0.5)
-    raise AssertionError(f"only {done} records committed, wanted {at_least} within {seconds}s")
+    logs = "\n".join(
+        f"--- indexer {p.label} (replica {p.replica}, alive {p.alive()}):\n{p.log_text()[-2000:]}"
+        for p in sc.processes
+    )
+    raise AssertionError(
+        f"only {done} records committed, wanted {at_least} within {seconds}s\n{logs}"
+    )
 
 
 def figures_of(

@@ -283,15 +283,23 @@ async def test_replica_sigkilled_survivor_finishes(private_servers: PrivateServe
     expected = expected_state(dataset, records)
     rng = random.Random(seed)
     started = time.monotonic()
+    # progress, not time: a fifth of the stream before the replicas start, half once both
+    # are members, the kill when a quarter of that half is committed (the victim is then
+    # most likely mid-batch: `lag_at_kill`), the rest after the kill — so the survivor
+    # must take the victim's partitions over to finish, however fast the machine
+    cut1, cut2 = len(records) // 5, len(records) * 7 // 10
+    first, middle, rest = records[:cut1], records[cut1:cut2], records[cut2:]
     async with open_scenario(private_servers, "replicas") as sc:
-        await sc.topics.publish(records)
+        await sc.topics.publish(first)
         replicas = [sc.start_indexer("a", "a"), sc.start_indexer("b", "b")]
-        await wait_progress(sc, len(records) // 5, 90)
-        members = await group_members(sc)
-        await asyncio.sleep(rng.uniform(0.2, 3.0))
+        members = await wait_members(sc, 2, 90)
+        await sc.topics.publish(middle)
+        await wait_progress(sc, len(first) + len(middle) // 4, 90)
+        lag_at_kill, committed_at_kill, _ = await sc.topics.lag()
         victim = rng.choice(replicas)
         survivor = next(p for p in replicas if p is not victim)
         victim.kill9()
+        await sc.topics.publish(rest)
         fault_end = time.monotonic()
         converged: float | None = None
         with contextlib.suppress(AssertionError):  # the full check below says what is wrong
@@ -301,6 +309,8 @@ async def test_replica_sigkilled_survivor_finishes(private_servers: PrivateServe
         figures = figures_of(records, expected, committed, report, await sc.topics.dead_letters())
         figures.update(
             members_before_kill=members,
+            committed_at_kill=committed_at_kill,
+            lag_at_kill=lag_at_kill,
             members_after=await group_members(sc),
             recovery_s=None if converged is None else round(converged - fault_end, 1),
             scenario_s=round(time.monotonic() - started, 1),
@@ -312,6 +322,18 @@ async def test_replica_sigkilled_survivor_finishes(private_servers: PrivateServe
     assert_exact(report)
     assert converged is not None, f"no convergence within {CONVERGE_S}s"
     assert figures["dead_lettered_distinct"] == 5
+
+
+async def wait_members(sc: Scenario, want: int, seconds: float) -> int:
+    """Wait until the consumer group has `want` members; how many it has."""
+    deadline = time.monotonic() + seconds
+    members = 0
+    while time.monotonic() < deadline:
+        members = await retry_async("describing the group", lambda: group_members(sc), 30)
+        if members >= want:
+            break
+        await asyncio.sleep(0.5)
+    return members
 
 
 async def group_members(sc: Scenario) -> int:
