@@ -27,6 +27,7 @@ from indexer import keys
 from indexer.graph import Refs
 from indexer.state import Tx
 from services.documents import ascii_lower, collection_id, id_order
+from services.search_text import search_text
 
 Doc = dict[str, Any]
 
@@ -216,6 +217,7 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str) -> Doc:
         "updated_us": latest["created_us"],
         "key_ci": ascii_lower(key),
         "live": True,
+        "x": search_text(latest),
     }
     return refs.attach(doc, fr_id, tr_id)
 

@@ -20,14 +20,15 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import orjson
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
 from query.auth import install_auth
-from query.repository import Repository
+from query.extension import SearchRequest, SearchResponse
+from query.repository import CursorExpiredError, Repository
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import ElasticsearchSettings, QuerySettings
@@ -261,6 +262,40 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
             return _json({"detail": str(exc)}, 503)
         REQUESTS.labels("latest", "200" if row else "404").inc()
         return _json(row) if row else _json({"detail": "Artifact not found."}, 404)
+
+    async def body_within_limit(request: Request) -> None:
+        if len(await request.body()) > query.max_body_bytes:
+            raise HTTPException(413, f"Request body exceeds {query.max_body_bytes} bytes.")
+
+    @app.post(
+        "/ext/v1/artifacts/search",
+        response_model=SearchResponse,
+        tags=["search"],
+        summary="Search artifacts: full text, ranges, any order, cursors, facets",
+        dependencies=[Depends(body_within_limit)],
+        responses={
+            410: {"description": "The cursor expired: start the search again."},
+            422: {"description": "Invalid body, query, filter or cursor."},
+            503: {"description": "Elasticsearch is unavailable."},
+        },
+    )
+    async def search_extension(req: SearchRequest) -> Response:
+        """Beyond Prefect's filters (docs/search.md). The answer is always a subset of what
+        Prefect's endpoint answers for `prefect_filter` (or `prefect_latest_filter`)."""
+        start = time.perf_counter()
+        try:
+            with ES_LATENCY.labels("extension").time():
+                result = await repo.extension_search(req)
+            response = _json(result.model_dump())
+        except CursorExpiredError as exc:
+            response = _json({"detail": str(exc)}, 410)
+        except TranslationError as exc:
+            response = _json({"detail": str(exc)}, 422)
+        except BackendUnavailableError as exc:
+            response = _json({"detail": str(exc)}, 503)
+        LATENCY.labels("search").observe(time.perf_counter() - start)
+        REQUESTS.labels("search", str(response.status_code)).inc()
+        return response
 
     @app.get("/api/health")
     async def health() -> Response:

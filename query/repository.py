@@ -13,6 +13,17 @@ from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 
+from query.extension import (
+    PIT_KEEP_ALIVE,
+    CursorError,
+    SearchRequest,
+    SearchResponse,
+    build_body,
+    decode_cursor,
+    encode_cursor,
+    read_facets,
+    read_hits,
+)
 from query.paging import EmptyPlan, FromSizePlan, SearchAfterPlan, plan_paging
 from query.search import build_count_body, build_search_body, source_fields
 from query.sort import SortClause
@@ -88,6 +99,23 @@ def _first_reason(exc: ApiError) -> str:
                 return str(causes[0].get("reason", ""))[:300]
             return str(error.get("reason", ""))[:300]
     return str(exc.error)[:300]
+
+
+class CursorExpiredError(CursorError):
+    """The point in time of a cursor is gone (kept alive for 5 minutes between pages)."""
+
+
+def _search_error(exc: Exception) -> ServiceError:
+    """What the search extension answers for a failure of Elasticsearch."""
+    if isinstance(exc, ApiError):
+        reasons = _reasons(exc)
+        if exc.status_code == 404 and "search_context_missing" in reasons:
+            return CursorExpiredError(
+                "The cursor expired (5 minutes without a page): start the search again."
+            )
+        if exc.status_code == 400 and not any(m in reasons for m in _TOO_COMPLEX_MARKERS):
+            return TranslationError("The query could not be run: " + _first_reason(exc))
+    return _unavailable(exc)
 
 
 _ES_ERRORS = (TransportError, ApiError)
@@ -228,6 +256,50 @@ class Repository:
         if not source.pop("live", False):  # a key whose artifacts were all deleted
             return None
         return source if source.get("key") == key else None
+
+    async def extension_search(self, req: SearchRequest) -> SearchResponse:
+        """A page of the search extension (query/extension.py, docs/search.md).
+
+        The first page is a plain search; its cursor holds the last hit's sort values.
+        The first page asked with a cursor opens a point in time, which every later page
+        reuses (and keeps alive): only clients that do page hold a point in time.
+        """
+        index = self._index(req.latest_per_key)
+        body = build_body(req, first_page=req.cursor is None)
+        pit_id: str | None = None
+        try:
+            if req.cursor is not None:
+                pit_id, after = decode_cursor(req.cursor, req)
+                if not pit_id:
+                    opened = await self.es.open_point_in_time(
+                        index=index, keep_alive=PIT_KEEP_ALIVE
+                    )
+                    pit_id = str(opened["id"])
+                body["search_after"] = after
+                body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
+                resp = await self.es.search(body=body, allow_partial_search_results=False)
+                pit_id = resp.get("pit_id", pit_id)
+            else:
+                resp = await self.es.search(
+                    index=index, body=body, allow_partial_search_results=False
+                )
+        except _ES_ERRORS as exc:
+            raise _search_error(exc) from exc
+        answer: dict[str, Any] = resp.body
+        hits = answer.get("hits", {}).get("hits", [])
+        next_cursor = None
+        if req.limit and len(hits) == req.limit:
+            next_cursor = encode_cursor(pit_id or "", hits[-1]["sort"], req)
+        elif pit_id:  # the last page: the point in time is no longer needed
+            with contextlib.suppress(*_ES_ERRORS):
+                await self.es.close_point_in_time(id=pit_id)
+        total = answer.get("hits", {}).get("total", {}).get("value") if req.track_total else None
+        return SearchResponse(
+            hits=read_hits(answer),
+            next_cursor=next_cursor,
+            total=total,
+            facets=read_facets(answer, req),
+        )
 
     async def ping(self) -> bool:
         """Whether the artifact alias is reachable."""

@@ -14,9 +14,13 @@ async def ensure_indices(
     created = []
     for alias in names.all_aliases():
         if await es.indices.exists_alias(name=alias):
-            # indices made by an earlier release may have a smaller window (dynamic)
+            # indices made by an earlier release may have a smaller window (dynamic) and
+            # lack fields added since (additive: Elasticsearch refuses any other change)
             await es.indices.put_settings(
                 index=alias, settings={"index": {"max_result_window": MAX_RESULT_WINDOW}}
+            )
+            await es.indices.put_mapping(
+                index=alias, properties=names.mapping_for(alias)["properties"]
             )
             continue
         index = names.concrete(alias)

@@ -13,6 +13,7 @@ _BOOL: dict[str, Any] = {"type": "boolean"}
 _SORT_LONG: dict[str, Any] = {"type": "long", "index": False}  # doc values only
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
 _OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
+_TEXT: dict[str, Any] = {"type": "text"}  # the standard analyzer (core)
 
 
 def _obj(**fields: dict[str, Any]) -> dict[str, Any]:
@@ -83,6 +84,8 @@ _COMMON = {
     "task_run_id": _KW,
     "created_us": _LONG,
     "updated_us": _LONG,
+    # the searchable text (services/search_text.py, docs/search.md): never in a response
+    "x": _obj(key=_TEXT, description=_TEXT, data=_TEXT, metadata=_TEXT),
 }
 
 ARTIFACTS_MAPPING: dict[str, Any] = {

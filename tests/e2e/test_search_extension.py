@@ -1,0 +1,409 @@
+"""The search extension (`POST /ext/v1/artifacts/search`) on a real Elasticsearch.
+
+Six artifacts of two flows' runs, indexed by the real indexer (`LocalPipeline`), queried
+through the real app. Every expected answer is derived here by hand from the artifacts'
+text (or, for orders and counts, computed in Python from the rules docs/search.md states),
+never from the service's code.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import orjson
+import pytest
+from elasticsearch import AsyncElasticsearch
+
+from indexer.local import LocalPipeline
+from query.app import create_app
+from services.config import ElasticsearchSettings, QuerySettings
+from services.contract import encode_event
+from services.es.admin import drop_indices, ensure_indices
+from services.es.indices import IndexNames
+
+PATH = "/ext/v1/artifacts/search"
+
+
+def _id(n: int) -> str:
+    return str(uuid.UUID(int=n * 0x1111, version=4))
+
+
+F_ETL, F_TRAIN, R1, R2 = _id(1), _id(2), _id(3), _id(4)
+A = {name: _id(10 + i) for i, name in enumerate(["a1", "a2", "a3", "a4", "a5", "a6", "a7"])}
+TABLE = json.dumps([{"region": "emea", "accuracy": 0.93}, {"region": "apac", "accuracy": 0.88}])
+ARTIFACTS: dict[str, dict[str, Any]] = {
+    "a1": {
+        "key": "sales-report",
+        "type": "markdown",
+        "description": "weekly numbers",
+        "data": "# Quarterly sales\nRevenue grew in **EMEA**",
+        "flow_run_id": R1,
+        "created": "2024-01-01T00:00:00Z",
+    },
+    "a2": {
+        "key": "sales-report",
+        "type": "markdown",
+        "data": "Revenue fell in APAC",
+        "flow_run_id": R1,
+        "created": "2024-02-01T00:00:00Z",
+    },
+    "a3": {
+        "key": "model-metrics",
+        "type": "table",
+        "data": TABLE,
+        "metadata_": {"owner": "ml-team"},
+        "flow_run_id": R2,
+        "created": "2024-03-01T00:00:00Z",
+    },
+    "a4": {
+        "type": "link",
+        "data": "[dashboard](https://grafana.example/d/abc)",
+        "flow_run_id": R2,
+        "created": "2024-04-01T00:00:00Z",
+    },
+    "a5": {
+        "key": "progress-x",
+        "type": "progress",
+        "data": 42.5,
+        "created": "2024-05-01T00:00:00Z",
+    },
+    "a6": {
+        "key": "notes",
+        "type": "markdown",
+        "description": "Other",
+        "data": "this one mentions revenue too",
+        "flow_run_id": R1,
+        "created": "2024-06-01T00:00:00Z",
+    },
+}
+LATE = {  # written between pages of the cursor test
+    "key": "late",
+    "type": "markdown",
+    "data": "late revenue",
+    "flow_run_id": R1,
+    "created": "2024-04-15T00:00:00Z",
+}
+FLOW_OF = {"a1": "etl", "a2": "etl", "a6": "etl", "a3": "training", "a4": "training"}
+
+
+def _records(items: dict[str, dict[str, Any]]) -> list[tuple[str, bytes, bytes]]:
+    out = []
+    for name, fields in items.items():
+        body = {"id": A[name], "updated": fields["created"], **fields}
+        out.append(
+            ("artifact", A[name].encode(), encode_event("artifact", A[name], "upsert", 1, body))
+        )
+    return out
+
+
+def _parents() -> list[tuple[str, bytes, bytes]]:
+    ts = "2024-01-01T00:00:00Z"
+    items = [
+        ("flow", F_ETL, {"name": "etl"}),
+        ("flow", F_TRAIN, {"name": "training"}),
+        (
+            "flow_run",
+            R1,
+            {"name": "r1", "flow_id": F_ETL, "state_type": "COMPLETED", "tags": ["prod"]},
+        ),
+        (
+            "flow_run",
+            R2,
+            {"name": "r2", "flow_id": F_TRAIN, "state_type": "FAILED", "tags": ["dev"]},
+        ),
+    ]
+    return [
+        (
+            entity,
+            i.encode(),
+            encode_event(entity, i, "upsert", 1, {"id": i, "created": ts, "updated": ts, **body}),
+        )
+        for entity, i, body in items
+    ]
+
+
+@dataclass
+class Stack:
+    es: AsyncElasticsearch
+    names: IndexNames
+    pipeline: LocalPipeline
+    client: httpx.AsyncClient
+
+
+@pytest.fixture
+async def stack(elasticsearch_url: str) -> AsyncIterator[Stack]:
+    names = IndexNames(f"ext-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=60)
+    await ensure_indices(es, names)
+    pipeline = LocalPipeline(es, names)
+    await pipeline.load(_parents() + _records(ARTIFACTS), batch=100)
+    await es.indices.refresh(index=",".join(names.all_aliases()))
+    app = create_app(
+        QuerySettings(), ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix)
+    )
+    client = httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://svc", timeout=60
+    )
+    try:
+        yield Stack(es, names, pipeline, client)
+    finally:
+        await client.aclose()
+        await drop_indices(es, names)
+        await es.close()
+
+
+async def search(stack: Stack, body: dict[str, Any], status: int = 200) -> dict[str, Any]:
+    resp = await stack.client.post(PATH, json=body)
+    assert resp.status_code == status, resp.text[:500]
+    result: dict[str, Any] = resp.json()
+    return result
+
+
+def names_of(result: dict[str, Any]) -> set[str]:
+    by_id = {v: k for k, v in A.items()}
+    return {by_id[h["artifact"]["id"]] for h in result["hits"]}
+
+
+async def test_full_text_finds_words_of_every_kind_of_artifact(stack: Stack) -> None:
+    cases = {
+        "revenue": {"a1", "a2", "a6"},
+        "REVENUE": {"a1", "a2", "a6"},
+        "revenue emea": {"a1"},  # all words must match
+        "revenue AND emea": {"a1"},
+        "revenue NOT apac": {"a1", "a6"},
+        "revenue -apac": {"a1", "a6"},
+        "apac OR dashboard": {"a2", "a3", "a4"},
+        '"revenue grew"': {"a1"},
+        '"grew revenue"': set(),
+        "data:emea": {"a1", "a3"},  # a markdown word, a table cell
+        "accuracy": {"a3"},  # a table's column name
+        "0.93": {"a3"},
+        "metadata:owner": {"a3"},
+        "metadata:team": {"a3"},
+        "dashboard": {"a4"},  # a link's text
+        '"grafana.example"': {"a4"},
+        "42.5": {"a5"},  # a progress value
+        "sales": {"a1", "a2"},  # key words and markdown words
+        "key:sales": {"a1", "a2"},
+        "description:weekly": {"a1"},
+        "type:table": {"a3"},
+        "state:FAILED": {"a3", "a4"},
+        "tags:prod AND revenue": {"a1", "a2", "a6"},
+        "flow:training": {"a3", "a4"},
+        "rev*": {"a1", "a2", "a6"},
+        "_exists_:metadata": {"a3"},
+        "nothing-matches-this": set(),
+    }
+    for q, want in cases.items():
+        assert names_of(await search(stack, {"q": q, "limit": 50})) == want, q
+
+
+async def test_relevance_and_highlights(stack: Stack) -> None:
+    result = await search(stack, {"q": "emea", "limit": 50})
+    scores = [h["score"] for h in result["hits"]]
+    assert scores == sorted(scores, reverse=True) and all(s > 0 for s in scores)
+    by_name = {names_of({"hits": [h]}).pop(): h for h in result["hits"]}
+    assert any("<mark>EMEA</mark>" in s for s in by_name["a1"]["highlight"]["data"])
+    assert any("<mark>emea</mark>" in s for s in by_name["a3"]["highlight"]["data"])
+    plain = await search(stack, {"q": "emea", "highlight": False})
+    assert all(h["highlight"] is None for h in plain["hits"])
+
+
+async def test_a_search_is_a_subset_of_the_prefect_filter(stack: Stack) -> None:
+    filters = [
+        {},
+        {"flow_runs": {"id": {"any_": [R1]}}},
+        {"flow_runs": {"id": {"any_": [R2]}}},
+        {"artifacts": {"type": {"any_": ["markdown"]}}},
+        {"flows": {"name": {"any_": ["training"]}}},
+        {"artifacts": {"key": {"exists_": False}}},
+    ]
+    for flt in filters:
+        resp = await stack.client.post("/api/artifacts/filter", json=flt)
+        assert resp.status_code == 200
+        prefect = {row["id"] for row in resp.json()}
+        for q in ("revenue", "emea OR dashboard", "data:emea", "", "42.5"):
+            got = await search(stack, {"q": q, "prefect_filter": flt, "limit": 50})
+            ids = {h["artifact"]["id"] for h in got["hits"]}
+            assert ids <= prefect, (flt, q)
+            if not q:
+                assert ids == prefect, flt  # no query: exactly Prefect's answer
+    hits = await search(
+        stack, {"q": "revenue", "prefect_filter": {"flow_runs": {"id": {"any_": [R2]}}}}
+    )
+    assert hits["hits"] == []
+
+
+async def test_ranges_orders_fields_and_totals(stack: Stack) -> None:
+    ranged = await search(
+        stack,
+        {
+            "created": {"after": "2024-02-01T00:00:00Z", "before": "2024-06-01T00:00:00Z"},
+            "limit": 50,
+        },
+    )
+    assert names_of(ranged) == {"a2", "a3", "a4", "a5"}
+    updated = await search(stack, {"updated": {"before": "2024-02-01T00:00:00.000001Z"}})
+    assert names_of(updated) == {"a1", "a2"}
+
+    def order(result: dict[str, Any]) -> list[str]:
+        by_id = {v: k for k, v in A.items()}
+        return [by_id[h["artifact"]["id"]] for h in result["hits"]]
+
+    def id_desc(name: str) -> int:
+        return -uuid.UUID(A[name]).int
+
+    every = list(ARTIFACTS)
+    newest_first = sorted(every, key=lambda n: ARTIFACTS[n]["created"], reverse=True)
+    assert order(await search(stack, {"limit": 50})) == newest_first
+    keyed = sorted(
+        (n for n in every if "key" in ARTIFACTS[n]), key=lambda n: (ARTIFACTS[n]["key"], id_desc(n))
+    )
+    key_asc = await search(stack, {"sort": [{"field": "key", "order": "asc"}], "limit": 50})
+    assert order(key_asc) == [*keyed, "a4"]  # no key: last when ascending
+    flows = sorted(FLOW_OF, key=lambda n: (FLOW_OF[n], id_desc(n)))
+    by_flow = await search(stack, {"sort": [{"field": "flow_name", "order": "asc"}], "limit": 50})
+    assert order(by_flow) == [*flows, "a5"]
+    by_type = await search(
+        stack,
+        {
+            "sort": [{"field": "type", "order": "asc"}, {"field": "created", "order": "desc"}],
+            "limit": 50,
+        },
+    )
+    assert order(by_type) == sorted(
+        every, key=lambda n: (ARTIFACTS[n]["type"], newest_first.index(n))
+    )
+
+    slim = await search(
+        stack, {"q": "revenue", "fields": ["id", "key"], "track_total": True, "limit": 1}
+    )
+    assert slim["total"] == 3 and len(slim["hits"]) == 1
+    assert set(slim["hits"][0]["artifact"]) == {"id", "key"}
+    assert (await search(stack, {"q": "revenue"}))["total"] is None
+
+
+async def test_multi_select_facets(stack: Stack) -> None:
+    facets = ["type", "flow", "flow_run_state", "tags", "key", "created"]
+
+    def counts(result: dict[str, Any], name: str) -> dict[str, int]:
+        return {b["value"]: b["count"] for b in result["facets"][name]}
+
+    everything = await search(stack, {"facets": facets, "limit": 0})
+    assert everything["hits"] == []
+    assert counts(everything, "type") == {"markdown": 3, "table": 1, "link": 1, "progress": 1}
+    assert counts(everything, "flow") == {"etl": 3, "training": 2}
+    assert counts(everything, "flow_run_state") == {"COMPLETED": 3, "FAILED": 2}
+    assert counts(everything, "tags") == {"prod": 3, "dev": 2}
+    assert counts(everything, "key") == {
+        "sales-report": 2,
+        "model-metrics": 1,
+        "progress-x": 1,
+        "notes": 1,
+    }
+    assert counts(everything, "created") == {ARTIFACTS[n]["created"]: 1 for n in ARTIFACTS}
+
+    picked = await search(
+        stack, {"facets": facets, "selected": {"type": ["markdown", "link"]}, "limit": 50}
+    )
+    assert names_of(picked) == {"a1", "a2", "a4", "a6"}
+    # a facet ignores its own selection, and counts under the others'
+    assert counts(picked, "type") == counts(everything, "type")
+    assert counts(picked, "flow") == {"etl": 3, "training": 1}
+    both = await search(
+        stack, {"facets": facets, "selected": {"type": ["markdown", "link"], "flow": ["training"]}}
+    )
+    assert names_of(both) == {"a4"}
+    assert counts(both, "type") == {"table": 1, "link": 1}
+    assert counts(both, "flow") == {"etl": 3, "training": 1}
+    with_text = await search(stack, {"q": "revenue", "facets": ["key"]})
+    assert counts(with_text, "key") == {"sales-report": 2, "notes": 1}
+
+
+async def test_latest_per_key(stack: Stack) -> None:
+    latest = await search(stack, {"q": "revenue", "latest_per_key": True})
+    rows = [h["artifact"] for h in latest["hits"]]
+    assert {(r["key"], r["latest_id"]) for r in rows} == {
+        ("sales-report", A["a2"]),
+        ("notes", A["a6"]),
+    }
+    assert (await search(stack, {"q": "grew", "latest_per_key": True}))[
+        "hits"
+    ] == []  # a1 is not latest
+    scoped = await search(
+        stack,
+        {"latest_per_key": True, "prefect_latest_filter": {"flow_runs": {"id": {"any_": [R2]}}}},
+    )
+    assert [h["artifact"]["key"] for h in scoped["hits"]] == ["model-metrics"]
+
+
+async def test_cursors_walk_a_snapshot(stack: Stack) -> None:
+    body: dict[str, Any] = {"sort": [{"field": "created", "order": "asc"}], "limit": 2}
+    seen: list[list[str]] = []
+    page = await search(stack, body)
+    seen.append(sorted(names_of(page)))
+    page = await search(stack, {**body, "cursor": page["next_cursor"]})  # opens the snapshot
+    seen.append(sorted(names_of(page)))
+    cursor = page["next_cursor"]
+    # a write after the snapshot: created between a4 and a5, so it would be on the next page
+    await stack.pipeline.load(_records({"a7": LATE}), batch=10)
+    await stack.es.indices.refresh(index=stack.names.artifacts)
+    page = await search(stack, {**body, "cursor": cursor})
+    seen.append(sorted(names_of(page)))
+    assert seen == [["a1", "a2"], ["a3", "a4"], ["a5", "a6"]]
+    last = await search(stack, {**body, "cursor": page["next_cursor"]})
+    assert last["hits"] == [] and last["next_cursor"] is None
+    fresh = [h["artifact"]["id"] for h in (await search(stack, {**body, "limit": 50}))["hits"]]
+    assert A["a7"] in fresh and len(fresh) == 7  # a new search sees the write
+
+    # a cursor used with another body, a forged one, an expired one
+    resp = await stack.client.post(PATH, json={**body, "limit": 3, "cursor": cursor})
+    assert resp.status_code == 422 and "another search" in resp.json()["detail"]
+    resp = await stack.client.post(PATH, json={**body, "cursor": "bm90IGEgY3Vyc29y"})
+    assert resp.status_code == 422
+    raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    # the last page closed the snapshot already; closing it again (404) changes nothing
+    await stack.es.options(ignore_status=404).close_point_in_time(id=raw["p"])
+    resp = await stack.client.post(PATH, json={**body, "cursor": cursor})
+    assert resp.status_code == 410, resp.text
+    assert "start the search again" in resp.json()["detail"]
+
+
+async def test_bad_queries_get_clear_errors(stack: Stack) -> None:
+    for q, says in (
+        ("live:false", "Searchable fields"),
+        ("https://grafana.example", "quote a value"),
+        ('"unclosed', "unclosed quote"),
+        ("revenue AND (", "could not be run"),
+    ):
+        resp = await stack.client.post(PATH, json={"q": q})
+        assert resp.status_code == 422, (q, resp.text)
+        assert says in resp.json()["detail"], (q, resp.text)
+    for body in (
+        {"limit": 1000},
+        {"sort": [{"field": "nope"}]},
+        {"prefect_filter": {"artifacts": {"x": 1}}},
+    ):
+        resp = await stack.client.post(PATH, json=body)
+        assert resp.status_code == 422, body
+        assert resp.json()["detail"][0]["loc"][0] == "body"
+
+
+async def test_the_openapi_document_describes_the_search(stack: Stack) -> None:
+    doc = (await stack.client.get("/openapi.json")).json()
+    op = doc["paths"][PATH]["post"]
+    assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+        "/SearchRequest"
+    )
+    ok = op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+    assert ok.endswith("/SearchResponse")
+    assert {"410", "422", "503"} <= set(op["responses"])
+    props = doc["components"]["schemas"]["SearchRequest"]["properties"]
+    assert {"q", "prefect_filter", "cursor", "facets", "selected", "latest_per_key"} <= set(props)
+    assert not any(path.startswith("/api/ext") for path in doc["paths"])
