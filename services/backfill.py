@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import os
 import time
 import uuid
@@ -30,6 +31,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from aiokafka import AIOKafkaProducer
+from aiolimiter import AsyncLimiter
 
 from services.config import KafkaSettings
 from services.contract import ENTITIES, encode_event
@@ -160,25 +162,22 @@ class Checkpoint:
 
 
 class RateLimiter:
-    """A token bucket allowing `rate` events per second with one second of burst."""
+    """`rate` events per second with one second of burst (aiolimiter's leaky bucket);
+    0 (or infinity) is unlimited."""
 
     def __init__(self, rate: float) -> None:
         self.rate = rate
-        self.tokens = rate
-        self.last = time.monotonic()
+        self._bucket = AsyncLimiter(rate, 1) if 0 < rate < math.inf else None
 
     async def take(self, n: int = 1) -> None:
-        """Wait until `n` events may go."""
-        if self.rate <= 0:
+        """Wait until `n` events may go (more than a second's worth: in several drips)."""
+        if self._bucket is None:
             return
-        while True:
-            now = time.monotonic()
-            self.tokens = min(self.rate, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= n or (n > self.rate and self.tokens >= self.rate):
-                self.tokens -= n
-                return
-            await asyncio.sleep(max(0.001, (min(n, self.rate) - self.tokens) / self.rate))
+        left = float(n)
+        while left > 0:
+            drip = min(left, self.rate)  # the bucket holds at most one second's worth
+            await self._bucket.acquire(drip)
+            left -= drip
 
 
 @dataclass

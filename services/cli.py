@@ -272,6 +272,30 @@ def _cmd_produce(args: argparse.Namespace) -> None:
     print(f"published {len(records)} events")
 
 
+def _bounded(kind: type[int] | type[float], low: float, high: float | None = None) -> Any:
+    """An argparse type: a number of `kind` in [low, high], else a usage error."""
+
+    def parse(text: str) -> int | float:
+        try:
+            value = kind(text)
+        except ValueError:
+            noun = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"{text!r} is not {noun}") from None
+        if value < low or (high is not None and value > high) or value != value:
+            upper = "" if high is None else f" and at most {high:g}"
+            raise argparse.ArgumentTypeError(f"{text} must be at least {low:g}{upper}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+_POSITIVE = _bounded(int, 1)
+_NON_NEGATIVE = _bounded(int, 0)
+_PORT = _bounded(int, 1, 65_535)
+_RATE = _bounded(float, 0)
+
+
 def _sub(
     sub: Any, name: str, help_text: str, description: str, func: Any
 ) -> argparse.ArgumentParser:
@@ -305,7 +329,7 @@ def build_parser() -> argparse.ArgumentParser:
         _cmd_api,
     )
     api.add_argument("--host", help="bind address (default QUERY_HOST, 127.0.0.1)")
-    api.add_argument("--port", type=int, help="port (default QUERY_PORT, 4200)")
+    api.add_argument("--port", type=_PORT, help="port (default QUERY_PORT, 4200)")
     _sub(
         sub,
         "indexer",
@@ -334,9 +358,9 @@ def build_parser() -> argparse.ArgumentParser:
         "Publish a generated, seeded dataset as v1 events to the entity topics.",
         _cmd_demo,
     )
-    demo.add_argument("--seed", type=int, default=7, help="dataset seed (default 7)")
+    demo.add_argument("--seed", type=_NON_NEGATIVE, default=7, help="dataset seed (default 7)")
     demo.add_argument(
-        "--artifacts", type=int, default=500, help="number of artifacts (default 500)"
+        "--artifacts", type=_POSITIVE, default=500, help="number of artifacts (default 500)"
     )
     produce = _sub(
         sub,
@@ -360,13 +384,14 @@ def build_parser() -> argparse.ArgumentParser:
         "move the three aliases to the new indices in one atomic POST _aliases and delete the "
         "old indices. Readers are never without an index. On failure before the swap the new "
         "indices are deleted and nothing changes.\n\n"
-        "Procedure: stop the indexer, run replay, start the indexer again with the same "
-        "KAFKA_GROUP_ID: it re-applies everything after its committed offsets, idempotently.",
+        "Procedure: stop the indexer, run replay, start the indexer again: each replica "
+        "resumes from its state store and, seeing the new control index, rewrites its "
+        "partitions once (README, 'Upgrade, reindex').",
         _cmd_replay,
     )
     replay.add_argument(
         "--batch-size",
-        type=int,
+        type=_POSITIVE,
         default=None,
         help="records per engine batch (default INDEXER_MAX_BATCH, 2000)",
     )
@@ -377,13 +402,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     replay.add_argument(
         "--shards",
-        type=int,
+        type=_POSITIVE,
         default=None,
         help="primary shards of the new indices (default ELASTICSEARCH_NUMBER_OF_SHARDS)",
     )
     replay.add_argument(
         "--replicas",
-        type=int,
+        type=_NON_NEGATIVE,
         default=None,
         help="replicas of the new indices (default ELASTICSEARCH_NUMBER_OF_REPLICAS)",
     )
@@ -413,13 +438,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.add_argument(
         "--chunk-size",
-        type=int,
+        type=_POSITIVE,
         default=None,
         help="rows per keyset page and per checkpoint (default BACKFILL_CHUNK_SIZE, 1000)",
     )
     backfill.add_argument(
         "--max-events-per-second",
-        type=float,
+        type=_RATE,
         default=None,
         help="rate limit, 0 = unlimited (default BACKFILL_MAX_EVENTS_PER_SECOND, 0)",
     )
