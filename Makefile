@@ -2,7 +2,7 @@
 #
 #   make venv         create .venv (python3.11) and install the project with its test+dev extras
 #   make servers      fetch and start Kafka, Elasticsearch and PostgreSQL (deploy/local/servers.sh)
-#   make up           venv + servers + the app (bootstrap, API, indexer, demo data) when it exists
+#   make up           venv + Kafka and Elasticsearch + the app (bootstrap, API, indexer, demo data)
 #   make down         stop the app processes started by `up`, then all servers
 #   make reset        down + wipe all server data
 #   make test         servers + lint + pytest over tests/ (benchmarks excluded)
@@ -33,7 +33,7 @@ API_PORT ?= $(or $(QUERY_PORT),4200)
 TEST_TIERS := tests/unit tests/integration tests/e2e tests/ops tests/reliability \
   tests/conformance tests/faults
 
-.PHONY: help venv servers up down reset test lint bench bench-quick status
+.PHONY: help venv servers servers-app up down reset test lint bench bench-quick status
 
 help:
 	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
@@ -49,6 +49,13 @@ servers:
 	$(SERVERS) fetch all
 	$(SERVERS) start all
 
+# what the app needs (PostgreSQL is only the tests' Prefect oracle)
+servers-app:
+	$(SERVERS) fetch kafka
+	$(SERVERS) fetch es
+	$(SERVERS) start kafka
+	$(SERVERS) start es
+
 # start a long-running app command in the background: @$(call bg,NAME,ARGS)
 bg = mkdir -p $(RUN_DIR); \
   if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null; then \
@@ -58,10 +65,15 @@ bg = mkdir -p $(RUN_DIR); \
     echo $$! >$(RUN_DIR)/$(1).pid; echo "$(1): started (pid $$!, log $(RUN_DIR)/$(1).log)"; \
   fi
 
-up: venv servers
+up: venv servers-app
 ifneq ($(wildcard services/cli.py),)
 # ---- app hooks: run only once services/cli.py exists ----
 	$(PY) -m services.cli bootstrap
+	@if ! { [ -f $(RUN_DIR)/api.pid ] && kill -0 $$(cat $(RUN_DIR)/api.pid) 2>/dev/null; } \
+	  && ss -ltnH "sport = :$(API_PORT)" 2>/dev/null | grep -q .; then \
+	  echo "port $(API_PORT) is already taken: $$(ss -ltnpH "sport = :$(API_PORT)" | head -n1)" >&2; \
+	  echo "stop it, or choose another port: make up QUERY_PORT=<port>" >&2; exit 1; \
+	fi
 	@$(call bg,api,api)
 	@$(call bg,indexer,indexer)
 	@for i in $$(seq 1 120); do \

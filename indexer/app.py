@@ -186,6 +186,7 @@ class Indexer:
             artifacts=self.artifact_topic,
             members=self.members_topic,
             member_partitions=partitions,
+            search_text=self.settings.search_text,
         )
         index_of = {"artifact": self.names.artifacts, "collection": self.names.collections}
         self.processor = Processor(

@@ -167,10 +167,11 @@ def _move(tx: Tx, kind: bytes, old: str | None, new: str | None, q: int, cid: st
         tx.put_raw(keys.collection_edge(kind, new, q, cid), True)
 
 
-def build_collection(tx: Tx, refs: Refs, q: int, cid: str) -> Doc:
+def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) -> Doc:
     """The collection document of `cid` (a `live: false` marker when no member is live).
 
-    Also keeps the collection's summary and its edges to the latest artifact's flow run
+    `text`: with the searchable text of the latest artifact (`x`). Also keeps the
+    collection's summary and its edges to the latest artifact's flow run
     and task run current, so a change of those reaches this collection.
     """
     summary_key = keys.collection(q, cid)
@@ -217,8 +218,9 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str) -> Doc:
         "updated_us": latest["created_us"],
         "key_ci": ascii_lower(key),
         "live": True,
-        "x": search_text(latest),
     }
+    if text:
+        doc["x"] = search_text(latest)
     return refs.attach(doc, fr_id, tr_id)
 
 

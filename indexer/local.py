@@ -58,6 +58,7 @@ class LocalPipeline:
             members=self.kafka.members_topic,
             member_partitions=self.member_partitions,
             local_members=True,
+            search_text=self.settings.search_text,
         )
         index_of = {"artifact": self.names.artifacts, "collection": self.names.collections}
 

@@ -74,6 +74,7 @@ class Topology:
     members: str  # the member topic (also names member partitions in local mode)
     member_partitions: int
     local_members: bool = False  # member records are applied in-process (one owner of all)
+    search_text: bool = True  # documents carry their searchable text, `x` (docs/search.md)
 
     def is_group_topic(self, topic: str) -> bool:
         """Artifacts and members are partitioned among replicas; parents are global."""
@@ -372,7 +373,8 @@ class Step:
             else:
                 own = state["p"]
                 doc = refs.attach(dict(own), own.get("flow_run_id"), own.get("task_run_id"))
-                doc["x"] = search_text(own)
+                if self.topo.search_text:
+                    doc["x"] = search_text(own)
             self.out.writes.append(DocWrite("artifact", artifact_id, tp, doc))
         for cid, q in self.dirty.collections.items():
             tp = (members, q)
@@ -380,7 +382,7 @@ class Step:
                 self.tx.put_raw(keys.dirty(b"c", q, cid), True)
                 self.out.marked += 1
                 continue
-            doc = build_collection(self.tx, refs, q, cid)
+            doc = build_collection(self.tx, refs, q, cid, self.topo.search_text)
             changed = remember_content(self.tx, q, cid, doc)
             if changed or self.replaying or cid in self.forced:
                 self.out.writes.append(DocWrite("collection", cid, tp, doc))

@@ -88,6 +88,7 @@ class Replica:
     partitions: int = 3
     member_partitions: int = 2
     local_members: bool = True
+    search_text: bool = True
     poison: list[Poison] = field(default_factory=list)
     published: list[tuple[int, Member]] = field(default_factory=list)
 
@@ -98,6 +99,7 @@ class Replica:
             members=KAFKA.members_topic,
             member_partitions=self.member_partitions,
             local_members=self.local_members,
+            search_text=self.search_text,
         )
 
         async def dead(item: Poison) -> None:

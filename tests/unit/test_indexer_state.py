@@ -290,6 +290,18 @@ async def test_member_records_through_the_topic_are_idempotent() -> None:
     assert cols[collection_id("k2")]["latest_id"] == b
 
 
+@pytest.mark.parametrize("text", [True, False])
+async def test_documents_carry_their_searchable_text_unless_switched_off(text: bool) -> None:
+    r = replica(search_text=text)
+    art = uid()
+    await r.feed(number([rec("artifact", art, 1, key="k", type="markdown", data="Revenue grew")]))
+    doc = r.index.sources("artifacts")[art]
+    col = r.index.sources("collections")[collection_id("k")]
+    want = {"key": "k", "data": "Revenue grew"} if text else None
+    assert doc.get("x") == want
+    assert col.get("x") == want
+
+
 # -- ownership: marks, rewrites, zombies -----------------------------------------------------
 async def test_changes_while_a_partition_is_not_owned_are_marked_then_written() -> None:
     r = replica()
