@@ -52,6 +52,7 @@ from services.es.indices import IndexNames
 from services.kafka import broker_kwargs
 
 log = logging.getLogger("indexer")
+_FASTSTREAM_LOG = logging.getLogger("indexer.faststream")
 
 
 def _tps(records: Sequence[ConsumerRecord[Any, Any]]) -> set[TopicPartition]:
@@ -103,7 +104,8 @@ class Indexer:
         self.parent_topics = {t: e for t, e in self.entity_by_topic.items() if e != "artifact"}
         self.artifact_topic = kafka.topic_for("artifact")
         self.members_topic = kafka.members_topic
-        self.broker = KafkaBroker(**broker_kwargs(kafka))
+        # a plain logger: FastStream's own one prints coloured text past the JSON handler
+        self.broker = KafkaBroker(**broker_kwargs(kafka), logger=_FASTSTREAM_LOG)
         self.processor: Processor | None = None
         self.batches = 0
         self.bootstrapped = asyncio.Event()
@@ -246,7 +248,9 @@ class Indexer:
         `first` runs before anything else at start-up (the health server: liveness must
         answer while the parents are caught up, which can take minutes).
         """
-        app = FastStream(self.broker, specification=specification(self.kafka))
+        app = FastStream(
+            self.broker, specification=specification(self.kafka), logger=_FASTSTREAM_LOG
+        )
         for hook in first:
             app.on_startup(hook)
         self._on_fatal = app.exit

@@ -27,7 +27,7 @@ from indexer import keys
 from indexer.graph import Refs
 from indexer.state import Tx
 from services.documents import ascii_lower, collection_id, id_order
-from services.search_text import search_text
+from services.search_text import search_text, typed_values
 
 Doc = dict[str, Any]
 
@@ -170,8 +170,8 @@ def _move(tx: Tx, kind: bytes, old: str | None, new: str | None, q: int, cid: st
 def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) -> Doc:
     """The collection document of `cid` (a `live: false` marker when no member is live).
 
-    `text`: with the searchable text of the latest artifact (`x`). Also keeps the
-    collection's summary and its edges to the latest artifact's flow run
+    `text`: with the searchable text and typed values of the latest artifact (`x`, `v`).
+    Also keeps the collection's summary and its edges to the latest artifact's flow run
     and task run current, so a change of those reaches this collection.
     """
     summary_key = keys.collection(q, cid)
@@ -220,7 +220,7 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
         "live": True,
     }
     if text:
-        doc["x"] = search_text(latest)
+        doc["x"], doc["v"] = search_text(latest), typed_values(latest)
     return refs.attach(doc, fr_id, tr_id)
 
 

@@ -44,7 +44,7 @@ from services.contract import ArtifactData, EntityData, Event, parse_record
 from services.contract_fast import FastArtifact
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
-from services.search_text import search_text
+from services.search_text import search_text, typed_values
 
 Doc = dict[str, Any]
 TP = tuple[str, int]
@@ -374,7 +374,7 @@ class Step:
                 own = state["p"]
                 doc = refs.attach(dict(own), own.get("flow_run_id"), own.get("task_run_id"))
                 if self.topo.search_text:
-                    doc["x"] = search_text(own)
+                    doc["x"], doc["v"] = search_text(own), typed_values(own)
             self.out.writes.append(DocWrite("artifact", artifact_id, tp, doc))
         for cid, q in self.dirty.collections.items():
             tp = (members, q)

@@ -15,7 +15,9 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import math
 import re
+from datetime import datetime
 from typing import Any, Literal
 
 import orjson
@@ -34,6 +36,14 @@ from services.documents import (
 )
 from services.errors import TranslationError
 from services.prefect.requests import ArtifactCollectionCountRequest, ArtifactCountRequest
+from services.search_text import (
+    MAX_KEY_CHARS,
+    SEP,
+    encode_micros,
+    encode_number,
+    parse_micros,
+    parse_number,
+)
 
 MAX_LIMIT = 200
 PIT_KEEP_ALIVE = "5m"
@@ -179,6 +189,25 @@ class TimeRange(BaseModel):
     before: AwareDatetime | None = None
 
 
+class Condition(BaseModel):
+    """A typed condition on a value of `metadata` or `data` (docs/search.md, "Values")."""
+
+    model_config = ConfigDict(extra="forbid")
+    field: str = Field(
+        min_length=4,
+        max_length=MAX_KEY_CHARS,
+        pattern=r"^(metadata|data)(\.[^\x00]+)?$",
+        description="`metadata.<key>`, `data` (a progress value), `data.<column>` of a "
+        "table or `data.<path>` of JSON data",
+    )
+    op: Literal["eq", "in", "gt", "gte", "lt", "lte", "exists"]
+    value: str | float | bool | AwareDatetime | list[str | float | bool] | None = Field(
+        None,
+        description="a string, number, boolean or timestamp (`gt`..`lte`: a number or a "
+        "timestamp); a list for `in`; nothing for `exists`",
+    )
+
+
 class SortSpec(BaseModel):
     """One sort key; ties are always broken by id, descending."""
 
@@ -215,6 +244,11 @@ class SearchRequest(BaseModel):
     )
     created: TimeRange | None = None
     updated: TimeRange | None = None
+    where: list[Condition] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Typed conditions on metadata and data values, all of which must hold.",
+    )
     sort: list[SortSpec] = Field(
         default_factory=list,
         max_length=3,
@@ -284,6 +318,76 @@ def _range(field: str, span: TimeRange | None) -> list[Query]:
     return [{"range": {field: bounds}}]
 
 
+def _term(kind: str, key: str, value: str | float | bool | datetime) -> Query:
+    return {"term": {f"v.{kind}": f"{key}{SEP}{_encoded(kind, value)}"}}
+
+
+def _kind(value: str | float | bool | datetime) -> str:
+    if isinstance(value, bool):
+        return "b"
+    if isinstance(value, int | float):
+        return "n"
+    if isinstance(value, datetime):
+        return "d"
+    return "s"
+
+
+def _encoded(kind: str, value: str | float | bool | datetime) -> str:
+    if kind == "b":
+        return "true" if value else "false"
+    if kind == "n":
+        assert isinstance(value, int | float)
+        if not math.isfinite(value):
+            raise TranslationError("Numbers in conditions must be finite.")
+        return encode_number(value)
+    if kind == "d":
+        assert isinstance(value, datetime)
+        return encode_micros(epoch_us(value))
+    return str(value)
+
+
+_RANGE_OPS = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
+
+
+def condition_clause(cond: Condition) -> Query:
+    """The filter of one typed condition (terms of the `v` object)."""
+    key, value = cond.field, cond.value
+    if cond.op == "exists":
+        if value is not None:
+            raise TranslationError(f"{key}: `exists` takes no value.")
+        return {"term": {"v.k": key}}
+    if cond.op == "in":
+        if not isinstance(value, list) or not value:
+            raise TranslationError(f"{key}: `in` takes a non-empty list of values.")
+        return {
+            "bool": {"should": [_term(_kind(v), key, v) for v in value], "minimum_should_match": 1}
+        }
+    if value is None or isinstance(value, list):
+        raise TranslationError(f"{key}: `{cond.op}` takes one value.")
+    if cond.op == "eq":
+        return _term(_kind(value), key, value)
+    kind = _kind(value)
+    if kind == "s":  # JSON has no timestamps: a string that spells one, or a number
+        assert isinstance(value, str)
+        micros, number = parse_micros(value), parse_number(value)
+        if micros is not None:
+            kind, encoded = "d", encode_micros(micros)
+        elif number is not None:
+            kind, encoded = "n", encode_number(number)
+        else:
+            raise TranslationError(f"{key}: `{cond.op}` compares numbers or timestamps.")
+    else:
+        encoded = _encoded(kind, value)
+    if kind == "b":
+        raise TranslationError(f"{key}: `{cond.op}` compares numbers or timestamps.")
+    bound = f"{key}{SEP}{encoded}"
+    # every term of this key lies between `key\x00` and `key\x01`
+    lower, upper = {"gte": f"{key}{SEP}"}, {"lt": f"{key}\x01"}
+    edge = {_RANGE_OPS[cond.op]: bound}
+    span = {**upper, **edge} if cond.op in ("gt", "gte") else {**lower, **edge}
+    return {"range": {f"v.{kind}": span}}
+
+
 def base_query(req: SearchRequest) -> Query:
     """Prefect's filter, the text query and the ranges (not the facet selections)."""
     if req.latest_per_key:
@@ -304,6 +408,7 @@ def base_query(req: SearchRequest) -> Query:
         )
     filters = list(prefect["bool"]["filter"])
     filters += _range("created_us", req.created) + _range("updated_us", req.updated)
+    filters += [condition_clause(c) for c in req.where]
     query: dict[str, Any] = {"filter": filters}
     if req.q and req.q.strip():
         query["must"] = [text_query(req.q)]

@@ -79,6 +79,7 @@ def _cmd_api(args: argparse.Namespace) -> None:
         host=args.host or query.host,
         port=args.port or query.port,
         log_level="warning",
+        log_config=None,  # uvicorn's loggers propagate to the JSON handler
         workers=1,
     )
 

@@ -113,8 +113,8 @@ class IndexerSettings(BaseSettings):
     parents_first_lag: int = Field(default=2_000, ge=0)
     parents_first_max_s: float = Field(default=30.0, gt=0)
     max_batch: int = Field(default=5000, ge=1)
-    # documents carry their searchable text (`x`, the search extension's full text);
-    # false indexes faster, and `q` then matches nothing (docs/search.md)
+    # documents carry their searchable text and typed values (`x`, `v`: the search
+    # extension's `q` and `where`); false indexes faster, and those match nothing
     search_text: bool = True
     batch_timeout_ms: int = Field(default=100, ge=1)
     # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at

@@ -1,8 +1,10 @@
 """Structured JSON logs on stdlib logging, with a correlation id per unit of work.
 
-`configure_logging()` installs one stderr handler whose formatter writes one JSON
-object per line: `ts`, `level`, `logger`, `msg`, `correlation_id` (when one is
-set), every `extra={...}` field, and `exc` for exceptions. The correlation id
+`configure_logging()` installs one stderr handler whose formatter (python-json-logger)
+writes one JSON object per line: `ts`, `level`, `logger`, `msg`, `correlation_id` (when
+one is set), every `extra={...}` field, and `exc` for exceptions. FastStream and uvicorn
+log through the same root handler (they are given a plain logger / no logging config of
+their own), so every line of a process is JSON. The correlation id
 lives in a context variable, so it follows asyncio tasks: wrap a batch, a
 request or a CLI command in `correlation(...)` and every line logged inside
 carries it.
@@ -19,19 +21,12 @@ import logging
 import sys
 import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from typing import Any, TextIO
 
-import orjson
+from pythonjsonlogger.json import JsonFormatter as _LibraryJsonFormatter
 
 CORRELATION_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
     "correlation_id", default=None
-)
-
-# attributes every LogRecord has; anything else came from `extra=`
-_STANDARD = frozenset(
-    vars(logging.LogRecord("x", logging.INFO, "x", 0, "x", None, None)).keys()
-    | {"message", "asctime", "taskName"}
 )
 
 
@@ -46,29 +41,33 @@ def correlation(correlation_id: str | None = None) -> Iterator[str]:
         CORRELATION_ID.reset(token)
 
 
-def _jsonable(value: Any) -> Any:
-    return str(value)
+class JsonFormatter(_LibraryJsonFormatter):
+    """One JSON object per record (python-json-logger): `ts`, `level`, `logger`, `msg`,
+    `correlation_id` when set, every `extra` field, `exc` for an exception."""
 
+    def __init__(self) -> None:
+        super().__init__(
+            "%(levelname)s %(name)s %(message)s %(exc_info)s",
+            rename_fields={
+                "levelname": "level",
+                "name": "logger",
+                "message": "msg",
+                "exc_info": "exc",
+            },
+            timestamp="ts",
+        )
 
-class JsonFormatter(logging.Formatter):
-    """One JSON object per record."""
-
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname,
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
+    def add_fields(
+        self, log_data: dict[str, Any], record: logging.LogRecord, message_dict: dict[str, Any]
+    ) -> None:
+        super().add_fields(log_data, record, message_dict)
         cid = CORRELATION_ID.get()
         if cid is not None:
-            out["correlation_id"] = cid
-        for name, value in vars(record).items():
-            if name not in _STANDARD and name not in out:
-                out[name] = value
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=_jsonable).decode()
+            log_data["correlation_id"] = cid
+        if log_data.get("exc") is None:
+            log_data.pop("exc", None)
+        for name in ("color_message",):  # uvicorn's coloured copy of the message
+            log_data.pop(name, None)
 
 
 def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -> None:

@@ -86,6 +86,9 @@ _COMMON = {
     "updated_us": _LONG,
     # the searchable text (services/search_text.py, docs/search.md): never in a response
     "x": _obj(key=_TEXT, description=_TEXT, data=_TEXT, metadata=_TEXT),
+    # typed values of metadata and data, `key\x00encoded value` terms (a bounded mapping
+    # whatever the user's keys: services/search_text.py `typed_values`)
+    "v": _obj(k=_KW, s=_KW, n=_KW, d=_KW, b=_KW),
 }
 
 ARTIFACTS_MAPPING: dict[str, Any] = {

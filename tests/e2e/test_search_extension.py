@@ -57,7 +57,7 @@ ARTIFACTS: dict[str, dict[str, Any]] = {
         "key": "model-metrics",
         "type": "table",
         "data": TABLE,
-        "metadata_": {"owner": "ml-team"},
+        "metadata_": {"owner": "ml-team", "threshold": "0.9", "run_at": "2024-03-01T10:00:00Z"},
         "flow_run_id": R2,
         "created": "2024-03-01T00:00:00Z",
     },
@@ -202,6 +202,49 @@ async def test_full_text_finds_words_of_every_kind_of_artifact(stack: Stack) -> 
     }
     for q, want in cases.items():
         assert names_of(await search(stack, {"q": q, "limit": 50})) == want, q
+
+
+async def test_typed_conditions_on_metadata_and_table_values(stack: Stack) -> None:
+    def where(*conditions: dict[str, Any]) -> dict[str, Any]:
+        return {"where": list(conditions), "limit": 50}
+
+    cases: list[tuple[dict[str, Any], set[str]]] = [
+        (where({"field": "data.accuracy", "op": "gte", "value": 0.9}), {"a3"}),  # a cell
+        (where({"field": "data.accuracy", "op": "gt", "value": 0.95}), set()),
+        (where({"field": "data.accuracy", "op": "lt", "value": 0.9}), {"a3"}),  # the other row
+        (where({"field": "data.region", "op": "eq", "value": "apac"}), {"a3"}),
+        (where({"field": "data.region", "op": "eq", "value": "APAC"}), set()),  # exact
+        (where({"field": "data.region", "op": "in", "value": ["mars", "emea"]}), {"a3"}),
+        (where({"field": "metadata.owner", "op": "eq", "value": "ml-team"}), {"a3"}),
+        (where({"field": "metadata.threshold", "op": "gte", "value": 0.9}), {"a3"}),  # "0.9"
+        (where({"field": "metadata.threshold", "op": "gt", "value": 0.9}), set()),
+        (where({"field": "metadata.run_at", "op": "lt", "value": "2024-03-01T10:00:01Z"}), {"a3"}),
+        (where({"field": "metadata.run_at", "op": "gt", "value": "2024-03-01T10:00:00Z"}), set()),
+        (where({"field": "data", "op": "gte", "value": 40}), {"a5"}),  # a progress value
+        (where({"field": "data", "op": "lt", "value": 42.5}), set()),
+        (where({"field": "metadata.owner", "op": "exists"}), {"a3"}),
+        (where({"field": "data.region", "op": "exists"}), {"a3"}),
+        (where({"field": "data.nothing", "op": "exists"}), set()),
+        (  # with words and a Prefect filter
+            {
+                "q": "apac",
+                "prefect_filter": {"flow_runs": {"id": {"any_": [R2]}}},
+                **where({"field": "data.accuracy", "op": "gte", "value": 0.5}),
+            },
+            {"a3"},
+        ),
+    ]
+    for body, want in cases:
+        assert names_of(await search(stack, body)) == want, body
+    bad = await stack.client.post(
+        PATH, json=where({"field": "data.region", "op": "gt", "value": "emea"})
+    )
+    assert bad.status_code == 422 and "numbers or timestamps" in bad.json()["detail"]
+    latest = await search(
+        stack,
+        {"latest_per_key": True, **where({"field": "metadata.owner", "op": "exists"})},
+    )
+    assert [h["artifact"]["key"] for h in latest["hits"]] == ["model-metrics"]
 
 
 async def test_relevance_and_highlights(stack: Stack) -> None:

@@ -461,6 +461,10 @@ async def test_indexer_serves_metrics_liveness_and_readiness(stack: Stack) -> No
             proc.send_signal(signal.SIGTERM)
         _, err = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 0, err.decode()[-2000:]
-    for line in err.decode().splitlines():
-        if line.startswith("{"):
-            assert "correlation_id" in orjson.loads(line)
+    lines = [line for line in err.decode().splitlines() if line.strip()]
+    loggers = set()
+    for line in lines:  # every line JSON, FastStream's own included (no coloured text)
+        record = orjson.loads(line)
+        assert "correlation_id" in record, line
+        loggers.add(record["logger"])
+    assert "indexer.faststream" in loggers, loggers

@@ -97,5 +97,5 @@ def expected_documents(dataset: Dataset) -> tuple[dict[str, Doc], dict[str, Doc]
 def comparable(docs: dict[str, Doc]) -> dict[str, Doc]:
     """Documents without the fields a stream's versions decide (`version`, sort ids) and
     the searchable text (tested on its own)."""
-    drop = {"version", "id_hi", "id_lo", "x"}  # `x`: tests/unit/test_search_text.py
+    drop = {"version", "id_hi", "id_lo", "x", "v"}  # `x`: tests/unit/test_search_text.py
     return {i: {k: v for k, v in d.items() if k not in drop} for i, d in docs.items()}

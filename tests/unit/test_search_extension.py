@@ -19,6 +19,7 @@ from query.extension import (
     sort_of,
 )
 from services.errors import TranslationError
+from services.search_text import encode_micros, encode_number
 
 
 @pytest.mark.parametrize(
@@ -165,3 +166,71 @@ def test_cursors_round_trip_and_are_bound_to_their_search() -> None:
     for garbage in ("", "!!!", "e30", encode_cursor("p", [], req)[:-3]):
         with pytest.raises(CursorError):
             decode_cursor(garbage, req)
+
+
+def _where(*conditions: dict[str, Any]) -> list[Any]:
+    req = SearchRequest.model_validate({"where": list(conditions)})
+    return _filters(build_body(req, first_page=True))[1:]
+
+
+def test_typed_conditions_become_terms_and_prefix_bounded_ranges() -> None:
+    n = encode_number
+    assert _where({"field": "metadata.owner", "op": "eq", "value": "ml-team"}) == [
+        {"term": {"v.s": "metadata.owner\x00ml-team"}}
+    ]
+    assert _where({"field": "data.accuracy", "op": "gte", "value": 0.9}) == [
+        {"range": {"v.n": {"lt": "data.accuracy\x01", "gte": "data.accuracy\x00" + n(0.9)}}}
+    ]
+    assert _where({"field": "data", "op": "lt", "value": 50}) == [
+        {"range": {"v.n": {"gte": "data\x00", "lt": "data\x00" + n(50)}}}
+    ]
+    at = encode_micros(1_704_067_200_000_000)
+    assert _where({"field": "metadata.run_at", "op": "gt", "value": "2024-01-01T00:00:00Z"}) == [
+        {"range": {"v.d": {"lt": "metadata.run_at\x01", "gt": "metadata.run_at\x00" + at}}}
+    ]
+    assert _where({"field": "metadata.threshold", "op": "lte", "value": "0.5"}) == [
+        {
+            "range": {
+                "v.n": {"gte": "metadata.threshold\x00", "lte": "metadata.threshold\x00" + n(0.5)}
+            }
+        }
+    ]
+    assert _where({"field": "data.ok", "op": "eq", "value": True}) == [
+        {"term": {"v.b": "data.ok\x00true"}}
+    ]
+    assert _where({"field": "data.region", "op": "in", "value": ["emea", 3]}) == [
+        {
+            "bool": {
+                "should": [
+                    {"term": {"v.s": "data.region\x00emea"}},
+                    {"term": {"v.n": "data.region\x00" + n(3)}},
+                ],
+                "minimum_should_match": 1,
+            }
+        }
+    ]
+    assert _where({"field": "metadata.owner", "op": "exists"}) == [
+        {"term": {"v.k": "metadata.owner"}}
+    ]
+
+
+@pytest.mark.parametrize(
+    ("condition", "says"),
+    [
+        ({"field": "data.x", "op": "gt", "value": "abc"}, "numbers or timestamps"),
+        ({"field": "data.x", "op": "gt", "value": True}, "numbers or timestamps"),
+        ({"field": "data.x", "op": "in", "value": []}, "non-empty list"),
+        ({"field": "data.x", "op": "in", "value": "a"}, "non-empty list"),
+        ({"field": "data.x", "op": "eq"}, "one value"),
+        ({"field": "data.x", "op": "exists", "value": 1}, "no value"),
+    ],
+)
+def test_conditions_that_make_no_sense_are_refused(condition: dict[str, Any], says: str) -> None:
+    with pytest.raises(TranslationError, match=says):
+        _where(condition)
+
+
+def test_condition_fields_are_metadata_or_data() -> None:
+    for bad in ("owner", "fr.name", "metadatax.a", "data.\x00", "live"):
+        with pytest.raises(ValidationError):
+            SearchRequest.model_validate({"where": [{"field": bad, "op": "exists"}]})

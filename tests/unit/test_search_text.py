@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import json
+import math
+import random
 
-from services.search_text import MAX_FIELD_CHARS, data_text, search_text
+from services.search_text import (
+    MAX_EXACT_CHARS,
+    MAX_FIELD_CHARS,
+    MAX_KEY_CHARS,
+    MAX_VALUES,
+    data_text,
+    encode_micros,
+    encode_number,
+    parse_micros,
+    parse_number,
+    search_text,
+    typed_values,
+)
 
 
 def test_markdown_and_links_are_their_text() -> None:
@@ -59,3 +73,90 @@ def test_the_x_object_leaves_out_absent_parts() -> None:
         "metadata": "owner\nml-team",
     }
     assert search_text({"key": None, "data": None, "metadata_": {}}) == {}
+
+
+# -- typed values --------------------------------------------------------------------------
+NUMBERS = [
+    -math.inf,
+    -1e308,
+    -2.5,
+    -1.0,
+    -5e-324,
+    -0.0,
+    0.0,
+    5e-324,
+    1e-9,
+    0.5,
+    1.0,
+    2.0,
+    10.0,
+    1e300,
+    math.inf,
+]
+
+
+def test_encoded_numbers_sort_like_the_numbers() -> None:
+    finite = [n for n in NUMBERS if math.isfinite(n)]
+    encoded = [encode_number(n) for n in finite]
+    assert sorted(encoded) == encoded
+    assert all(len(e) == 16 for e in encoded)
+    rng = random.Random(5)
+    sample = [rng.uniform(-1e6, 1e6) for _ in range(2_000)] + [float(i) for i in range(-50, 50)]
+    assert sorted(sample) == sorted(sample, key=encode_number)
+
+
+def test_encoded_microseconds_sort_like_time() -> None:
+    moments = [-(2**62), -62_135_596_800_000_000, -1, 0, 1, 1_704_067_200_000_000, 2**62]
+    assert sorted(encode_micros(m) for m in moments) == [encode_micros(m) for m in moments]
+
+
+def test_strings_that_spell_numbers_or_timestamps() -> None:
+    assert parse_number("0.93") == 0.93 and parse_number(" -1e3 ") == -1000.0
+    for text in ("nan", "inf", "1_000", "0x10", "1.2.3", "", "12 apples"):
+        assert parse_number(text) is None, text
+    assert parse_micros("1970-01-01T00:00:01Z") == 1_000_000
+    assert parse_micros("1970-01-01T01:00:00+01:00") == 0
+    assert parse_micros("1970-01-02") == 86_400_000_000
+    for text in ("2024-13-01", "yesterday", "12345", "2024"):
+        assert parse_micros(text) is None, text
+
+
+def test_metadata_and_table_values_become_typed_terms() -> None:
+    table = json.dumps([{"region": "emea", "accuracy": 0.93, "ok": True}, {"region": "apac"}])
+    doc = {
+        "type": "table",
+        "data": table,
+        "metadata_": {"owner": "ml-team", "threshold": "0.9", "run_at": "2024-01-01T00:00:00Z"},
+    }
+    v = typed_values(doc)
+    assert v["k"] == sorted(
+        [
+            "data.accuracy",
+            "data.ok",
+            "data.region",
+            "metadata.owner",
+            "metadata.run_at",
+            "metadata.threshold",
+        ]
+    )
+    assert "data.region\x00emea" in v["s"] and "data.region\x00apac" in v["s"]
+    assert v["n"] == sorted(
+        ["data.accuracy\x00" + encode_number(0.93), "metadata.threshold\x00" + encode_number(0.9)]
+    )
+    assert v["d"] == ["metadata.run_at\x00" + encode_micros(1_704_067_200_000_000)]
+    assert v["b"] == ["data.ok\x00true"]
+
+
+def test_typed_values_of_other_data_and_their_bounds() -> None:
+    assert typed_values({"type": "progress", "data": 42.5}) == {
+        "k": ["data"],
+        "n": ["data\x00" + encode_number(42.5)],
+    }
+    assert typed_values({"type": "markdown", "data": "# words only"}) == {}
+    assert typed_values({"type": None, "data": {"a": {"b": [1, 2]}}})["k"] == ["data.a.b"]
+    many = {"type": None, "data": {f"c{i}": i for i in range(MAX_VALUES + 50)}}
+    assert len(typed_values(many)["n"]) == MAX_VALUES
+    long_value = {
+        "metadata_": {"note": "x" * (MAX_EXACT_CHARS + 1), "k" * (MAX_KEY_CHARS + 1): "v"}
+    }
+    assert typed_values(long_value) == {"k": ["metadata.note"]}  # too long: exists, no exact value
