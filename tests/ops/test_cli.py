@@ -429,7 +429,12 @@ async def test_indexer_serves_metrics_liveness_and_readiness(stack: Stack) -> No
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    env = {**stack.env, "INDEXER_METRICS_PORT": str(port), "INDEXER_METRICS_HOST": "127.0.0.1"}
+    env = {
+        **stack.env,
+        "INDEXER_METRICS_PORT": str(port),
+        "INDEXER_METRICS_HOST": "127.0.0.1",
+        "LOG_LEVEL": "INFO",  # FastStream logs its start at INFO
+    }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
