@@ -17,6 +17,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from pathlib import Path
 from typing import Any
 
 import orjson
@@ -151,6 +152,16 @@ async def _decode(request: Request, max_bytes: int) -> Any:
         raise _BadBodyError(_json(_validation_body([error], exc.doc), 422)) from exc
     except (ValueError, RecursionError) as exc:  # not UTF-8/16/32, or nested too deep
         raise _BadBodyError(_json({"detail": "There was an error parsing the body"}, 400)) from exc
+
+
+def _search_page(prefect_ui_url: str) -> str:
+    """The search page with its configuration (JSON, safe inside a script element)."""
+    config = json.dumps({"prefect_ui_url": prefect_ui_url.rstrip("/")}).replace("</", "<\\/")
+    return (
+        (Path(__file__).with_name("static") / "search.html")
+        .read_text()
+        .replace("__CONFIG__", config)
+    )
 
 
 def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> FastAPI:
@@ -296,6 +307,13 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         LATENCY.labels("search").observe(time.perf_counter() - start)
         REQUESTS.labels("search", str(response.status_code)).inc()
         return response
+
+    page = _search_page(query.prefect_ui_url)
+
+    @app.get("/ext/v1/search", include_in_schema=False)
+    async def search_page() -> Response:
+        """The search page (docs/search.md, "The search page")."""
+        return Response(page, media_type="text/html; charset=utf-8")
 
     @app.get("/api/health")
     async def health() -> Response:

@@ -143,6 +143,8 @@ class QuerySettings(BaseSettings):
     max_result_window: int = Field(default=50_000, ge=1)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
+    # where the search page links runs to (the Prefect UI's base URL)
+    prefect_ui_url: str = Field(default="http://127.0.0.1:4200", pattern=r"^https?://")
 
 
 class BackfillSettings(BaseSettings):

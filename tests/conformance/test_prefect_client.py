@@ -18,9 +18,6 @@ disabled), ``/health`` (``api_healthcheck``) and ``/admin/version``
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
@@ -28,9 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from elasticsearch import AsyncElasticsearch
-from fastapi import FastAPI
 from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.filters import (
     ArtifactCollectionFilter,
@@ -64,6 +59,7 @@ from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
 from tests.conformance.oracle import PrefectOracle
 from tests.conformance.test_differential import load_through_indexer
+from tests.serving import ServerThread
 
 SEED = 23
 SCALE = DatasetScale(flows=6, deployments=5, flow_runs=50, task_runs=120, artifacts=400)
@@ -74,37 +70,6 @@ SORT_FIELD = {
     "KEY_DESC": "key",
     "KEY_ASC": "key",
 }
-
-
-class ServerThread:
-    """uvicorn serving an ASGI app on a free 127.0.0.1 port, in a daemon thread."""
-
-    def __init__(self, app: FastAPI) -> None:
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-        self.thread = threading.Thread(
-            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
-        )
-
-    @property
-    def api_url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/api"
-
-    def __enter__(self) -> ServerThread:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if time.monotonic() > deadline or not self.thread.is_alive():
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-        self.sock.close()
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,139 @@
+"""The search page in a real headless Chromium (Debian's `chromium` and `chromium-driver`).
+
+The page is served by the real app over HTTP, on artifacts indexed by the real indexer
+(the same six artifacts as tests/e2e/test_search_extension.py). The test types a query
+with the keyboard, reads what the page shows, picks a facet with the keyboard, and takes
+a screenshot (docs/search-page.png with `SEARCH_PAGE_SCREENSHOT=docs/search-page.png`).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from elasticsearch import AsyncElasticsearch
+from selenium import webdriver
+from selenium.webdriver.chrome.service import Service
+from selenium.webdriver.common.by import By
+from selenium.webdriver.common.keys import Keys
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.support.ui import WebDriverWait
+
+from indexer.local import LocalPipeline
+from query.app import create_app
+from services.config import ElasticsearchSettings, QuerySettings
+from services.es.admin import drop_indices, ensure_indices
+from services.es.indices import IndexNames
+from tests.e2e.test_search_extension import ARTIFACTS as SOURCE
+from tests.e2e.test_search_extension import R1, _parents, _records
+from tests.serving import ServerThread
+
+UI = "http://prefect-ui.example:4200"
+# docs/search-page.png was made with SEARCH_PAGE_SCREENSHOT=docs/search-page.png
+SCREENSHOT_ENV = "SEARCH_PAGE_SCREENSHOT"
+
+
+@pytest.fixture(scope="module")
+async def page_url(elasticsearch_url: str) -> AsyncIterator[str]:
+    names = IndexNames(f"page-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=60)
+    await ensure_indices(es, names)
+    try:
+        await LocalPipeline(es, names).load(_parents() + _records(SOURCE), batch=100)
+        await es.indices.refresh(index=",".join(names.all_aliases()))
+        app = create_app(
+            QuerySettings(prefect_ui_url=UI + "/"),
+            ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix),
+        )
+        with ServerThread(app) as server:
+            yield f"{server.base_url}/ext/v1/search"
+    finally:
+        await drop_indices(es, names)
+        await es.close()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[WebDriver]:
+    binary = shutil.which("chromium") or "/usr/bin/chromium"
+    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+    assert Path(binary).exists() and Path(driver_path).exists(), (
+        "install Debian's chromium and chromium-driver packages (.ci/run does)"
+    )
+    options = webdriver.ChromeOptions()
+    options.binary_location = binary
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1200,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def _wait_status(driver: WebDriver, text: str) -> None:
+    WebDriverWait(driver, 20).until(
+        lambda d: text in d.find_element(By.ID, "status").text,
+        f"status never said {text!r}",
+    )
+
+
+def _keys(driver: WebDriver) -> list[str]:
+    return [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#results article h2")]
+
+
+def test_typing_a_query_shows_highlighted_results_facets_and_previews(
+    page_url: str, browser: WebDriver, tmp_path: Path
+) -> None:
+    browser.get(page_url)
+    _wait_status(browser, "6 results")  # the page lists everything at first
+    box = browser.find_element(By.ID, "q")
+    label = browser.find_element(By.CSS_SELECTOR, "label[for=q]")
+    assert label.get_attribute("textContent") == "Search artifacts"
+    box.send_keys("revenue", Keys.ENTER)
+    _wait_status(browser, "3 results")
+    assert sorted(_keys(browser)) == ["notes", "sales-report", "sales-report"]
+    marks = {m.text.lower() for m in browser.find_elements(By.CSS_SELECTOR, "article mark")}
+    assert marks == {"revenue"}
+    links = {a.get_attribute("href") for a in browser.find_elements(By.LINK_TEXT, "flow run")}
+    assert links == {f"{UI}/runs/flow-run/{R1}"}
+    legends = [f.text for f in browser.find_elements(By.CSS_SELECTOR, "#facets legend")]
+    assert legends[:2] == ["Type", "Flow"]
+
+    # a table artifact: its rows are shown as a table
+    box.clear()
+    box.send_keys("data:emea", Keys.ENTER)
+    _wait_status(browser, "2 results")
+    cells = [td.text for td in browser.find_elements(By.CSS_SELECTOR, "article table td")]
+    assert "apac" in cells and "0.88" in cells
+    shot = Path(os.environ.get(SCREENSHOT_ENV) or tmp_path / "search-page.png")
+    assert browser.save_screenshot(str(shot)) and shot.stat().st_size > 10_000
+
+    # a facet picked with the keyboard narrows the results, and counts stay multi-select
+    box.clear()
+    box.send_keys("revenue OR dashboard", Keys.ENTER)
+    _wait_status(browser, "4 results")
+    link_box = browser.find_element(By.CSS_SELECTOR, "input[name=type][value=link]")
+    link_box.send_keys(Keys.SPACE)
+    _wait_status(browser, "1 result")
+    assert _keys(browser) == ["(no key)"]
+    type_facet = browser.find_element(By.CSS_SELECTOR, "#facets fieldset")
+    counts = {
+        label.find_element(By.TAG_NAME, "input").get_attribute("value"): label.find_element(
+            By.CLASS_NAME, "count"
+        ).text
+        for label in type_facet.find_elements(By.TAG_NAME, "label")
+    }
+    assert counts == {"markdown": "3", "link": "1"}  # its own selection does not narrow it
+
+
+def test_errors_are_shown(page_url: str, browser: WebDriver) -> None:
+    browser.get(page_url)
+    _wait_status(browser, "results")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("live:false", Keys.ENTER)
+    _wait_status(browser, "Error 422")
+    assert "Searchable fields" in browser.find_element(By.ID, "status").text
