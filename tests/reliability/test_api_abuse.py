@@ -298,7 +298,11 @@ def test_schemathesis_cases_never_get_a_server_error(service: Service) -> None:
         resp = service.request("schemathesis", kwargs["method"], kwargs["url"], **_to_httpx(kwargs))
         if resp.status_code == 422 and case.method.upper() == "POST":
             body = resp.json()
-            assert "exception_detail" in body or isinstance(body.get("detail"), str), body
+            if case.path.startswith("/api/"):  # Prefect's shapes
+                assert "exception_detail" in body or isinstance(body.get("detail"), str), body
+            else:  # the extension: FastAPI's error list, or a sentence (docs/search.md)
+                detail = body.get("detail")
+                assert isinstance(detail, str) or all("loc" in e for e in detail), body
 
     run()
 
