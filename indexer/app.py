@@ -204,6 +204,8 @@ class Indexer:
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
             depth=self.settings.pipeline_depth,
+            defer_lag=self.settings.defer_lag,
+            defer_max_s=self.settings.defer_max_s,
         )
         self.parents = Parents(
             self.kafka, self.settings, list(self.parent_topics), self.processor, self._submit
@@ -289,7 +291,7 @@ class Indexer:
             self._spawn(self._commit(consumer, result))
 
         try:
-            await processor.submit(records, committed)
+            await processor.submit(records, committed, _behind(consumer, records))
             return True
         except PipelineError as exc:
             self._fail(exc)
@@ -345,6 +347,20 @@ class Indexer:
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+
+
+def _behind(consumer: AIOKafkaConsumer, records: Sequence[Any]) -> int:
+    """Records of the batch's partitions that wait behind it (the backlog)."""
+    ends: dict[TopicPartition, int] = {}
+    for record in records:
+        tp = TopicPartition(record.topic, record.partition)
+        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
+    behind = 0
+    for tp, end in ends.items():
+        highwater = consumer.highwater(tp)
+        if highwater is not None:
+            behind += max(highwater - end, 0)
+    return behind
 
 
 def asyncapi_json(kafka: KafkaSettings | None = None) -> str:

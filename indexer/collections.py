@@ -27,7 +27,6 @@ from indexer import keys
 from indexer.graph import Refs
 from indexer.state import Tx
 from services.documents import ascii_lower, collection_id, id_order
-from services.search_text import search_text, typed_values
 
 Doc = dict[str, Any]
 
@@ -191,7 +190,8 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
         # kept (without members) so a rewrite of this partition still finds the id
         tx.put(summary_key, _EMPTY)
         return {"id": cid, "live": False}
-    latest = tx.get(keys.member(q, cid, latest_id))["p"]
+    latest_member = tx.get(keys.member(q, cid, latest_id))
+    latest = latest_member["p"]
     earliest = latest if earliest_id == latest_id else tx.get(keys.member(q, cid, earliest_id))["p"]
     fr_id, tr_id = latest.get("flow_run_id"), latest.get("task_run_id")
     _move(tx, b"f", summary["fr"], fr_id, q, cid)
@@ -220,7 +220,9 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
         "live": True,
     }
     if text:
-        doc["x"], doc["v"] = search_text(latest), typed_values(latest)
+        # the fields a member record carries are fixed by its artifact and source offset
+        memo = (latest_id, latest_member["o"], latest["version"], latest["updated_us"])
+        doc["x"], doc["v"] = refs.searchable(memo, latest)
     return refs.attach(doc, fr_id, tr_id)
 
 

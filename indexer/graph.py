@@ -14,12 +14,13 @@ rewriting that document once more is harmless.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 from indexer import keys
 from indexer.state import Tx
+from services.search_text import searchable
 
 Doc = dict[str, Any]
 
@@ -122,6 +123,9 @@ class Refs:
     add every run or task run whose embedded form may have changed), so `forget` is
     called with each step's affected ids once its records are folded, before any document
     is built. The objects are shared by the documents that embed them: never mutated.
+
+    Also memoizes the searchable text of fields that never change under a given memo key
+    (`searchable`: a collection's latest member, rebuilt in many steps of a load).
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -129,6 +133,7 @@ class Refs:
         self.capacity = capacity
         self._runs: dict[str, tuple[Doc | None, Doc | None, Doc | None]] = {}
         self._tasks: dict[str, Doc | None] = {}
+        self._texts: dict[Hashable, tuple[dict[str, str], dict[str, list[str]]]] = {}
 
     def bind(self, tx: Tx, affected: Affected) -> Refs:
         """Use `tx` (a step whose records are all folded) and drop what it changed."""
@@ -157,6 +162,18 @@ class Refs:
         """Forget everything (after uncommitted steps were dropped)."""
         self._runs.clear()
         self._tasks.clear()
+        self._texts.clear()
+
+    def searchable(
+        self, memo: Hashable, fields: Doc
+    ) -> tuple[dict[str, str], dict[str, list[str]]]:
+        """`services.search_text.searchable(fields)`, where `memo` identifies `fields`."""
+        hit = self._texts.get(memo)
+        if hit is None:
+            if len(self._texts) >= self.capacity:
+                self._texts.clear()
+            hit = self._texts[memo] = searchable(fields)
+        return hit
 
     def run_side(self, flow_run_id: str) -> tuple[Doc | None, Doc | None, Doc | None]:
         """(fr, flow, dep) for a flow run id."""

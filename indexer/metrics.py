@@ -42,3 +42,7 @@ ARTIFACTS_HELD = Gauge(
     "indexer_artifacts_held",
     "1 while artifact records wait for the parent topics to catch up (parents first)",
 )
+DEFERRED = Counter(
+    "indexer_deferred_documents_total",
+    "Document writes deferred while a backlog is consumed (written once it is drained)",
+)

@@ -101,6 +101,8 @@ class Processor:
         retry_initial_s: float = 0.2,
         retry_max_s: float = 10.0,
         depth: int = 1,
+        defer_lag: int = 0,
+        defer_max_s: float = 10.0,
     ) -> None:
         self.store = store
         self.topology = topology
@@ -120,6 +122,11 @@ class Processor:
         self.sequence = 0
         self.steps = 0
         self.depth = depth
+        # more than `defer_lag` records behind (0: never): steps mark their documents
+        # instead of writing them, except one step every `defer_max_s` seconds
+        self.defer_lag = defer_lag
+        self.defer_max_s = defer_max_s
+        self._flushed_at = time.monotonic()
         self.failed: BaseException | None = None
         self._inflight: list[asyncio.Task[StepResult]] = []
         self._last: Tx | None = None
@@ -186,14 +193,24 @@ class Processor:
         return await self._retry(lambda: self.epochs.acquire(*tp))
 
     # -- steps --------------------------------------------------------------------------
-    async def process(self, records: Sequence[RecordLike]) -> StepResult:
+    async def process(self, records: Sequence[RecordLike], behind: int = 0) -> StepResult:
         """Apply records and wait until the step is committed."""
-        return await (await self.submit(records))
+        return await (await self.submit(records, behind=behind))
+
+    def _defer(self, behind: int) -> bool:
+        """Whether this step defers its documents: a backlog of more than `defer_lag`
+        records waits behind it, and a step wrote them less than `defer_max_s` ago."""
+        now = time.monotonic()
+        if self.defer_lag and behind > self.defer_lag and now - self._flushed_at < self.defer_max_s:
+            return True
+        self._flushed_at = now
+        return False
 
     async def submit(
         self,
         records: Sequence[RecordLike],
         on_commit: Callable[[StepResult], None] | None = None,
+        behind: int = 0,
     ) -> asyncio.Future[StepResult]:
         """Compute a step now; perform its effects and commit it in the background.
 
@@ -201,6 +218,7 @@ class Processor:
         the caller can fetch and compute the next batch while Elasticsearch indexes this
         one. Steps commit strictly in order; `on_commit` runs after the store commit.
         Group records of partitions this replica does not own are left for their owner.
+        `behind`: records still waiting after these (a backlog defers documents).
         """
         async with self.lock:
             if self.failed is not None:
@@ -235,6 +253,7 @@ class Processor:
                 self.rewrite_budget,
                 self.refs,
                 self.suspect,
+                self._defer(behind),
             )
             writes = [
                 Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
@@ -385,3 +404,4 @@ def _observe(output: StepOutput, stats: WriteStats) -> None:
     metrics.PROPAGATED.inc(output.fanned_out)
     metrics.FANOUT_DOCUMENTS.observe(output.fanned_out)
     metrics.REDELIVERED.inc(output.skipped)
+    metrics.DEFERRED.inc(output.deferred)

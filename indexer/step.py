@@ -44,7 +44,7 @@ from services.contract import ArtifactData, EntityData, Event, parse_record
 from services.contract_fast import FastArtifact
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
-from services.search_text import search_text, typed_values
+from services.search_text import searchable
 
 Doc = dict[str, Any]
 TP = tuple[str, int]
@@ -113,6 +113,7 @@ class StepOutput:
     fanned_out: int = 0
     rewritten: int = 0
     marked: int = 0
+    deferred: int = 0  # documents of owned partitions marked to be written later (backlog)
     unchanged: int = 0  # collections rebuilt to the content they already had: not rewritten
 
 
@@ -149,8 +150,12 @@ class Step:
         rewrite_budget: int = 5_000,
         refs: Refs | None = None,
         suspect: dict[TP, int] | None = None,
+        defer: bool = False,
     ) -> None:
         self.refs = refs or Refs()
+        # a backlog: documents are marked instead of written, and marks are not drained,
+        # so a document changed by many steps of the backlog is written once, later
+        self.defer = defer
         self.suspect = suspect or {}
         # True when the step re-applies records that an earlier run may have applied
         # without committing: its writes may sit in the index, so no "unchanged" shortcut
@@ -231,20 +236,39 @@ class Step:
     def _fold_parent(self, entity: str, entity_id: str, events: list[Event]) -> None:
         key = keys.parent(entity, entity_id)
         old = self.tx.get(key)
-        new, applied = fold_events(old, events, _parent_part)
-        if new is old:
+        if not self.replaying:
+            new, applied = fold_events(old, events, _parent_part)
+            if new is old:
+                return
+            self.out.applied += applied
+            self.tx.put(key, new)
+            parent_changed(
+                self.tx, entity, entity_id, live_part(old), live_part(new), self.affected
+            )
             return
-        self.out.applied += applied
-        self.tx.put(key, new)
-        parent_changed(
-            self.tx,
-            entity,
-            entity_id,
-            live_part(old),
-            live_part(new),
-            self.affected,
-            force=self.replaying,
-        )
+        # A dead run may have written documents from any intermediate part of this
+        # parent (its steps ended anywhere), and derived flags depend on the path: a
+        # deployment that visited another flow on the way back made that flow's
+        # `has_deployment` true for a while. Every transition fans out, forced.
+        state, applied = old, 0
+        for event in events:
+            after = fold_event(state, event, _parent_part)
+            if after is state:
+                continue
+            applied += 1
+            parent_changed(
+                self.tx,
+                entity,
+                entity_id,
+                live_part(state),
+                live_part(after),
+                self.affected,
+                force=True,
+            )
+            state = after
+        if state is not old:
+            self.out.applied += applied
+            self.tx.put(key, state)
 
     def _fold_artifact(
         self, partition: int, artifact_id: str, numbered: list[tuple[int, Event]]
@@ -261,8 +285,12 @@ class Step:
         if new is old:
             return
         self.out.applied += applied
+        after = live_part(new)
+        if self.topo.search_text and after is not None:
+            # computed once per change of the artifact, not on every rewrite of its document
+            new["s"] = list(searchable(after))
         self.tx.put(key, new)
-        before, after = live_part(old), live_part(new)
+        before = live_part(old)
         for kind, name in ((b"f", "flow_run_id"), (b"t", "task_run_id")):
             was = None if before is None else before.get(name)
             now = None if after is None else after.get(name)
@@ -321,7 +349,7 @@ class Step:
             is_artifacts = tp[0] == self.topo.artifacts
             target = self.dirty.artifacts if is_artifacts else self.dirty.collections
             changed = dict(own)
-            if own.get("marks"):
+            if own.get("marks") and not self.defer:
                 kind = b"a" if is_artifacts else b"c"
                 taken, exhausted = 0, True
                 for key in self.tx.scan_keys(keys.dirty_prefix(kind, tp[1])):
@@ -359,11 +387,19 @@ class Step:
     def _build(self) -> None:
         refs = self.refs.bind(self.tx, self.affected)
         arts, members = self.topo.artifacts, self.topo.members
+        # a step re-applying what a dead run may have written writes at once: its marks
+        # would be drained by a step that is not replaying and might skip "unchanged" ones
+        defer = self.defer and not self.replaying
+        deferred: set[TP] = set()
         for artifact_id, partition in self.dirty.artifacts.items():
             tp = (arts, partition)
-            if tp not in self.active:
+            if tp not in self.active or (defer and artifact_id not in self.forced):
                 self.tx.put_raw(keys.dirty(b"a", partition, artifact_id), True)
-                self.out.marked += 1
+                if tp in self.active:
+                    deferred.add(tp)
+                    self.out.deferred += 1
+                else:
+                    self.out.marked += 1
                 continue
             state = self.tx.get(keys.artifact(partition, artifact_id))
             if state is None:
@@ -374,13 +410,18 @@ class Step:
                 own = state["p"]
                 doc = refs.attach(dict(own), own.get("flow_run_id"), own.get("task_run_id"))
                 if self.topo.search_text:
-                    doc["x"], doc["v"] = search_text(own), typed_values(own)
+                    text = state.get("s")  # absent in states written before it was kept
+                    doc["x"], doc["v"] = text or searchable(own)
             self.out.writes.append(DocWrite("artifact", artifact_id, tp, doc))
         for cid, q in self.dirty.collections.items():
             tp = (members, q)
-            if tp not in self.active:
+            if tp not in self.active or (defer and cid not in self.forced):
                 self.tx.put_raw(keys.dirty(b"c", q, cid), True)
-                self.out.marked += 1
+                if tp in self.active:
+                    deferred.add(tp)
+                    self.out.deferred += 1
+                else:
+                    self.out.marked += 1
                 continue
             doc = build_collection(self.tx, refs, q, cid, self.topo.search_text)
             changed = remember_content(self.tx, q, cid, doc)
@@ -388,6 +429,11 @@ class Step:
                 self.out.writes.append(DocWrite("collection", cid, tp, doc))
             else:
                 self.out.unchanged += 1
+        for tp in sorted(deferred):  # the owner drains them once no step defers
+            own_key = keys.ownership(*tp)
+            own = self.tx.get(own_key)
+            if own is not None and not own.get("marks"):
+                self.tx.put(own_key, {**own, "marks": True})
 
 
 def run_step(
@@ -399,7 +445,10 @@ def run_step(
     rewrite_budget: int = 5_000,
     refs: Refs | None = None,
     suspect: dict[TP, int] | None = None,
+    defer: bool = False,
 ) -> StepOutput:
     """One step: see the module docstring. `refs` may be kept across steps (memo);
-    `suspect` bounds, per partition, the offsets an uncommitted run may have applied."""
-    return Step(tx, topology, active, max_event_bytes, rewrite_budget, refs, suspect).run(records)
+    `suspect` bounds, per partition, the offsets an uncommitted run may have applied;
+    `defer` marks documents instead of writing them (a backlog is being consumed)."""
+    step = Step(tx, topology, active, max_event_bytes, rewrite_budget, refs, suspect, defer)
+    return step.run(records)

@@ -41,6 +41,15 @@ def version_of(epoch: int, sequence: int) -> int:
     return (epoch << SEQUENCE_BITS) | sequence
 
 
+def _action(index: str, doc_id: str, version: int) -> bytes:
+    """The `_bulk` action line of an externally versioned index operation."""
+    return b'{"index":{"_index":%b,"_id":%b,"version":%d,"version_type":"external"}}' % (
+        orjson.dumps(index),
+        orjson.dumps(doc_id),
+        version,
+    )
+
+
 class WriteRejectedError(TransientError):
     """Elasticsearch refused a document for a reason no retry is known to fix (a bug or a
     mapping problem): retried with backoff so the partition stalls visibly, never skipped."""
@@ -90,15 +99,7 @@ class BulkWriter:
     async def _chunk(self, part: Sequence[Versioned], stats: WriteStats) -> None:
         lines: list[bytes] = []
         for item in part:
-            meta = {
-                "index": {
-                    "_index": item.index,
-                    "_id": item.doc_id,
-                    "version": item.version,
-                    "version_type": "external",
-                }
-            }
-            lines.append(orjson.dumps(meta))
+            lines.append(_action(item.index, item.doc_id, item.version))
             lines.append(orjson.dumps(item.source))
         body = b"\n".join(lines) + b"\n"
         try:

@@ -113,6 +113,11 @@ class IndexerSettings(BaseSettings):
     parents_first_lag: int = Field(default=2_000, ge=0)
     parents_first_max_s: float = Field(default=30.0, gt=0)
     max_batch: int = Field(default=5000, ge=1)
+    # a backlog of more than this many records (0: never) defers document writes: a
+    # document changed again and again while it is consumed is written once, except
+    # that one step every `defer_max_s` seconds writes what is pending
+    defer_lag: int = Field(default=20_000, ge=0)
+    defer_max_s: float = Field(default=10.0, gt=0)
     # documents carry their searchable text and typed values (`x`, `v`: the search
     # extension's `q` and `where`); false indexes faster, and those match nothing
     search_text: bool = True

@@ -108,8 +108,9 @@ def id_order(doc_id: str) -> tuple[int, int]:
 
 
 @functools.lru_cache(maxsize=65536)
+@functools.lru_cache(maxsize=65_536)
 def collection_id(key: str) -> str:
-    """The derived id of the collection of `key`."""
+    """The derived id of the collection of `key` (memoized: keys repeat across artifacts)."""
     return str(uuid.uuid5(COLLECTION_NAMESPACE, key))
 
 

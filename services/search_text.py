@@ -16,7 +16,6 @@ import json
 import math
 import re
 import struct
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -26,63 +25,115 @@ MAX_FIELD_CHARS = 100_000
 _MAX_DEPTH = 64
 
 
+def _number_text(value: int | float) -> str:
+    """A number as JSON writes it (Python's `json` module: `NaN`, `Infinity` included)."""
+    if type(value) is int:
+        return str(value)
+    if type(value) is float and math.isfinite(value):
+        return repr(value)
+    return json.dumps(value)
+
+
 def _scalar(value: Any) -> str | None:
     if value is None:
         return None
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, int | float):
-        return json.dumps(value)
+        return _number_text(value)
     if isinstance(value, str):
         return value
     return None
 
 
-def _leaves(value: Any, depth: int = 0) -> Iterator[str]:
-    """Scalar leaves of a JSON value, with the keys of objects, in document order."""
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield str(key)
-            yield from _leaves(item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _leaves(item, depth + 1)
-    else:
-        text = _scalar(value)
-        if text:
-            yield text
+class _Text:
+    """Parts of one text field, in document order, until `MAX_FIELD_CHARS` is reached."""
+
+    __slots__ = ("parts", "size")
+
+    def __init__(self) -> None:
+        self.parts: list[str] = []
+        self.size = 0
+
+    def add(self, part: str) -> bool:
+        """Keep `part`; False once the field is full (nothing more is kept)."""
+        if self.size >= MAX_FIELD_CHARS:
+            return False
+        self.parts.append(part)
+        self.size += len(part) + 1
+        return True
+
+    def walk(self, value: Any, depth: int = 0) -> bool:
+        """Scalar leaves of a JSON value with the keys of objects (False once full)."""
+        if depth > _MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not self.add(str(key)) or not self.walk(item, depth + 1):
+                    return False
+        elif isinstance(value, list):
+            for item in value:
+                if not self.walk(item, depth + 1):
+                    return False
+        else:
+            text = _scalar(value)
+            if text:
+                return self.add(text)
+        return True
+
+    def text(self) -> str | None:
+        return "\n".join(self.parts)[:MAX_FIELD_CHARS] or None
 
 
-def _join(parts: Iterator[str]) -> str | None:
-    out: list[str] = []
-    size = 0
-    for part in parts:
-        if size >= MAX_FIELD_CHARS:
-            break
-        out.append(part)
-        size += len(part) + 1
-    text = "\n".join(out)[:MAX_FIELD_CHARS]
-    return text or None
+def _leaves_text(value: Any) -> str | None:
+    out = _Text()
+    out.walk(value)
+    return out.text()
+
+
+def _decode_table(data: str) -> Any:
+    """A table's JSON text decoded (None when it is not JSON). Python's `json`, not orjson:
+    integers beyond 64 bits stay exact integers, `NaN` and `Infinity` are read."""
+    try:
+        return json.loads(data)
+    except ValueError:
+        return None
 
 
 def data_text(artifact_type: str | None, data: Any) -> str | None:
     """The searchable text of an artifact's `data`."""
+    return _data_text(artifact_type, data, _MISSING)
+
+
+_MISSING = object()
+
+
+def _data_text(artifact_type: str | None, data: Any, decoded: Any) -> str | None:
     if isinstance(data, str):
         if artifact_type == "table":
-            try:
-                decoded = json.loads(data)
-            except ValueError:
-                decoded = None
+            if decoded is _MISSING:
+                decoded = _decode_table(data)
             if isinstance(decoded, dict | list):
-                return _join(_leaves(decoded))
+                return _leaves_text(decoded)
         return data[:MAX_FIELD_CHARS] or None
-    return _join(_leaves(data))
+    return _leaves_text(data)
 
 
 def search_text(doc: dict[str, Any]) -> dict[str, str]:
     """The `x` object of a document with an artifact's own fields (absent parts left out)."""
+    return _search_text(doc, _MISSING)
+
+
+def searchable(doc: dict[str, Any]) -> tuple[dict[str, str], dict[str, list[str]]]:
+    """`(search_text(doc), typed_values(doc))`, decoding a table's JSON once."""
+    data = doc.get("data")
+    decoded = (
+        _decode_table(data) if doc.get("type") == "table" and isinstance(data, str) else _MISSING
+    )
+    return _search_text(doc, decoded), _typed_values(doc, decoded)
+
+
+def _search_text(doc: dict[str, Any], decoded: Any) -> dict[str, str]:
     out: dict[str, str] = {}
     key = doc.get("key")
     if key:
@@ -90,12 +141,12 @@ def search_text(doc: dict[str, Any]) -> dict[str, str]:
     description = doc.get("description")
     if description:
         out["description"] = description[:MAX_FIELD_CHARS]
-    data = data_text(doc.get("type"), doc.get("data"))
+    data = _data_text(doc.get("type"), doc.get("data"), decoded)
     if data:
         out["data"] = data
     metadata = doc.get("metadata_")
     if metadata:
-        text = _join(_leaves(metadata))
+        text = _leaves_text(metadata)
         if text:
             out["metadata"] = text
     return out
@@ -128,11 +179,10 @@ def encode_micros(micros: int) -> str:
 
 def parse_number(text: str) -> float | None:
     """The finite number a string spells in decimal notation, else None."""
-    try:
-        value = float(text)
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and _NUMERIC.fullmatch(text.strip()) else None
+    if _NUMERIC.fullmatch(text.strip()) is None:  # also what `float` alone would accept:
+        return None  # "nan", "1_000", "infinity"
+    value = float(text)
+    return value if math.isfinite(value) else None
 
 
 _NUMERIC = re.compile(r"[+-]?(\d+(\.\d*)?|\.\d+)([eE][+-]?\d+)?")
@@ -155,18 +205,33 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
-def _pairs(prefix: str, value: Any, depth: int = 0) -> Iterator[tuple[str, Any]]:
-    """(dotted key, scalar) pairs of a JSON value; list items share their list's key."""
-    if depth > _MAX_DEPTH:
-        return
-    if isinstance(value, dict):
-        for key, item in value.items():
-            yield from _pairs(f"{prefix}.{key}", item, depth + 1)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _pairs(prefix, item, depth + 1)
-    elif value is not None:
-        yield prefix, value
+class _Pairs:
+    """(dotted key, scalar) pairs of JSON values; list items share their list's key. Keys
+    too long or holding `SEP` are left out; at most `MAX_VALUES` pairs are kept."""
+
+    __slots__ = ("pairs",)
+
+    def __init__(self) -> None:
+        self.pairs: list[tuple[str, Any]] = []
+
+    def walk(self, prefix: str, value: Any, depth: int = 0) -> bool:
+        """Collect the pairs of `value` (False once `MAX_VALUES` are kept)."""
+        if depth > _MAX_DEPTH:
+            return True
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not self.walk(f"{prefix}.{key}", item, depth + 1):
+                    return False
+        elif isinstance(value, list):
+            for item in value:
+                if not self.walk(prefix, item, depth + 1):
+                    return False
+        elif value is not None:
+            if len(prefix) > MAX_KEY_CHARS or SEP in prefix:
+                return True
+            self.pairs.append((prefix, value))
+            return len(self.pairs) < MAX_VALUES
+        return True
 
 
 def typed_values(doc: dict[str, Any]) -> dict[str, list[str]]:
@@ -176,23 +241,22 @@ def typed_values(doc: dict[str, Any]) -> dict[str, list[str]]:
     mapping field. Numbers and timestamps written as strings (Prefect's metadata values
     are strings) are numbers and timestamps too. At most `MAX_VALUES` pairs."""
     data = doc.get("data")
-    if doc.get("type") == "table" and isinstance(data, str):
-        try:
-            data = json.loads(data)
-        except ValueError:
-            data = None
+    decoded = (
+        _decode_table(data) if doc.get("type") == "table" and isinstance(data, str) else _MISSING
+    )
+    return _typed_values(doc, decoded)
+
+
+def _typed_values(doc: dict[str, Any], decoded: Any) -> dict[str, list[str]]:
+    data = doc.get("data") if decoded is _MISSING else decoded
     if isinstance(data, str):
         data = None  # markdown, links, images: words only (the full text)
     out: dict[str, list[str]] = {"k": [], "s": [], "n": [], "d": [], "b": []}
     keys: set[str] = set()
-    count = 0
-    pairs = [*_pairs("metadata", doc.get("metadata_") or {}), *_pairs("data", data)]
-    for key, value in pairs:
-        if count >= MAX_VALUES:
-            break
-        if len(key) > MAX_KEY_CHARS or SEP in key:
-            continue
-        count += 1
+    collect = _Pairs()
+    if collect.walk("metadata", doc.get("metadata_") or {}):
+        collect.walk("data", data)
+    for key, value in collect.pairs:
         if key not in keys:
             keys.add(key)
             out["k"].append(key)

@@ -9,6 +9,7 @@ also fail on demand, after some writes of a request landed, like a bulk cut shor
 from __future__ import annotations
 
 import asyncio
+import math
 import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -89,6 +90,7 @@ class Replica:
     member_partitions: int = 2
     local_members: bool = True
     search_text: bool = True
+    defer: bool = False  # steps told they are behind mark their documents for later
     poison: list[Poison] = field(default_factory=list)
     published: list[tuple[int, Member]] = field(default_factory=list)
 
@@ -119,6 +121,8 @@ class Replica:
             rewrite_budget=7,
             retry_initial_s=0.001,
             retry_max_s=0.001,
+            defer_lag=1 if self.defer else 0,
+            defer_max_s=math.inf,  # only `behind` decides: deterministic
         )
 
     def own_all(self) -> None:
@@ -129,9 +133,12 @@ class Replica:
         )
 
     async def feed(self, records: Sequence[LocalRecord], batch: int = 50) -> None:
-        """Process `records` in steps of `batch`, then drain marks and rewrites."""
+        """Process `records` in steps of `batch`, then drain marks and rewrites. Each step
+        is told how many of `records` wait behind it (with `defer`, all but the last step
+        mark their documents instead of writing them)."""
         for start in range(0, len(records), batch):
-            await self.processor.process(records[start : start + batch])
+            behind = max(len(records) - start - batch, 0)
+            await self.processor.process(records[start : start + batch], behind)
         while await self.processor.drain() is not None:
             pass
 

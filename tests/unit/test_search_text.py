@@ -6,6 +6,9 @@ import json
 import math
 import random
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from services.search_text import (
     MAX_EXACT_CHARS,
     MAX_FIELD_CHARS,
@@ -17,6 +20,7 @@ from services.search_text import (
     parse_micros,
     parse_number,
     search_text,
+    searchable,
     typed_values,
 )
 
@@ -160,3 +164,100 @@ def test_typed_values_of_other_data_and_their_bounds() -> None:
         "metadata_": {"note": "x" * (MAX_EXACT_CHARS + 1), "k" * (MAX_KEY_CHARS + 1): "v"}
     }
     assert typed_values(long_value) == {"k": ["metadata.note"]}  # too long: exists, no exact value
+
+
+# -- the one-pass walkers against a plain reference ---------------------------------------
+def _ref_leaves(value: object, depth: int = 0) -> list[str]:
+    """Reference: scalar leaves and object keys in document order, by plain recursion."""
+    if depth > 64:
+        return []
+    if isinstance(value, dict):
+        out: list[str] = []
+        for key, item in value.items():
+            out.append(str(key))
+            out.extend(_ref_leaves(item, depth + 1))
+        return out
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _ref_leaves(item, depth + 1)]
+    if value is None:
+        return []
+    if isinstance(value, bool):
+        return ["true" if value else "false"]
+    text = json.dumps(value) if isinstance(value, int | float) else str(value)
+    return [text] if text else []
+
+
+def _ref_join(parts: list[str]) -> str | None:
+    kept, size = [], 0
+    for part in parts:
+        if size >= MAX_FIELD_CHARS:
+            break
+        kept.append(part)
+        size += len(part) + 1
+    return "\n".join(kept)[:MAX_FIELD_CHARS] or None
+
+
+def _ref_pairs(prefix: str, value: object, depth: int = 0) -> list[tuple[str, object]]:
+    if depth > 64:
+        return []
+    if isinstance(value, dict):
+        return [p for k, v in value.items() for p in _ref_pairs(f"{prefix}.{k}", v, depth + 1)]
+    if isinstance(value, list):
+        return [p for v in value for p in _ref_pairs(prefix, v, depth + 1)]
+    return [] if value is None else [(prefix, value)]
+
+
+_json = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(min_value=-(2**70), max_value=2**70)
+    | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=8),
+    lambda children: (
+        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=4), children, max_size=4)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    data=_json,
+    metadata=st.dictionaries(st.text(max_size=6), st.text(max_size=12), max_size=5),
+    kind=st.sampled_from(["table", "markdown", None]),
+    as_text=st.booleans(),
+)
+def test_searchable_matches_a_plain_reference(
+    data: object, metadata: dict[str, str], kind: str | None, as_text: bool
+) -> None:
+    """Tables arrive as JSON text; other data as a value: both paths against the reference
+    (cells, keys and typed pairs in document order, the same limits)."""
+    if as_text:
+        try:
+            data = json.dumps(data)
+        except ValueError:
+            data = "not json"
+    doc = {"key": "k", "description": None, "type": kind, "data": data, "metadata_": metadata}
+    decoded = data
+    if kind == "table" and isinstance(data, str):
+        try:
+            decoded = json.loads(data)
+        except ValueError:
+            decoded = None
+    x, v = searchable(doc)
+    assert (x, v) == (search_text(doc), typed_values(doc))
+    if isinstance(data, str) and not (kind == "table" and isinstance(decoded, dict | list)):
+        want_data = data[:MAX_FIELD_CHARS] or None
+    else:
+        want_data = _ref_join(_ref_leaves(decoded))
+    assert x.get("data") == want_data
+    assert x.get("metadata") == (_ref_join(_ref_leaves(metadata)) if metadata else None)
+    pairs = _ref_pairs("metadata", metadata)
+    pairs += _ref_pairs("data", None if isinstance(decoded, str) else decoded)
+    kept = [k for k, _ in pairs if len(k) <= MAX_KEY_CHARS and "\x00" not in k][:MAX_VALUES]
+    assert v.get("k", []) == sorted(set(kept))
+    want_bools = sorted(
+        {f"{k}\x00{'true' if val else 'false'}" for k, val in pairs if isinstance(val, bool)}
+        & {f"{k}\x00{b}" for k in kept for b in ("true", "false")}
+    )
+    assert v.get("b", []) == want_bools
