@@ -47,7 +47,7 @@ class AlertsService:
             settings,
             Evaluator(self.es, self.names.artifacts, settings.visibility_wait_s),
             self.store,
-            Ledger(self.es, self.names.alert_ledger),
+            Ledger(self.es, self.names.alert_ledger, settings.claim_timeout_s),
         )
         self.webhooks = (
             WebhookDispatcher(kafka, settings, self.store, self.http) if settings.webhooks else None

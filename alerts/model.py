@@ -237,12 +237,25 @@ def alert_message(match: Match, search: SavedSearch, now: str) -> AlertMessage:
     )
 
 
-def ledger_source(match: Match, created_us: int) -> dict[str, Any]:
-    """The ledger document of a new alert (state `pending` until Kafka acknowledged it)."""
+PENDING, PUBLISHED = "pending", "published"
+
+
+def ledger_source(message: AlertMessage, claimed_us: int) -> dict[str, Any]:
+    """The ledger document of a new alert: `pending` until Kafka acknowledged it."""
     return {
-        "search_id": match.search_id,
-        "artifact_id": match.artifact_id,
-        "artifact_version": match.artifact_version,
-        "state": "pending",
-        "created_us": created_us,
+        "search_id": message.saved_search.id,
+        "artifact_id": message.artifact_id,
+        "artifact_version": message.artifact_version,
+        "state": PENDING,
+        "claimed_us": claimed_us,
+        "message": message.model_dump(mode="json"),
     }
+
+
+def is_abandoned(source: dict[str, Any], now_us: int, claim_timeout_us: int) -> bool:
+    """Whether a ledger document is a claim whose publisher died: still `pending` after
+    the claim timeout (another worker may take it over)."""
+    return (
+        source.get("state") == PENDING
+        and int(source.get("claimed_us", 0)) <= now_us - claim_timeout_us
+    )

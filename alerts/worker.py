@@ -12,8 +12,9 @@ only after the batch's alerts are acknowledged and marked):
    refresh of the artifact index. Every search of a batch uses the same `preference`, so
    it reads the same shard copies (refreshes only move a copy forward);
 3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`;
-4. claim each match in the ledger (alerts/ledger.py); publish the new and still-pending
-   ones to the alert topic, wait for Kafka's acknowledgement, mark them published;
+4. claim each match in the ledger (alerts/ledger.py); publish the newly claimed ones (and
+   abandoned claims taken over) to the alert topic, wait for Kafka's acknowledgement, mark
+   them published;
 5. commit the batch's offsets.
 
 A failure anywhere retries the whole batch (tenacity, backoff with jitter, for ever): every
@@ -39,6 +40,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from alerts import metrics
 from alerts.ledger import Ledger
 from alerts.model import (
+    AlertMessage,
     Match,
     SavedSearch,
     alert_message,
@@ -149,6 +151,7 @@ class AlertWorker:
         self.batches = 0
         self.matched = 0
         self.published = 0
+        self.recovered = 0
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
@@ -175,10 +178,15 @@ class AlertWorker:
         self.consumer = self.producer = None
 
     async def run(self, stopping: asyncio.Event) -> None:
-        """Process batches until `stopping` is set."""
+        """Process batches until `stopping` is set; sweep abandoned claims at the start and
+        every half claim timeout."""
         consumer = self.consumer
         assert consumer is not None, "the worker is not started"
+        next_sweep = 0.0
         while not stopping.is_set():
+            if time.monotonic() >= next_sweep:
+                await self._retry(self.recover)
+                next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
             fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
             records = [r for batch in fetched.values() for r in batch]
             if not records:
@@ -211,28 +219,39 @@ class AlertWorker:
         metrics.MATCHES.inc(len(matches))
         self.matched += len(matches)
         now = datetime.now(UTC)
-        to_publish = await self.ledger.claim(matches, to_micros(now))
         by_id = {s.id: s for s in searches}
         stamp = format_timestamp(now)
+        messages = [alert_message(m, by_id[m.search_id], stamp) for m in matches]
+        published = await self._publish(await self.ledger.claim(messages, to_micros(now)))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return published
+
+    async def recover(self) -> int:
+        """Publish the alerts whose claimant died before Kafka acknowledged them."""
+        taken = await self.ledger.take_abandoned(to_micros(datetime.now(UTC)))
+        if taken:
+            log.warning("publishing %d alerts abandoned by an earlier attempt", len(taken))
+        self.recovered += len(taken)
+        return await self._publish(taken)
+
+    async def _publish(self, messages: Sequence[AlertMessage]) -> int:
+        """Publish claimed alerts, wait for Kafka, then mark them published."""
         producer = self.producer
         assert producer is not None
-        futures = []
-        for match in to_publish:
-            message = alert_message(match, by_id[match.search_id], stamp)
-            futures.append(
-                await producer.send(
-                    self.kafka.alerts_topic,
-                    key=match.search_id.encode(),
-                    value=message.model_dump_json().encode(),
-                    headers=[("alert_id", match.alert_id.encode())],
-                )
+        futures = [
+            await producer.send(
+                self.kafka.alerts_topic,
+                key=m.saved_search.id.encode(),
+                value=m.model_dump_json().encode(),
+                headers=[("alert_id", m.alert_id.encode())],
             )
+            for m in messages
+        ]
         await asyncio.gather(*futures)
-        await self.ledger.mark_published([m.alert_id for m in to_publish])
-        metrics.PUBLISHED.inc(len(to_publish))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        self.published += len(to_publish)
-        return len(to_publish)
+        await self.ledger.mark_published([m.alert_id for m in messages])
+        metrics.PUBLISHED.inc(len(messages))
+        self.published += len(messages)
+        return len(messages)
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(

@@ -162,6 +162,9 @@ class AlertsSettings(BaseSettings):
     # how long to wait for the indexer's writes to become searchable (Elasticsearch's
     # refresh) before forcing a refresh of the artifact index
     visibility_wait_s: float = Field(default=3.0, gt=0)
+    # a claimed alert not marked published within this time is taken over and published by
+    # another attempt (its claimant died); keep it far above a batch's duration
+    claim_timeout_s: float = Field(default=60.0, ge=0)
     # the webhook dispatcher: attempts per alert, then the alert dead-letter topic
     webhooks: bool = True
     webhook_attempts: int = Field(default=5, ge=1, le=100)

@@ -133,7 +133,8 @@ ALERT_LEDGER_MAPPING: dict[str, Any] = {
         "artifact_id": _KW,
         "artifact_version": _LONG,
         "state": _KW,
-        "created_us": _LONG,
+        "claimed_us": _LONG,
+        "message": _OPAQUE,  # the alert as published (re-published from here after a crash)
     },
 }
 """One document per alert ever raised, `_id` = the alert id (alerts/ledger.py)."""

@@ -6,7 +6,8 @@ Two saved searches: S1 (`revenue` in artifacts of FAILED flow runs, webhook that
 some matching, then a flow run that turns FAILED (an existing artifact starts matching
 S1), then a new version of a matching artifact. Expected alerts are written down by hand.
 Then the worker's group is rewound to the start of the change feed and the worker
-restarted: nothing is announced again. Waits are bounded and driven by progress
+restarted: nothing is announced again, except a claim abandoned by a dead worker (written
+into the ledger by the test), which is published once. Waits are bounded and driven by progress
 (alerts seen, committed offsets), never by the clock.
 """
 
@@ -19,6 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -29,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
 from alerts.app import AlertsService
+from alerts.model import alert_id
 from indexer.app import Indexer
 from query.app import create_app
 from services.config import (
@@ -39,6 +42,7 @@ from services.config import (
     QuerySettings,
 )
 from services.contract import ENTITIES, encode_event
+from services.documents import to_micros
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
 
@@ -144,6 +148,7 @@ async def stack(
         retry_initial_s=0.05,
         retry_max_s=0.5,
         metrics_port=0,
+        claim_timeout_s=30,
     )
     try:
         yield Stack(kafka, es_settings, alerts, indexer, api, admin, producer)
@@ -401,6 +406,10 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     finally:
         await _stop(service, task)
 
+    # a claim whose claimant died before publishing (long ago), and one a live worker holds
+    s1_id = s1.json()["id"]
+    orphan, held = await _claims(stack, s1_id)
+
     # redelivery and replay: rewind the worker's group to the start of the change feed
     await _rewind(stack, stack.alerts.group_id, stack.kafka.changes_topic)
     service, task = await _running(stack)
@@ -408,12 +417,71 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         await _quiet(stack)
         # every current match (A1 v2, A2, A4) was seen again, and suppressed by the ledger
         assert service.worker.batches > 0 and service.worker.matched >= 3
-        assert service.worker.published == 0
+        # only the abandoned claim was published (taken over at start-up)
+        assert service.worker.recovered == 1 and service.worker.published == 1
+        await _caught_up(stack, f"{stack.alerts.group_id}.webhooks", stack.kafka.alerts_topic)
     finally:
         await _stop(service, task)
-    again = await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-    assert len(again) == 4
-    assert len(got.bodies("/ok")) == 3 and len(got.bodies("/fail")) == ATTEMPTS
+    again = [json.loads(r.value) for r in await _read_topic(stack.kafka, stack.kafka.alerts_topic)]
+    assert _pairs(again) == sorted([*want, ("S1", orphan, 1)])
+    assert len(got.bodies("/ok")) == 4 and len(got.bodies("/fail")) == ATTEMPTS
+    states = await _ledger_states(stack)
+    assert (
+        states[alert_id(s1_id, again[0]["saved_search"]["fingerprint"], orphan, 1)] == "published"
+    )
+    assert states[alert_id(s1_id, again[0]["saved_search"]["fingerprint"], held, 1)] == "pending"
+
+
+async def _claims(stack: Stack, search_id: str) -> tuple[str, str]:
+    """Write two pending claims of S1 into the ledger: one abandoned, one recent."""
+    es = AsyncElasticsearch(stack.es_settings.url)
+    names = IndexNames(stack.es_settings.index_prefix)
+    search = (await stack.api.get(f"{SAVED}/{search_id}")).json()
+    ids = []
+    try:
+        for n, claimed_us in ((90, 0), (91, to_micros(datetime.now(UTC)))):
+            artifact = _id(n)
+            message = {
+                "alert_id": alert_id(search_id, search["fingerprint"], artifact, 1),
+                "saved_search": {
+                    "id": search_id,
+                    "name": "S1",
+                    "fingerprint": search["fingerprint"],
+                },
+                "artifact_id": artifact,
+                "artifact_version": 1,
+                "document_version": 1,
+                "matched_at": TS,
+                "artifact": {"id": artifact, "key": "lost"},
+            }
+            await es.index(
+                index=names.alert_ledger,
+                id=message["alert_id"],
+                document={
+                    "search_id": search_id,
+                    "artifact_id": artifact,
+                    "artifact_version": 1,
+                    "state": "pending",
+                    "claimed_us": claimed_us,
+                    "message": message,
+                },
+                refresh=True,
+            )
+            ids.append(artifact)
+    finally:
+        await es.close()
+    return ids[0], ids[1]
+
+
+async def _ledger_states(stack: Stack) -> dict[str, str]:
+    es = AsyncElasticsearch(stack.es_settings.url)
+    try:
+        index = IndexNames(stack.es_settings.index_prefix).alert_ledger
+        await es.indices.refresh(index=index)
+        resp = await es.search(index=index, size=100, source_includes=["state"])
+        return {h["_id"]: h["_source"]["state"] for h in resp["hits"]["hits"]}
+    finally:
+        await es.close()
 
 
 async def _rewind(stack: Stack, group: str, topic: str) -> None:

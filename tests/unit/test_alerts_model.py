@@ -190,3 +190,11 @@ def test_checked_in_alerts_asyncapi_matches_the_code() -> None:
     assert {"alert_id", "saved_search", "artifact_id", "artifact_version"} <= set(
         schemas["AlertMessage"]["required"]
     )
+
+
+def test_a_claim_is_abandoned_only_when_pending_past_its_timeout() -> None:
+    from alerts.model import is_abandoned
+
+    assert is_abandoned({"state": "pending", "claimed_us": 100}, now_us=200, claim_timeout_us=100)
+    assert not is_abandoned({"state": "pending", "claimed_us": 101}, 200, 100)
+    assert not is_abandoned({"state": "published", "claimed_us": 0}, 200, 100)
