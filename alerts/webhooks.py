@@ -33,6 +33,7 @@ from tenacity import (
 from alerts import metrics
 from alerts.model import AlertMessage, SavedSearch
 from alerts.searches import SavedSearchStore
+from alerts.worker import commit
 from services.config import AlertsSettings, KafkaSettings
 from services.errors import BackendUnavailableError
 from services.kafka import producer_kwargs
@@ -96,7 +97,7 @@ class WebhookDispatcher:
                 continue
             searches = await self._searches(records)
             await asyncio.gather(*(self._deliver(r, searches) for r in records))
-            await consumer.commit()
+            await commit(consumer)
 
     async def _searches(
         self, records: list[ConsumerRecord[Any, Any]]

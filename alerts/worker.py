@@ -33,7 +33,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import CommitFailedError, KafkaError
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
@@ -202,7 +202,7 @@ class AlertWorker:
                     )
             changed = merge_changes(pairs)
             await self._retry(partial(self.handle, changed))
-            await consumer.commit()
+            await commit(consumer)
             self.batches += 1
 
     async def handle(self, changed: dict[str, int]) -> int:
@@ -269,6 +269,17 @@ class AlertWorker:
 
 _RETRIED = (TransientError, BackendUnavailableError, ApiError, TransportError, KafkaError, OSError)
 """Failures a retry of the batch may overcome; anything else is a bug and stops the worker."""
+
+
+async def commit(consumer: AIOKafkaConsumer) -> None:
+    """Commit what was consumed. A refused commit (the group rebalanced meanwhile) is not an
+    error: the new owner is redelivered the batch and the ledger announces nothing twice."""
+    try:
+        await consumer.commit()
+    except CommitFailedError:
+        log.info("offset commit refused after a rebalance; the batch will be redelivered")
+    except KafkaError as exc:
+        log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
 
 def _log_retry(state: Any) -> None:
