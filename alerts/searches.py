@@ -8,11 +8,13 @@ win silently (the loser gets a `SavedSearchConflictError`, HTTP 409).
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, ConflictError, TransportError
+from pydantic import ValidationError
 
 from alerts.model import (
     SavedSearch,
@@ -23,6 +25,8 @@ from alerts.model import (
 )
 from services.documents import format_timestamp, to_micros
 from services.errors import BackendUnavailableError, ServiceError
+
+log = logging.getLogger("alerts.searches")
 
 MAX_SAVED_SEARCHES = 10_000
 """How many saved searches are listed and evaluated (one page of Elasticsearch)."""
@@ -139,4 +143,10 @@ class SavedSearchStore:
             )
         except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
-        return [read_saved_search(hit["_source"]) for hit in resp["hits"]["hits"]]
+        out = []
+        for hit in resp["hits"]["hits"]:
+            try:
+                out.append(read_saved_search(hit["_source"]))
+            except ValidationError as exc:  # stored by an older release whose model differed
+                log.error("saved search %s is no longer valid, skipped: %s", hit["_id"], exc)
+        return out
