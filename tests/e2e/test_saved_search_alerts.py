@@ -1,8 +1,9 @@
 """Saved searches and alerts end to end: events through the real Kafka and the FastStream
 indexer (publishing its change feed), the alerts worker, a real HTTP webhook receiver.
 
-Two saved searches: S1 (`revenue` in artifacts of FAILED flow runs, webhook that answers
-200) and S2 (`metadata.accuracy >= 0.9`, webhook that always answers 500). Five artifacts,
+Three saved searches: S1 (`revenue` in artifacts of FAILED flow runs, webhook that answers
+200), S2 (`metadata.accuracy >= 0.9`, webhook that always answers 500) and S3 (`costs`,
+webhook that fails twice, then answers 200). Five artifacts,
 some matching, then a flow run that turns FAILED (an existing artifact starts matching
 S1), then a new version of a matching artifact. Expected alerts are written down by hand.
 Then the worker's group is rewound to the start of the change feed and the worker
@@ -62,7 +63,7 @@ A1, A2, A3, A4, A5 = (_id(10 + i) for i in range(5))
 # -- a real webhook receiver ---------------------------------------------------------------
 @dataclass
 class Receiver:
-    """POSTs received on 127.0.0.1: `/ok` answers 200, `/fail` answers 500."""
+    """POSTs received on 127.0.0.1: `/ok` answers 200, `/fail` 500, `/flaky` 500 twice."""
 
     posts: list[tuple[str, dict[str, str], dict[str, Any]]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -85,7 +86,10 @@ def receiver() -> Iterator[tuple[Receiver, str]]:
             body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             with got.lock:
                 got.posts.append((self.path, dict(self.headers), body))
-            self.send_response(200 if self.path == "/ok" else 500)
+            with got.lock:  # `/flaky` fails its first two POSTs, then answers 200
+                flaky = sum(1 for p, _, _ in got.posts if p == "/flaky")
+            ok = self.path == "/ok" or (self.path == "/flaky" and flaky > 2)
+            self.send_response(200 if ok else 500)
             self.send_header("Content-Length", "0")
             self.end_headers()
 
@@ -365,7 +369,11 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
             "search": {"where": [{"field": "metadata.accuracy", "op": "gte", "value": 0.9}]},
         },
     )
-    assert s1.status_code == s2.status_code == 201
+    s3 = await api.post(
+        SAVED,
+        json={"name": "S3", "webhook": {"url": f"{base}/flaky"}, "search": {"q": "costs"}},
+    )
+    assert s1.status_code == s2.status_code == s3.status_code == 201
     service, task = await _running(stack)
     try:
         await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
@@ -380,20 +388,20 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         await _publish(
             stack, "artifact", A5, 1, _artifact("model", "low", R1, metadata_={"accuracy": "0.5"})
         )
-        first = await _alerts_when(stack, 2)
-        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1)]
+        first = await _alerts_when(stack, 3)
+        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1)]
 
         # R2 turns FAILED: A2 now matches S1; A4 (rewritten too) must not alert again
         await _publish(stack, "flow_run", R2, 2, _run("FAILED"))
         # a new version of A1 that still matches: a new alert (once per artifact version)
         await _publish(stack, "artifact", A1, 2, _artifact("sales", "Revenue grew more", R1))
-        await _alerts_when(stack, 4)
+        await _alerts_when(stack, 5)
         await _quiet(stack)
         alerts = await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-        want = [("S1", A1, 1), ("S1", A1, 2), ("S1", A2, 1), ("S2", A4, 1)]
+        want = [("S1", A1, 1), ("S1", A1, 2), ("S1", A2, 1), ("S2", A4, 1), ("S3", A3, 1)]
         assert _pairs([json.loads(r.value) for r in alerts]) == want
         by_id = {json.loads(r.value)["alert_id"]: r for r in alerts}
-        assert len(by_id) == 4
+        assert len(by_id) == 5
         for record in alerts:
             body = json.loads(record.value)
             assert dict(record.headers)["alert_id"] == body["alert_id"].encode()
@@ -411,6 +419,10 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
             h["Idempotency-Key"] == b["alert_id"]
             for h, b in zip(got.headers("/ok"), ok, strict=True)
         )
+        # the flaky one got S3's alert on the third attempt (ATTEMPTS = 3): delivered
+        flaky = got.bodies("/flaky")
+        assert len(flaky) == 3 and {b["artifact_id"] for b in flaky} == {A3}
+        assert len({b["alert_id"] for b in flaky}) == 1
         # the one that answers 500 was tried ATTEMPTS times, then dead-lettered
         failing = got.bodies("/fail")
         assert len(failing) == ATTEMPTS and {b["artifact_id"] for b in failing} == {A4}
@@ -431,8 +443,8 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     service, task = await _running(stack)
     try:
         await _quiet(stack)
-        # every current match (A1 v2, A2, A4) was seen again, and suppressed by the ledger
-        assert service.worker.batches > 0 and service.worker.matched >= 3
+        # every current match (A1 v2, A2, A4, A3) was seen again, and suppressed by the ledger
+        assert service.worker.batches > 0 and service.worker.matched >= 4
         # only the abandoned claim was published (taken over at start-up)
         assert service.worker.recovered == 1 and service.worker.published == 1
         await _caught_up(stack, f"{stack.alerts.group_id}.webhooks", stack.kafka.alerts_topic)
@@ -441,6 +453,7 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     again = [json.loads(r.value) for r in await _read_topic(stack.kafka, stack.kafka.alerts_topic)]
     assert _pairs(again) == sorted([*want, ("S1", orphan, 1)])
     assert len(got.bodies("/ok")) == 4 and len(got.bodies("/fail")) == ATTEMPTS
+    assert len(got.bodies("/flaky")) == 3
     states = await _ledger_states(stack)
     fingerprint = s1.json()["fingerprint"]
     assert states[alert_id(s1_id, fingerprint, orphan, 1)] == "published"
