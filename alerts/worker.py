@@ -53,7 +53,7 @@ from alerts.searches import SavedSearchStore
 from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
 from services.documents import format_timestamp, to_micros
-from services.errors import BackendUnavailableError, TransientError
+from services.errors import BackendUnavailableError, TransientError, TranslationError
 from services.kafka import producer_kwargs
 
 log = logging.getLogger("alerts.worker")
@@ -110,11 +110,21 @@ class Evaluator:
             for j in range(0, len(searches), SEARCHES_PER_MSEARCH):
                 group = searches[j : j + SEARCHES_PER_MSEARCH]
                 body: list[dict[str, Any]] = []
+                runnable: list[SavedSearch] = []
                 for search in group:
+                    try:
+                        request = evaluation_body(search, chunk)
+                    except TranslationError as exc:  # stored by a release that allowed it
+                        metrics.SEARCH_ERRORS.inc()
+                        log.error("saved search %s cannot be translated: %s", search.id, exc)
+                        continue
+                    runnable.append(search)
                     body.append({"index": self.artifacts, "preference": PREFERENCE})
-                    body.append(evaluation_body(search, chunk))
+                    body.append(request)
+                if not runnable:
+                    continue
                 resp = await self.es.msearch(searches=body)
-                for search, answer in zip(group, resp["responses"], strict=True):
+                for search, answer in zip(runnable, resp["responses"], strict=True):
                     if "error" in answer:
                         status = int(answer.get("status", 500))
                         if status == 400:  # this search's query, not the cluster

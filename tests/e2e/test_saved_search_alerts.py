@@ -31,10 +31,12 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
+from alerts import metrics
 from alerts.app import AlertsService
-from alerts.model import alert_id
+from alerts.model import SavedSearchIn, alert_id, index_source, saved_search_doc
 from indexer.app import Indexer
 from query.app import create_app
+from query.extension import SearchRequest
 from services.config import (
     AlertsSettings,
     ElasticsearchSettings,
@@ -374,6 +376,8 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         json={"name": "S3", "webhook": {"url": f"{base}/flaky"}, "search": {"q": "costs"}},
     )
     assert s1.status_code == s2.status_code == s3.status_code == 201
+    await _store_unparsable_search(stack)  # as if an older release had accepted it
+    errors_before = metrics.SEARCH_ERRORS._value.get()
     service, task = await _running(stack)
     try:
         await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
@@ -389,6 +393,8 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
             stack, "artifact", A5, 1, _artifact("model", "low", R1, metadata_={"accuracy": "0.5"})
         )
         first = await _alerts_when(stack, 3)
+        # the unparsable one is refused by Elasticsearch at every batch; the others alert
+        assert metrics.SEARCH_ERRORS._value.get() > errors_before
         assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1)]
 
         # R2 turns FAILED: A2 now matches S1; A4 (rewritten too) must not alert again
@@ -458,6 +464,22 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     fingerprint = s1.json()["fingerprint"]
     assert states[alert_id(s1_id, fingerprint, orphan, 1)] == "published"
     assert states[alert_id(s1_id, fingerprint, held, 1)] == "pending"
+
+
+async def _store_unparsable_search(stack: Stack) -> None:
+    """A saved search whose query Elasticsearch refuses, written around the API's check."""
+    body = SavedSearchIn(name="broken", search=SearchRequest(q="revenue AND ("))
+    saved = saved_search_doc(str(uuid.uuid4()), body, TS, TS)
+    es = AsyncElasticsearch(stack.es_settings.url)
+    try:
+        await es.index(
+            index=IndexNames(stack.es_settings.index_prefix).saved_searches,
+            id=saved.id,
+            document=index_source(saved, 1),
+            refresh=True,
+        )
+    finally:
+        await es.close()
 
 
 async def _claims(stack: Stack, search_id: str) -> tuple[str, str]:
