@@ -13,13 +13,14 @@ ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 # dependencies first (cached while only the code changes)
 COPY pyproject.toml README.md ./
-RUN mkdir -p services indexer query \
- && touch services/__init__.py indexer/__init__.py query/__init__.py \
+RUN mkdir -p services indexer query alerts \
+ && touch services/__init__.py indexer/__init__.py query/__init__.py alerts/__init__.py \
  && pip install . \
  && pip uninstall -y prefect-artifact-search
 COPY services ./services
 COPY indexer ./indexer
 COPY query ./query
+COPY alerts ./alerts
 RUN pip install --no-deps . && python -m compileall -q /opt/venv
 
 # ---- final stage: runtime only, non-root -------------------------------------------------

@@ -2,7 +2,7 @@
 #
 #   make venv         create .venv (python3.11) and install the project with its test+dev extras
 #   make servers      fetch and start Kafka, Elasticsearch and PostgreSQL (deploy/local/servers.sh)
-#   make up           venv + Kafka and Elasticsearch + the app (bootstrap, API, indexer, demo data)
+#   make up           venv + Kafka and Elasticsearch + the app (bootstrap, API, indexer, alerts, demo data)
 #   make down         stop the app processes started by `up`, then all servers
 #   make reset        down + wipe all server data
 #   make test         servers + lint + pytest over tests/ (benchmarks excluded)
@@ -65,6 +65,8 @@ bg = mkdir -p $(RUN_DIR); \
     echo $$! >$(RUN_DIR)/$(1).pid; echo "$(1): started (pid $$!, log $(RUN_DIR)/$(1).log)"; \
   fi
 
+# the demo runs the alerts worker, fed by the indexer's change feed (docs/search.md)
+up: export INDEXER_PUBLISH_CHANGES ?= true
 up: venv servers-app
 ifneq ($(wildcard services/cli.py),)
 # ---- app hooks: run only once services/cli.py exists ----
@@ -76,6 +78,7 @@ ifneq ($(wildcard services/cli.py),)
 	fi
 	@$(call bg,api,api)
 	@$(call bg,indexer,indexer)
+	@$(call bg,alerts,alerts)
 	@for i in $$(seq 1 120); do \
 	  curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready && break; \
 	  if [ -f $(RUN_DIR)/api.pid ] && ! kill -0 $$(cat $(RUN_DIR)/api.pid) 2>/dev/null; then \

@@ -37,6 +37,7 @@ from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
 
 from indexer import metrics
+from indexer.changes import ChangePublisher
 from indexer.edge import document_topics, raw_decoder, raw_parser, specification
 from indexer.outputs import KafkaOutputs, MemberRecord, dlq_headers
 from indexer.parents import Parents
@@ -112,6 +113,9 @@ class Indexer:
         self._store = store
         self._owns_store = store is None
         self.outputs = KafkaOutputs(kafka)
+        self.changes = (
+            ChangePublisher(kafka, self.names.artifacts) if settings.publish_changes else None
+        )
         self.parents: Parents | None = None
         self._pump: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
@@ -183,6 +187,8 @@ class Indexer:
         store = self._open_store(partitions)
         self._store = store
         await self.outputs.start()
+        if self.changes is not None:
+            await self.changes.start()
         topology = Topology(
             parents=self.parent_topics,
             artifacts=self.artifact_topic,
@@ -206,6 +212,7 @@ class Indexer:
             depth=self.settings.pipeline_depth,
             defer_lag=self.settings.defer_lag,
             defer_max_s=self.settings.defer_max_s,
+            publish_changes=None if self.changes is None else self.changes.publish,
         )
         self.parents = Parents(
             self.kafka, self.settings, list(self.parent_topics), self.processor, self._submit
@@ -239,6 +246,8 @@ class Indexer:
         if self.parents is not None:
             await self.parents.stop()
         await self.outputs.stop()
+        if self.changes is not None:
+            await self.changes.stop()
         if self._store is not None and self._owns_store:
             self._store.close()
             self._store = None

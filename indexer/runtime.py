@@ -68,6 +68,7 @@ class Epochs(Protocol):
 
 PublishMembers = Callable[[Sequence[tuple[int, Member]]], Awaitable[None]]
 DeadLetter = Callable[[Poison], Awaitable[None]]
+PublishChanges = Callable[[Sequence[Versioned]], Awaitable[None]]
 
 
 @dataclass
@@ -103,6 +104,7 @@ class Processor:
         depth: int = 1,
         defer_lag: int = 0,
         defer_max_s: float = 10.0,
+        publish_changes: PublishChanges | None = None,
     ) -> None:
         self.store = store
         self.topology = topology
@@ -111,6 +113,8 @@ class Processor:
         self.index_of = index_of
         self.publish_members = publish_members
         self.dead_letter = dead_letter
+        # the change feed (indexer/changes.py): after the writes, before the commit
+        self.publish_changes = publish_changes
         self.max_event_bytes = max_event_bytes
         self.rewrite_budget = rewrite_budget
         self.retry_initial_s = retry_initial_s
@@ -278,6 +282,9 @@ class Processor:
     ) -> StepResult:
         try:
             stats = await self._retry(lambda: self.writer.write(writes))
+            changes_out = self.publish_changes
+            if changes_out is not None and writes:
+                await self._retry(lambda: changes_out(writes))
             if output.members:
                 publish = self.publish_members
                 assert publish is not None, "member records need a publisher"

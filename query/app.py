@@ -27,9 +27,11 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from alerts.searches import SavedSearchStore
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
 from query.repository import CursorExpiredError, Repository
+from query.saved_searches import saved_search_router
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import ElasticsearchSettings, QuerySettings
@@ -307,6 +309,10 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         LATENCY.labels("search").observe(time.perf_counter() - start)
         REQUESTS.labels("search", str(response.status_code)).inc()
         return response
+
+    app.include_router(  # /ext/v1/saved-searches (query/saved_searches.py)
+        saved_search_router(SavedSearchStore(es, names.saved_searches), repo, body_within_limit)
+    )
 
     page = _search_page(query.prefect_ui_url)
 

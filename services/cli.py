@@ -1,7 +1,7 @@
 """`artifact-search`: one entry point for both services and their operations.
 
-Subcommands: `api` (query service), `indexer` (Kafka consumer), `bootstrap`
-(topics, indices, aliases; idempotent), `demo` (publish a generated dataset),
+Subcommands: `api` (query service), `indexer` (Kafka consumer), `alerts` (saved-search
+alerts), `bootstrap` (topics, indices, aliases; idempotent), `demo` (publish a generated dataset),
 `produce` (publish events from a JSON Lines file), `replay` (rebuild the index
 from the topics into a new index version and swap the aliases), `backfill-prefect`
 (publish an existing Prefect server's database as events). Settings come from
@@ -26,6 +26,7 @@ from pydantic import ValidationError
 from pydantic_settings import SettingsError
 
 from services.config import (
+    AlertsSettings,
     BackfillSettings,
     ElasticsearchSettings,
     IndexerSettings,
@@ -43,7 +44,7 @@ ENV_HELP = """\
 settings come from environment variables (README, "Configuration"):
   KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_GROUP_ID, KAFKA_SECURITY_PROTOCOL, ...
   ELASTICSEARCH_URL, ELASTICSEARCH_INDEX_PREFIX, ELASTICSEARCH_API_KEY, ...
-  INDEXER_*, QUERY_*, BACKFILL_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
+  INDEXER_*, QUERY_*, ALERTS_*, BACKFILL_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
 """
 
 
@@ -111,6 +112,32 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
     app.on_shutdown(not_ready)
     app.after_shutdown(health.stop)
     asyncio.run(app.run())
+
+
+def _cmd_alerts(_: argparse.Namespace) -> None:
+    from alerts.app import AlertsService
+    from indexer.health import HealthServer
+
+    settings: AlertsSettings = _settings(AlertsSettings)
+    service = AlertsService(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
+
+    async def run() -> None:
+        health = HealthServer(settings.metrics_host, settings.metrics_port)
+        if settings.metrics_port:
+            await health.start()
+        service_task = asyncio.create_task(service.run())
+        started = asyncio.create_task(service.started.wait())
+        try:
+            await asyncio.wait([service_task, started], return_when=asyncio.FIRST_COMPLETED)
+            health.ready = service.started.is_set() and not service_task.done()
+            await service_task
+        finally:
+            started.cancel()
+            health.ready = False
+            if settings.metrics_port:
+                await health.stop()
+
+    asyncio.run(run())
 
 
 def _cmd_replay(args: argparse.Namespace) -> None:
@@ -218,13 +245,12 @@ async def _bootstrap() -> None:
         await admin.close()
     es = make_es_client(es_settings)
     try:
+        names = IndexNames(es_settings.index_prefix)
         created = await ensure_indices(
-            es,
-            IndexNames(es_settings.index_prefix),
-            es_settings.number_of_shards,
-            es_settings.number_of_replicas,
+            es, names, es_settings.number_of_shards, es_settings.number_of_replicas
         )
-        print(f"indices: {len(created)} created, {3 - len(created)} already present")
+        total = len(names.all_aliases()) + len(names.alerting_indices())
+        print(f"indices: {len(created)} created, {total - len(created)} already present")
     finally:
         await es.close()
 
@@ -341,6 +367,18 @@ def build_parser() -> argparse.ArgumentParser:
         "(port 0 disables it). Stops gracefully on SIGTERM (the batch in flight is not "
         "committed and is re-applied by the next owner).",
         _cmd_indexer,
+    )
+    _sub(
+        sub,
+        "alerts",
+        "evaluate saved searches on the indexer's change feed and publish alerts",
+        "Consume the indexer's change feed (KAFKA_TOPIC_CHANGES; run the indexer with "
+        "INDEXER_PUBLISH_CHANGES=true) with consumer group ALERTS_GROUP_ID, evaluate every "
+        "saved search on each batch of changed artifacts, publish each new match once to "
+        "KAFKA_TOPIC_ALERTS and POST it to the saved search's webhook (retries, then "
+        "KAFKA_TOPIC_ALERTS_DLQ). Serves /metrics, /livez and /readyz on "
+        "ALERTS_METRICS_HOST:ALERTS_METRICS_PORT (port 0 disables it).",
+        _cmd_alerts,
     )
     _sub(
         sub,

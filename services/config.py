@@ -37,6 +37,11 @@ class KafkaSettings(BaseSettings):
     topic_dlq: str = "prefect.dlq"
     # internal: artifacts repartitioned by key for collections (indexer/collections.py)
     topic_members: str = "prefect.indexer.collection-members"
+    # the indexer's change feed (artifact ids and versions it wrote; INDEXER_PUBLISH_CHANGES)
+    topic_changes: str = "prefect.indexer.artifact-changes"
+    # saved-search alerts (alerts/, docs/search.md "Saved searches and alerts")
+    topic_alerts: str = "prefect.alerts"
+    topic_alerts_dlq: str = "prefect.alerts.dlq"
     partitions: int = Field(default=3, ge=1)
     replication_factor: int = Field(default=1, ge=1)
     group_id: str = "prefect-artifact-indexer"
@@ -56,6 +61,21 @@ class KafkaSettings(BaseSettings):
     def members_topic(self) -> str:
         """The full name of the indexer's internal member topic."""
         return self.topic_prefix + self.topic_members
+
+    @property
+    def changes_topic(self) -> str:
+        """The full name of the indexer's change feed (read by the alerts worker)."""
+        return self.topic_prefix + self.topic_changes
+
+    @property
+    def alerts_topic(self) -> str:
+        """The full name of the topic saved-search alerts are published to."""
+        return self.topic_prefix + self.topic_alerts
+
+    @property
+    def alerts_dlq_topic(self) -> str:
+        """The full name of the topic of alerts whose webhook failed for good."""
+        return self.topic_prefix + self.topic_alerts_dlq
 
     @property
     def dlq_topic(self) -> str:
@@ -121,6 +141,9 @@ class IndexerSettings(BaseSettings):
     # documents carry their searchable text and typed values (`x`, `v`: the search
     # extension's `q` and `where`); false indexes faster, and those match nothing
     search_text: bool = True
+    # publish the ids and versions of the artifact documents each step wrote to the change
+    # feed (KAFKA_TOPIC_CHANGES), after Elasticsearch accepted them: the alerts worker's input
+    publish_changes: bool = False
     batch_timeout_ms: int = Field(default=100, ge=1)
     # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at
     # most this much of each partition, so it also sets how topics interleave.
@@ -132,6 +155,31 @@ class IndexerSettings(BaseSettings):
     max_event_bytes: int = Field(default=1_000_000, ge=1024)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9464, ge=0, le=65535)
+
+
+class AlertsSettings(BaseSettings):
+    """The alerts worker (`artifact-search alerts`): saved searches evaluated on changes."""
+
+    model_config = SettingsConfigDict(env_prefix="ALERTS_", extra="ignore")
+
+    group_id: str = "prefect-artifact-alerts"
+    max_batch: int = Field(default=500, ge=1)
+    # how long to wait for the indexer's writes to become searchable (Elasticsearch's
+    # refresh) before forcing a refresh of the artifact index
+    visibility_wait_s: float = Field(default=3.0, gt=0)
+    # a claimed alert not marked published within this time is taken over and published by
+    # another attempt (its claimant died); keep it far above a batch's duration
+    claim_timeout_s: float = Field(default=60.0, ge=0)
+    # the webhook dispatcher: attempts per alert, then the alert dead-letter topic
+    webhooks: bool = True
+    webhook_attempts: int = Field(default=5, ge=1, le=100)
+    webhook_timeout_s: float = Field(default=10.0, gt=0)
+    webhook_backoff_initial_s: float = Field(default=0.5, gt=0)
+    webhook_backoff_max_s: float = Field(default=30.0, gt=0)
+    retry_initial_s: float = Field(default=0.2, gt=0)
+    retry_max_s: float = Field(default=10.0, gt=0)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
 
 
 class QuerySettings(BaseSettings):

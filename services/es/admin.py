@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from elasticsearch import AsyncElasticsearch, BadRequestError
 
 from services.es.indices import MAX_RESULT_WINDOW, IndexNames, index_settings
@@ -10,32 +12,51 @@ from services.es.indices import MAX_RESULT_WINDOW, IndexNames, index_settings
 async def ensure_indices(
     es: AsyncElasticsearch, names: IndexNames, shards: int = 1, replicas: int = 0
 ) -> list[str]:
-    """Create each alias's concrete index if the alias does not exist; return what was created."""
+    """Create each alias's concrete index if the alias does not exist; return what was created.
+
+    Without write targets (every caller but replay) the alerting indices (saved searches and
+    the alert ledger) are ensured too.
+    """
+    wanted = {alias: names.mapping_for(alias) for alias in names.all_aliases()}
+    if names.write_targets is None:
+        wanted.update(names.alerting_indices())
     created = []
-    for alias in names.all_aliases():
-        if await es.indices.exists_alias(name=alias):
-            # indices made by an earlier release may have a smaller window (dynamic) and
-            # lack fields added since (additive: Elasticsearch refuses any other change)
-            await es.indices.put_settings(
-                index=alias, settings={"index": {"max_result_window": MAX_RESULT_WINDOW}}
-            )
-            await es.indices.put_mapping(
-                index=alias, properties=names.mapping_for(alias)["properties"]
-            )
-            continue
-        index = names.concrete(alias)
-        try:
-            await es.indices.create(
-                index=index,
-                settings=index_settings(shards, replicas, names.mapping_for(alias)),
-                mappings=names.mapping_for(alias),
-                aliases={alias: {"is_write_index": True}},
-            )
+    for alias, mapping in wanted.items():
+        index = await _ensure(es, names, alias, mapping, shards, replicas)
+        if index is not None:
             created.append(index)
-        except BadRequestError as exc:
-            if exc.error != "resource_already_exists_exception":
-                raise
     return created
+
+
+async def _ensure(
+    es: AsyncElasticsearch,
+    names: IndexNames,
+    alias: str,
+    mapping: dict[str, Any],
+    shards: int,
+    replicas: int,
+) -> str | None:
+    if await es.indices.exists_alias(name=alias):
+        # indices made by an earlier release may have a smaller window (dynamic) and
+        # lack fields added since (additive: Elasticsearch refuses any other change)
+        await es.indices.put_settings(
+            index=alias, settings={"index": {"max_result_window": MAX_RESULT_WINDOW}}
+        )
+        await es.indices.put_mapping(index=alias, properties=mapping["properties"])
+        return None
+    index = names.concrete(alias)
+    try:
+        await es.indices.create(
+            index=index,
+            settings=index_settings(shards, replicas, mapping),
+            mappings=mapping,
+            aliases={alias: {"is_write_index": True}},
+        )
+        return index
+    except BadRequestError as exc:
+        if exc.error != "resource_already_exists_exception":
+            raise
+    return None
 
 
 async def drop_indices(es: AsyncElasticsearch, names: IndexNames) -> None:

@@ -110,6 +110,35 @@ CONTROL_MAPPING: dict[str, Any] = {
 }
 """Partition epochs of the indexer (indexer/writer.py `ControlEpochs`)."""
 
+SAVED_SEARCHES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "id": _KW,
+        "name": _KW,
+        "description": {"type": "text", "index": False},
+        "search": _OPAQUE,  # the search request body, validated by the API
+        "webhook": _OPAQUE,
+        "fingerprint": _KW,
+        "created": _STORED_ONLY,
+        "updated": _STORED_ONLY,
+        "created_us": _LONG,
+    },
+}
+"""Saved searches (alerts/model.py): user data, not derived from the topics."""
+
+ALERT_LEDGER_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "search_id": _KW,
+        "artifact_id": _KW,
+        "artifact_version": _LONG,
+        "state": _KW,
+        "claimed_us": _LONG,
+        "message": _OPAQUE,  # the alert as published (re-published from here after a crash)
+    },
+}
+"""One document per alert ever raised, `_id` = the alert id (alerts/ledger.py)."""
+
 
 @dataclass(frozen=True)
 class IndexNames:
@@ -142,12 +171,32 @@ class IndexNames:
         return self.write_targets[2] if self.write_targets else self.alias("control")
 
     def alias(self, kind: str) -> str:
-        """The alias of `kind` ('artifacts', 'collections' or 'control'), never a target."""
+        """The alias of `kind` ('artifacts', 'collections', 'control', 'saved-searches',
+        'alert-ledger'), never a target."""
         return f"{self.prefix}{kind}"
 
     def concrete(self, alias: str, version: int | None = None) -> str:
         """The concrete index behind `alias` at a schema/build version."""
         return f"{alias}-v{self.version if version is None else version}"
+
+    @property
+    def saved_searches(self) -> str:
+        """Alias of the saved searches (never retargeted: replay leaves them alone)."""
+        return self.alias("saved-searches")
+
+    @property
+    def alert_ledger(self) -> str:
+        """Alias of the alerts' ledger (never retargeted: replay leaves it alone)."""
+        return self.alias("alert-ledger")
+
+    def alerting_indices(self) -> dict[str, dict[str, Any]]:
+        """The aliases of the alerting indices and their mappings. They hold user data and
+        what was announced, not documents derived from the topics, so `replay` never
+        rebuilds them and they are not among `all_aliases`."""
+        return {
+            self.saved_searches: SAVED_SEARCHES_MAPPING,
+            self.alert_ledger: ALERT_LEDGER_MAPPING,
+        }
 
     def all_aliases(self) -> tuple[str, str, str]:
         """The three aliases (the write targets when they are set)."""

@@ -53,7 +53,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
     ]
     assert lines[0] == "*"
     allowed = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "README.md", "services", "indexer", "query"}
+    assert allowed == {"pyproject.toml", "README.md", "services", "indexer", "query", "alerts"}
 
 
 def test_compose_services_commands_ports_and_order() -> None:

@@ -1,0 +1,146 @@
+"""Elasticsearch adapter: the alert ledger (`<prefix>alert-ledger`), what makes alerts once.
+
+Every alert is first *claimed*: a `create` of the document `_id` = alert id, state
+`pending`, with the alert message and the claim time. Elasticsearch answers 201 to exactly
+one claim of an id, ever, and 409 to every other: only the claimant publishes. After Kafka
+acknowledged the alert, its document becomes `published` and is never published again —
+whatever redelivers or replays the change.
+
+A claim is a lease of `ALERTS_CLAIM_TIMEOUT_S`: a claimant that died between its claim and
+the mark leaves a `pending` document. Once the lease expired, any worker may take it over
+with a compare-and-set on the document's sequence number (one winner) and publish the
+stored message: on a later redelivery of the change (`claim`) or by the periodic sweep
+(`take_abandoned`). An alert can therefore be published twice only if a live claimant
+takes longer than the lease between claim and mark (docs/adr/0008-alerts-without-percolator.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+
+from alerts.model import PUBLISHED, AlertMessage, is_abandoned, ledger_source
+from services.errors import TransientError
+
+SWEEP_SIZE = 500
+
+
+class LedgerError(TransientError):
+    """Elasticsearch refused a ledger write for another reason than a conflict (retried)."""
+
+
+class Ledger:
+    """Claims, take-overs and publication marks of alerts."""
+
+    def __init__(self, es: AsyncElasticsearch, index: str, claim_timeout_s: float) -> None:
+        self.es = es
+        self.index = index
+        self.timeout_us = int(claim_timeout_s * 1_000_000)
+
+    async def claim(self, messages: Sequence[AlertMessage], now_us: int) -> list[AlertMessage]:
+        """The alerts this worker must publish now: those it newly claimed, and those whose
+        earlier claimant abandoned them (taken over)."""
+        if not messages:
+            return []
+        unique = {m.alert_id: m for m in messages}
+        operations: list[dict[str, Any]] = []
+        for alert_id, message in unique.items():
+            operations.append({"create": {"_index": self.index, "_id": alert_id}})
+            operations.append(ledger_source(message, now_us))
+        resp = await self.es.bulk(operations=operations)
+        fresh: list[AlertMessage] = []
+        claimed_before: list[str] = []
+        for alert_id, item in zip(unique, resp["items"], strict=True):
+            result = item["create"]
+            status = int(result.get("status", 500))
+            if status == 201:
+                fresh.append(unique[alert_id])
+            elif status == 409:
+                claimed_before.append(alert_id)
+            else:
+                raise LedgerError(f"the alert ledger refused a claim: {result.get('error')}")
+        taken = await self._take_over(await self._abandoned_of(claimed_before, now_us), now_us)
+        return fresh + [unique[alert_id] for alert_id in taken]
+
+    async def _abandoned_of(
+        self, alert_ids: Sequence[str], now_us: int
+    ) -> list[tuple[str, int, int]]:
+        if not alert_ids:
+            return []
+        resp = await self.es.mget(
+            index=self.index, ids=list(alert_ids), source_includes=["state", "claimed_us"]
+        )
+        return [
+            (doc["_id"], doc["_seq_no"], doc["_primary_term"])
+            for doc in resp["docs"]
+            if doc.get("found") and is_abandoned(doc["_source"], now_us, self.timeout_us)
+        ]
+
+    async def _take_over(self, stale: Sequence[tuple[str, int, int]], now_us: int) -> list[str]:
+        """Renew abandoned claims by compare-and-set; return the ids this worker won."""
+        if not stale:
+            return []
+        operations: list[dict[str, Any]] = []
+        for alert_id, seq_no, term in stale:
+            operations.append(
+                {
+                    "update": {
+                        "_index": self.index,
+                        "_id": alert_id,
+                        "if_seq_no": seq_no,
+                        "if_primary_term": term,
+                    }
+                }
+            )
+            operations.append({"doc": {"claimed_us": now_us}})
+        resp = await self.es.bulk(operations=operations)
+        won = []
+        for (alert_id, _, _), item in zip(stale, resp["items"], strict=True):
+            status = int(item["update"].get("status", 500))
+            if status == 200:
+                won.append(alert_id)
+            elif status != 409:  # 409: another worker took it over first
+                raise LedgerError(f"taking over a claim failed: {item['update'].get('error')}")
+        return won
+
+    async def take_abandoned(self, now_us: int) -> list[AlertMessage]:
+        """Abandoned claims (up to `SWEEP_SIZE`), taken over: the caller publishes them."""
+        resp = await self.es.search(
+            index=self.index,
+            query={
+                "bool": {
+                    "filter": [
+                        {"term": {"state": "pending"}},
+                        {"range": {"claimed_us": {"lte": now_us - self.timeout_us}}},
+                    ]
+                }
+            },
+            size=SWEEP_SIZE,
+            seq_no_primary_term=True,
+            source_includes=["message"],
+            track_total_hits=False,
+        )
+        hits = resp["hits"]["hits"]
+        won = set(
+            await self._take_over(
+                [(h["_id"], h["_seq_no"], h["_primary_term"]) for h in hits], now_us
+            )
+        )
+        return [
+            AlertMessage.model_validate(h["_source"]["message"]) for h in hits if h["_id"] in won
+        ]
+
+    async def mark_published(self, alert_ids: Sequence[str]) -> None:
+        """Kafka acknowledged these alerts: never publish them again."""
+        if not alert_ids:
+            return
+        operations: list[dict[str, Any]] = []
+        for alert_id in alert_ids:
+            operations.append({"update": {"_index": self.index, "_id": alert_id}})
+            operations.append({"doc": {"state": PUBLISHED}})
+        resp = await self.es.bulk(operations=operations)
+        if resp.get("errors"):
+            failed = [i["update"].get("error") for i in resp["items"] if "error" in i["update"]]
+            raise LedgerError(f"marking alerts published failed: {failed[:3]}")

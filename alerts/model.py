@@ -1,0 +1,261 @@
+"""PURE: saved searches, the change feed's records, alert messages and evaluation bodies.
+
+A saved search holds the body of a `POST /ext/v1/artifacts/search` request (validated by
+the same model) and optionally a webhook. The alerts worker evaluates every saved search
+on each batch of changed artifact ids (the indexer's change feed): the saved search's
+query AND an `ids` filter, one `_msearch`. Each match is an alert identified by
+(saved search id, the search's query fingerprint, artifact id, the artifact's version):
+the same artifact version never alerts twice for the same query, whatever redelivers or
+replays the change (docs/adr/0008-alerts-without-percolator.md).
+
+Dicts in, dicts out: no Elasticsearch or Kafka imports here.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
+
+from query.extension import (
+    FACET_FIELDS,
+    SearchRequest,
+    base_query,
+    response_fields,
+)
+from services.errors import TranslationError
+
+
+# -- saved searches --------------------------------------------------------------------------
+class Webhook(BaseModel):
+    """Where alerts of a saved search are POSTed (JSON, the alert message as the body)."""
+
+    model_config = ConfigDict(extra="forbid")
+    url: AnyHttpUrl = Field(description="http(s) URL; receives one POST per alert")
+
+
+class SavedSearchIn(BaseModel):
+    """What a client sends to create or replace a saved search."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(None, max_length=2_000)
+    search: SearchRequest = Field(
+        description="A body of POST /ext/v1/artifacts/search (artifacts mode, no cursor). "
+        "`q`, `prefect_filter`, `created`, `updated`, `where` and `selected` decide what "
+        "matches; `fields` selects the artifact fields an alert carries."
+    )
+    webhook: Webhook | None = Field(None, description="Also POST each alert to this URL.")
+
+
+class SavedSearch(SavedSearchIn):
+    """A stored saved search."""
+
+    id: str = Field(description="Assigned by the service (a UUID).")
+    created: str
+    updated: str
+    fingerprint: str = Field(
+        description="Hash of the parts of `search` that decide what matches; an alert is "
+        "raised once per (saved search, fingerprint, artifact id, artifact version)."
+    )
+
+
+class SavedSearchList(BaseModel):
+    """Every saved search, oldest first."""
+
+    saved_searches: list[SavedSearch]
+
+
+MATCHING_PARTS = frozenset({"q", "prefect_filter", "created", "updated", "where", "selected"})
+
+
+def check_saved_search(body: SavedSearchIn) -> None:
+    """Refuse what a saved search cannot hold (TranslationError, a 422 at the edge)."""
+    search = body.search
+    if search.cursor is not None:
+        raise TranslationError("A saved search holds no cursor.")
+    if search.latest_per_key:
+        raise TranslationError(
+            "Saved searches evaluate artifacts as they change: latest_per_key is not "
+            "supported (use a prefect_filter on the key instead)."
+        )
+    base_query(search)  # the query, the conditions and the filter translate
+    response_fields(search)
+
+
+def query_fingerprint(search: SearchRequest) -> str:
+    """A hash of the parts of a search that decide what matches (not its presentation)."""
+    raw = search.model_dump_json(include=set(MATCHING_PARTS)).encode()
+    return hashlib.blake2b(raw, digest_size=12).hexdigest()
+
+
+def saved_search_doc(search_id: str, body: SavedSearchIn, created: str, now: str) -> SavedSearch:
+    """The stored form of a saved search."""
+    return SavedSearch(
+        id=search_id,
+        created=created,
+        updated=now,
+        fingerprint=query_fingerprint(body.search),
+        **body.model_dump(),
+    )
+
+
+def index_source(search: SavedSearch, created_us: int) -> dict[str, Any]:
+    """The Elasticsearch `_source` of a saved search."""
+    source = search.model_dump(mode="json", exclude_none=True)
+    source["created_us"] = created_us
+    return source
+
+
+def read_saved_search(source: dict[str, Any]) -> SavedSearch:
+    """A saved search from its `_source`."""
+    fields = {k: v for k, v in source.items() if k != "created_us"}
+    return SavedSearch.model_validate(fields)
+
+
+# -- visibility (refresh) --------------------------------------------------------------------
+def visibility_body(ids: Sequence[str]) -> dict[str, Any]:
+    """A search for the versions of `ids` that searches see now (after the last refresh)."""
+    return {
+        "query": {"ids": {"values": list(ids)}},
+        "size": len(ids),
+        "version": True,
+        "_source": False,
+        "track_total_hits": False,
+    }
+
+
+def not_visible(wanted: dict[str, int], resp: dict[str, Any]) -> set[str]:
+    """The ids whose searchable version is older than the change (not refreshed yet)."""
+    seen = {hit["_id"]: int(hit.get("_version", -1)) for hit in resp["hits"]["hits"]}
+    return {doc_id for doc_id, version in wanted.items() if seen.get(doc_id, -1) < version}
+
+
+# -- evaluation --------------------------------------------------------------------------------
+def evaluation_body(search: SavedSearch, ids: Sequence[str]) -> dict[str, Any]:
+    """The saved search's query restricted to `ids` (its facet selections are filters)."""
+    req = search.search
+    selection = [{"terms": {FACET_FIELDS[k]: v}} for k, v in sorted(req.selected.items())]
+    fields = response_fields(req)
+    return {
+        "query": {
+            "bool": {
+                "filter": [{"ids": {"values": list(ids)}}, *selection],
+                "must": [base_query(req)],
+            }
+        },
+        "size": len(ids),
+        "version": True,
+        "_source": {"includes": sorted({*fields, "id", "version"})},
+        "track_total_hits": False,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An artifact a saved search matched, as the search saw it."""
+
+    alert_id: str
+    search_id: str
+    artifact_id: str
+    artifact_version: int
+    document_version: int
+    artifact: dict[str, Any]
+
+
+def alert_id(search_id: str, fingerprint: str, artifact_id: str, artifact_version: int) -> str:
+    """The deterministic id of an alert: the same inputs always give the same id."""
+    raw = f"{search_id}\x00{fingerprint}\x00{artifact_id}\x00{artifact_version}".encode()
+    return hashlib.blake2b(raw, digest_size=16).hexdigest()
+
+
+def read_matches(search: SavedSearch, resp: dict[str, Any]) -> list[Match]:
+    """The matches of an evaluation answer, with the fields the saved search selects."""
+    keep = set(response_fields(search.search))
+    out = []
+    for hit in resp.get("hits", {}).get("hits", []):
+        source = hit.get("_source", {})
+        artifact_id = str(source.get("id", hit["_id"]))
+        version = int(source.get("version", 0))
+        out.append(
+            Match(
+                alert_id=alert_id(search.id, search.fingerprint, artifact_id, version),
+                search_id=search.id,
+                artifact_id=artifact_id,
+                artifact_version=version,
+                document_version=int(hit.get("_version", 0)),
+                artifact={k: v for k, v in source.items() if k in keep},
+            )
+        )
+    return out
+
+
+# -- alerts ------------------------------------------------------------------------------------
+class SavedSearchRef(BaseModel):
+    """The saved search an alert belongs to."""
+
+    id: str
+    name: str
+    fingerprint: str
+
+
+class AlertMessage(BaseModel):
+    """An alert: an artifact version newly matching a saved search (the alert topic's value,
+    and the body POSTed to the saved search's webhook)."""
+
+    alert_id: str = Field(
+        description="Deterministic: hash of (saved search id, fingerprint, artifact id, "
+        "artifact version). Consumers can use it as an idempotency key."
+    )
+    saved_search: SavedSearchRef
+    artifact_id: str
+    artifact_version: int = Field(description="The artifact's event version (contract).")
+    document_version: int = Field(
+        description="The Elasticsearch document version the match was seen in (informative: "
+        "it changes when a run's fields are propagated, the artifact version does not)."
+    )
+    matched_at: str = Field(description="When the worker saw the match (UTC, ISO 8601).")
+    artifact: dict[str, Any] = Field(
+        description="The artifact as Prefect's API returns it, limited to the saved "
+        "search's `fields`."
+    )
+
+
+def alert_message(match: Match, search: SavedSearch, now: str) -> AlertMessage:
+    """The message announcing one match."""
+    return AlertMessage(
+        alert_id=match.alert_id,
+        saved_search=SavedSearchRef(id=search.id, name=search.name, fingerprint=search.fingerprint),
+        artifact_id=match.artifact_id,
+        artifact_version=match.artifact_version,
+        document_version=match.document_version,
+        matched_at=now,
+        artifact=match.artifact,
+    )
+
+
+PENDING, PUBLISHED = "pending", "published"
+
+
+def ledger_source(message: AlertMessage, claimed_us: int) -> dict[str, Any]:
+    """The ledger document of a new alert: `pending` until Kafka acknowledged it."""
+    return {
+        "search_id": message.saved_search.id,
+        "artifact_id": message.artifact_id,
+        "artifact_version": message.artifact_version,
+        "state": PENDING,
+        "claimed_us": claimed_us,
+        "message": message.model_dump(mode="json"),
+    }
+
+
+def is_abandoned(source: dict[str, Any], now_us: int, claim_timeout_us: int) -> bool:
+    """Whether a ledger document is a claim whose publisher died: still `pending` after
+    the claim timeout (another worker may take it over)."""
+    return (
+        source.get("state") == PENDING
+        and int(source.get("claimed_us", 0)) <= now_us - claim_timeout_us
+    )

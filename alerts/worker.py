@@ -1,0 +1,298 @@
+"""The alerts worker: the indexer's change feed in, alerts out (docs/search.md, ADR 0008).
+
+For each batch of change records (consumer group `ALERTS_GROUP_ID`, offsets committed
+only after the batch's alerts are acknowledged and marked):
+
+1. merge them into {artifact id: highest document version};
+2. **wait until searches see those versions**: the indexer's `_bulk` makes documents
+   durable and readable by id at once, but searchable only after the next refresh
+   (`refresh_interval`, 1 s). A search for the ids with `version: true` tells which
+   versions are searchable; the worker polls it (short, growing sleeps) and, if the
+   versions are still not searchable after `ALERTS_VISIBILITY_WAIT_S`, forces a
+   refresh of the artifact index. Every search of a batch uses the same `preference`, so
+   it reads the same shard copies (refreshes only move a copy forward);
+3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`;
+4. claim each match in the ledger (alerts/ledger.py); publish the newly claimed ones (and
+   abandoned claims taken over) to the alert topic, wait for Kafka's acknowledgement, mark
+   them published;
+5. commit the batch's offsets.
+
+A failure anywhere retries the whole batch (tenacity, backoff with jitter, for ever): every
+step is idempotent, so a retry, a redelivery after a crash or a replay of the feed publishes
+nothing twice (except in the window described in the ADR).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from functools import partial
+from typing import Any, TypeVar
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.errors import CommitFailedError, KafkaError
+from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
+
+from alerts import metrics
+from alerts.ledger import Ledger
+from alerts.model import (
+    AlertMessage,
+    Match,
+    SavedSearch,
+    alert_message,
+    evaluation_body,
+    not_visible,
+    read_matches,
+    visibility_body,
+)
+from alerts.searches import SavedSearchStore
+from services.changes import BadChangeRecordError, decode_changes, merge_changes
+from services.config import AlertsSettings, KafkaSettings
+from services.documents import format_timestamp, to_micros
+from services.errors import BackendUnavailableError, TransientError, TranslationError
+from services.kafka import producer_kwargs
+
+log = logging.getLogger("alerts.worker")
+T = TypeVar("T")
+
+PREFERENCE = "prefect-artifact-alerts"
+"""Every search of the worker reads the same shard copies (see step 2)."""
+
+IDS_PER_SEARCH = 1_000
+SEARCHES_PER_MSEARCH = 100
+
+
+class EvaluationError(TransientError):
+    """Elasticsearch could not evaluate a batch now (retried)."""
+
+
+class Evaluator:
+    """Changed artifact ids in, matches of every saved search out (Elasticsearch adapter)."""
+
+    def __init__(self, es: AsyncElasticsearch, artifacts: str, visibility_wait_s: float) -> None:
+        self.es = es
+        self.artifacts = artifacts
+        self.visibility_wait_s = visibility_wait_s
+
+    async def wait_visible(self, changed: dict[str, int]) -> None:
+        """Return once searches see at least these versions (or after a forced refresh)."""
+        ids = list(changed)
+        deadline = time.monotonic() + self.visibility_wait_s
+        delay = 0.05
+        while True:
+            missing: set[str] = set()
+            for i in range(0, len(ids), IDS_PER_SEARCH):
+                chunk = ids[i : i + IDS_PER_SEARCH]
+                resp = await self.es.search(
+                    index=self.artifacts, body=visibility_body(chunk), preference=PREFERENCE
+                )
+                missing |= not_visible({k: changed[k] for k in chunk}, resp.body)
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                # bounded: after a refresh every acknowledged write is searchable; versions
+                # still missing were superseded by an index rebuilt meanwhile (replay)
+                metrics.FORCED_REFRESHES.inc()
+                await self.es.indices.refresh(index=self.artifacts)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def evaluate(self, searches: Sequence[SavedSearch], ids: Sequence[str]) -> list[Match]:
+        """Every (saved search, artifact) match among `ids`."""
+        matches: list[Match] = []
+        for i in range(0, len(ids), IDS_PER_SEARCH):
+            chunk = ids[i : i + IDS_PER_SEARCH]
+            for j in range(0, len(searches), SEARCHES_PER_MSEARCH):
+                group = searches[j : j + SEARCHES_PER_MSEARCH]
+                body: list[dict[str, Any]] = []
+                runnable: list[SavedSearch] = []
+                for search in group:
+                    try:
+                        request = evaluation_body(search, chunk)
+                    except TranslationError as exc:  # stored by a release that allowed it
+                        metrics.SEARCH_ERRORS.inc()
+                        log.error("saved search %s cannot be translated: %s", search.id, exc)
+                        continue
+                    runnable.append(search)
+                    body.append({"index": self.artifacts, "preference": PREFERENCE})
+                    body.append(request)
+                if not runnable:
+                    continue
+                resp = await self.es.msearch(searches=body)
+                for search, answer in zip(runnable, resp["responses"], strict=True):
+                    if "error" in answer:
+                        status = int(answer.get("status", 500))
+                        if status == 400:  # this search's query, not the cluster
+                            metrics.SEARCH_ERRORS.inc()
+                            log.error(
+                                "saved search %s could not be evaluated: %s",
+                                search.id,
+                                answer["error"],
+                            )
+                            continue
+                        raise EvaluationError(f"evaluation failed (HTTP {status})")
+                    matches.extend(read_matches(search, answer))
+        return matches
+
+
+class AlertWorker:
+    """Consumes the change feed and publishes alerts (see the module docstring)."""
+
+    def __init__(
+        self,
+        kafka: KafkaSettings,
+        settings: AlertsSettings,
+        evaluator: Evaluator,
+        store: SavedSearchStore,
+        ledger: Ledger,
+    ) -> None:
+        self.kafka = kafka
+        self.settings = settings
+        self.evaluator = evaluator
+        self.store = store
+        self.ledger = ledger
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.batches = 0
+        self.matched = 0
+        self.published = 0
+        self.recovered = 0
+
+    async def start(self) -> None:
+        """Start the producer and the change-feed consumer."""
+        self.producer = AIOKafkaProducer(
+            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+        )
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            self.kafka.changes_topic,
+            **producer_kwargs(self.kafka),
+            group_id=self.settings.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=self.settings.max_batch,
+        )
+        await self.consumer.start()
+
+    async def stop(self) -> None:
+        """Stop consuming (an unfinished batch is not committed: it is redelivered)."""
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+        self.consumer = self.producer = None
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Process batches until `stopping` is set; sweep abandoned claims at the start and
+        every half claim timeout."""
+        consumer = self.consumer
+        assert consumer is not None, "the worker is not started"
+        next_sweep = 0.0
+        while not stopping.is_set():
+            if time.monotonic() >= next_sweep:
+                await self._retry(self.recover)
+                next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
+            fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
+            records = [r for batch in fetched.values() for r in batch]
+            if not records:
+                continue
+            pairs: list[tuple[str, int]] = []
+            for record in records:
+                try:
+                    pairs.extend(decode_changes(record.value))
+                except BadChangeRecordError as exc:
+                    metrics.BAD_RECORDS.inc()
+                    log.error(
+                        "skipping a change record at %s:%d: %s", record.topic, record.offset, exc
+                    )
+            changed = merge_changes(pairs)
+            await self._retry(partial(self.handle, changed))
+            await commit(consumer)
+            self.batches += 1
+
+    async def handle(self, changed: dict[str, int]) -> int:
+        """Evaluate one batch of changes and publish its new alerts; return how many."""
+        if not changed:
+            return 0
+        started = time.perf_counter()
+        metrics.CHANGES.inc(len(changed))
+        searches = await self.store.all()
+        if not searches:
+            return 0
+        await self.evaluator.wait_visible(changed)
+        matches = await self.evaluator.evaluate(searches, sorted(changed))
+        metrics.MATCHES.inc(len(matches))
+        self.matched += len(matches)
+        now = datetime.now(UTC)
+        by_id = {s.id: s for s in searches}
+        stamp = format_timestamp(now)
+        messages = [alert_message(m, by_id[m.search_id], stamp) for m in matches]
+        published = await self._publish(await self.ledger.claim(messages, to_micros(now)))
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
+        return published
+
+    async def recover(self) -> int:
+        """Publish the alerts whose claimant died before Kafka acknowledged them."""
+        taken = await self.ledger.take_abandoned(to_micros(datetime.now(UTC)))
+        if taken:
+            log.warning("publishing %d alerts abandoned by an earlier attempt", len(taken))
+        self.recovered += len(taken)
+        return await self._publish(taken)
+
+    async def _publish(self, messages: Sequence[AlertMessage]) -> int:
+        """Publish claimed alerts, wait for Kafka, then mark them published."""
+        producer = self.producer
+        assert producer is not None
+        futures = [
+            await producer.send(
+                self.kafka.alerts_topic,
+                key=m.saved_search.id.encode(),
+                value=m.model_dump_json().encode(),
+                headers=[("alert_id", m.alert_id.encode())],
+            )
+            for m in messages
+        ]
+        await asyncio.gather(*futures)
+        await self.ledger.mark_published([m.alert_id for m in messages])
+        metrics.PUBLISHED.inc(len(messages))
+        self.published += len(messages)
+        return len(messages)
+
+    async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception_type(_RETRIED),
+            wait=wait_exponential_jitter(
+                initial=self.settings.retry_initial_s, max=self.settings.retry_max_s
+            ),
+            before_sleep=_log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                return await call()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+_RETRIED = (TransientError, BackendUnavailableError, ApiError, TransportError, KafkaError, OSError)
+"""Failures a retry of the batch may overcome; anything else is a bug and stops the worker."""
+
+
+async def commit(consumer: AIOKafkaConsumer) -> None:
+    """Commit what was consumed. A refused commit (the group rebalanced meanwhile) is not an
+    error: the new owner is redelivered the batch and the ledger announces nothing twice."""
+    try:
+        await consumer.commit()
+    except CommitFailedError:
+        log.info("offset commit refused after a rebalance; the batch will be redelivered")
+    except KafkaError as exc:
+        log.warning("offset commit failed (%s); the batch will be redelivered", exc)
+
+
+def _log_retry(state: Any) -> None:
+    metrics.RETRIES.inc()
+    exc = state.outcome.exception() if state.outcome else None
+    log.warning("retrying a batch of changes (attempt %d): %r", state.attempt_number, exc)

@@ -1,0 +1,200 @@
+"""Saved searches, the change feed and alert identity: the pure parts of alerts/."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import orjson
+import pytest
+from pydantic import ValidationError
+
+from alerts.model import (
+    SavedSearchIn,
+    alert_id,
+    alert_message,
+    check_saved_search,
+    evaluation_body,
+    index_source,
+    not_visible,
+    query_fingerprint,
+    read_matches,
+    read_saved_search,
+    saved_search_doc,
+    visibility_body,
+)
+from query.extension import SearchRequest
+from services.changes import BadChangeRecordError, decode_changes, encode_changes, merge_changes
+from services.errors import TranslationError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _saved(search: dict[str, object], **extra: object) -> SavedSearchIn:
+    return SavedSearchIn.model_validate({"name": "n", "search": search, **extra})
+
+
+def test_a_saved_search_holds_a_search_body_validated_by_the_search_model() -> None:
+    saved = _saved({"q": "revenue", "where": [{"field": "metadata.acc", "op": "gte", "value": 1}]})
+    assert saved.search.q == "revenue"
+    with pytest.raises(ValidationError):
+        _saved({"q": "x", "unknown": 1})
+    with pytest.raises(ValidationError):
+        _saved({"limit": 10_000})
+    with pytest.raises(ValidationError):
+        SavedSearchIn.model_validate({"name": "", "search": {}})
+    with pytest.raises(ValidationError):
+        _saved({}, webhook={"url": "ftp://example/x"})
+    with pytest.raises(ValidationError):
+        _saved({}, owner="me")
+
+
+@pytest.mark.parametrize(
+    ("search", "words"),
+    [
+        ({"cursor": "abc"}, "cursor"),
+        ({"latest_per_key": True}, "latest_per_key"),
+        ({"q": "nosuchfield:x"}, "Unknown field"),
+        ({"fields": ["latest_id"]}, "Not a field"),
+        ({"where": [{"field": "metadata.a", "op": "in", "value": []}]}, "non-empty list"),
+    ],
+)
+def test_what_a_saved_search_cannot_hold_is_refused(search: dict[str, object], words: str) -> None:
+    with pytest.raises(TranslationError, match=words):
+        check_saved_search(_saved(search))
+
+
+def test_the_fingerprint_follows_what_matches_not_the_presentation() -> None:
+    base = SearchRequest(q="revenue", where=[])
+    same = SearchRequest(
+        q="revenue",
+        limit=5,
+        sort=[{"field": "key", "order": "asc"}],
+        fields=["id"],
+        facets=["type"],
+        highlight=False,
+    )
+    other = SearchRequest(q="revenue OR sales")
+    selected = SearchRequest(q="revenue", selected={"type": ["table"]})
+    assert query_fingerprint(base) == query_fingerprint(same)
+    assert query_fingerprint(base) != query_fingerprint(other)
+    assert query_fingerprint(base) != query_fingerprint(selected)
+
+
+def test_alert_ids_are_deterministic_and_distinguish_every_part() -> None:
+    one = alert_id("s", "f", "a", 1)
+    assert one == alert_id("s", "f", "a", 1)
+    assert (
+        len(
+            {
+                one,
+                alert_id("s2", "f", "a", 1),
+                alert_id("s", "f2", "a", 1),
+                alert_id("s", "f", "a2", 1),
+                alert_id("s", "f", "a", 2),
+            }
+        )
+        == 5
+    )
+    # the separator keeps adjacent parts from running into each other
+    assert alert_id("ab", "f", "c", 1) != alert_id("a", "f", "bc", 1)
+
+
+def test_stored_form_round_trips() -> None:
+    body = _saved(
+        {"q": "x", "prefect_filter": {"flows": {"name": {"any_": ["etl"]}}}},
+        webhook={"url": "http://127.0.0.1:9/hook"},
+        description="d",
+    )
+    saved = saved_search_doc("id-1", body, "2026-01-01T00:00:00Z", "2026-01-02T00:00:00Z")
+    source = orjson.loads(orjson.dumps(index_source(saved, 5)))
+    assert source["created_us"] == 5
+    assert read_saved_search(source) == saved
+    assert saved.fingerprint == query_fingerprint(body.search)
+
+
+def test_change_records_round_trip_in_bounded_chunks_and_merge_to_the_highest_version() -> None:
+    pairs = [(f"id-{i}", i) for i in range(1_201)]
+    values = encode_changes(pairs, per_record=500)
+    assert len(values) == 3
+    decoded = [p for v in values for p in decode_changes(v)]
+    assert decoded == pairs
+    assert merge_changes([("a", 3), ("b", 1), ("a", 7), ("a", 5)]) == {"a": 7, "b": 1}
+    for bad in (b"", b"[]", b'{"a": [["x"]]}', b'{"a": [["x", "nan"]]}', None, b"\xff"):
+        with pytest.raises(BadChangeRecordError):
+            decode_changes(bad)
+
+
+def test_visibility_compares_searchable_versions_with_the_changes() -> None:
+    body = visibility_body(["a", "b", "c"])
+    assert body["query"] == {"ids": {"values": ["a", "b", "c"]}} and body["version"] is True
+    resp = {"hits": {"hits": [{"_id": "a", "_version": 5}, {"_id": "b", "_version": 2}]}}
+    # a: newer than the change (superseded meanwhile); b: older (not refreshed); c: absent
+    assert not_visible({"a": 4, "b": 3, "c": 1}, resp) == {"b", "c"}
+    assert not_visible({"a": 5}, resp) == set()
+
+
+def test_evaluation_is_the_saved_search_anded_with_the_ids() -> None:
+    body = _saved({"q": "revenue", "selected": {"type": ["markdown"]}, "fields": ["key"]})
+    saved = saved_search_doc("s1", body, "t", "t")
+    req = evaluation_body(saved, ["a", "b"])
+    clauses = req["query"]["bool"]
+    assert clauses["filter"][0] == {"ids": {"values": ["a", "b"]}}
+    assert clauses["filter"][1] == {"terms": {"type": ["markdown"]}}
+    must = clauses["must"][0]["bool"]
+    assert must["must"][0]["query_string"]["query"] == "revenue"
+    assert {"term": {"live": True}} in must["filter"]
+    assert req["size"] == 2 and set(req["_source"]["includes"]) == {"id", "key", "version"}
+
+
+def test_matches_carry_the_selected_fields_and_the_artifact_version() -> None:
+    saved = saved_search_doc("s1", _saved({"fields": ["key"]}), "t", "t")
+    resp = {
+        "hits": {
+            "hits": [
+                {"_id": "a1", "_version": 99, "_source": {"id": "a1", "key": "k", "version": 7}}
+            ]
+        }
+    }
+    (match,) = read_matches(saved, resp)
+    assert (match.artifact_id, match.artifact_version, match.document_version) == ("a1", 7, 99)
+    assert match.artifact == {"key": "k"}
+    assert match.alert_id == alert_id("s1", saved.fingerprint, "a1", 7)
+    message = alert_message(match, saved, "2026-01-01T00:00:00Z")
+    assert message.saved_search.id == "s1" and message.alert_id == match.alert_id
+
+
+def test_pure_modules_import_no_io_library() -> None:
+    for path in ("alerts/model.py", "services/changes.py"):
+        tree = ast.parse((ROOT / path).read_text())
+        names = {
+            (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name
+            for node in ast.walk(tree)
+            if isinstance(node, ast.Import | ast.ImportFrom)
+            for alias in node.names
+        }
+        roots = {n.split(".")[0] for n in names}
+        assert not roots & {"elasticsearch", "aiokafka", "faststream", "httpx"}, path
+
+
+def test_checked_in_alerts_asyncapi_matches_the_code() -> None:
+    from alerts.asyncapi import DEFAULT_PATH, asyncapi_json
+
+    assert DEFAULT_PATH.read_text() == asyncapi_json(), (
+        "docs/asyncapi-alerts.json is stale: run `python -m alerts.asyncapi`"
+    )
+    spec = orjson.loads(asyncapi_json())
+    addresses = {c["address"] for c in spec["channels"].values()}
+    assert addresses == {"prefect.indexer.artifact-changes", "prefect.alerts", "prefect.alerts.dlq"}
+    schemas = spec["components"]["schemas"]
+    assert {"alert_id", "saved_search", "artifact_id", "artifact_version"} <= set(
+        schemas["AlertMessage"]["required"]
+    )
+
+
+def test_a_claim_is_abandoned_only_when_pending_past_its_timeout() -> None:
+    from alerts.model import is_abandoned
+
+    assert is_abandoned({"state": "pending", "claimed_us": 100}, now_us=200, claim_timeout_us=100)
+    assert not is_abandoned({"state": "pending", "claimed_us": 101}, 200, 100)
+    assert not is_abandoned({"state": "published", "claimed_us": 0}, 200, 100)
