@@ -151,3 +151,26 @@ def test_the_template_renders_only_its_own_variables() -> None:
         render_template(TEMPLATE.read_text() + "${NOT_A_VARIABLE}", values)
     with pytest.raises(KeyError):
         render_template(TEMPLATE.read_text(), {})
+
+
+def test_the_compose_override_serves_the_same_template() -> None:
+    """deploy/compose.one-url.yaml: the proxy renders this template with every one of its
+    variables, pointing at the compose services' real ports, and Prefect is 3.9.1."""
+    import prefect
+
+    deploy = TEMPLATE.parents[1]
+    base = yaml.safe_load((deploy / "compose.yaml").read_text())["services"]
+    override = yaml.safe_load((deploy / "compose.one-url.yaml").read_text())["services"]
+    proxy = override["proxy"]
+    (mount,) = proxy["volumes"]
+    source, target, _ = mount.split(":")
+    assert (deploy / source).resolve() == TEMPLATE
+    assert target.startswith("/etc/nginx/templates/") and target.endswith(".template")
+    env = proxy["environment"]
+    assert set(env) == {"PREFECT_UPSTREAM", "SEARCH_UPSTREAM", "PROXY_LISTEN"}
+    host, port = env["SEARCH_UPSTREAM"].split(":")
+    assert host in base and base[host]["command"][-2:] == ["--port", port]
+    host, port = env["PREFECT_UPSTREAM"].split(":")
+    assert host in override and override[host]["command"][-2:] == ["--port", port]
+    assert proxy["ports"] == [f"127.0.0.1:4280:{env['PROXY_LISTEN']}"]
+    assert override["prefect"]["image"].split(":")[1].startswith(prefect.__version__ + "-")
