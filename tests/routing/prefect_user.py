@@ -31,7 +31,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilter,
     FlowRunFilterId,
 )
-from prefect.client.schemas.sorting import ArtifactSort
+from prefect.client.schemas.sorting import ArtifactCollectionSort, ArtifactSort
 
 
 @task
@@ -81,7 +81,9 @@ async def read(key: str, flow_run_id: str) -> dict[str, Any]:
             sort=ArtifactSort.KEY_ASC,
         )
         latest = await client.read_latest_artifacts(
-            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(like_=key))
+            artifact_filter=ArtifactCollectionFilter(key=ArtifactCollectionFilterKey(like_=key)),
+            # not the default ID_DESC: collection ids are the index's own (README, One URL)
+            sort=ArtifactCollectionSort.KEY_ASC,
         )
         flow_run = await client.read_flow_run(uuid.UUID(flow_run_id))
         flow_ = await client.read_flow(flow_run.flow_id)
