@@ -178,8 +178,17 @@ def test_prefect_client_and_cli_through_one_url(
                 )
             )
             proxy = stack.enter_context(Nginx(tmp_path / "nginx", prefect.port, search_port))
+            http = stack.enter_context(httpx.Client(base_url=proxy.url, timeout=30))
+            direct = stack.enter_context(httpx.Client(base_url=prefect.url, timeout=30))
             _walk_through(
-                proxy, prefect, key, database, [*cli, "backfill-prefect"], service_env, tmp_path
+                proxy,
+                http,
+                direct,
+                key,
+                database,
+                [*cli, "backfill-prefect"],
+                service_env,
+                tmp_path,
             )
             assert indexer.proc is not None and indexer.proc.poll() is None, indexer.tail()
     finally:
@@ -188,7 +197,8 @@ def test_prefect_client_and_cli_through_one_url(
 
 def _walk_through(
     proxy: Nginx,
-    prefect: PrefectServer,
+    http: httpx.Client,
+    direct: httpx.Client,
     key: str,
     database: str,
     backfill: list[str],
@@ -202,8 +212,6 @@ def _walk_through(
         COLUMNS="300",
     )
     user = [sys.executable, "-m", "tests.routing.prefect_user"]
-    http = httpx.Client(base_url=proxy.url, timeout=30)
-    direct = httpx.Client(base_url=prefect.url, timeout=30)
 
     # 1. a flow run through the proxy: everything it writes reaches Prefect
     seen = len(proxy.access_lines())
