@@ -38,6 +38,7 @@ FOLDER_MARKERS = {
     "faults": "faults",
     "reliability": "reliability",
     "ops": "integration",
+    "routing": "e2e",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)

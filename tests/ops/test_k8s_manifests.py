@@ -1,25 +1,38 @@
-"""deploy/k8s: every overlay renders, validates against the Kubernetes schemas, and keeps
-the operational invariants (non-root, probes, resources, replicas <= partitions, PDBs...)."""
+"""deploy/k8s: every overlay renders with kustomize, validates against the Kubernetes
+schemas and keeps the operational invariants (non-root, probes on the routes the code
+serves, resources, replicas <= partitions, PDBs, network policies, the one-URL Ingress);
+an upgrade (image, scale, config) changes only what Kubernetes lets change and rolls
+the pods that read the config. kube-score lints the rendered overlays
+(test_k8s_lint.py)."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 from pathlib import Path
 from typing import Any
 
+import httpx
 import kubernetes_validate
 import pytest
+import yaml
 
-from tests.ops.kustomize import Obj, render
+from indexer.health import HealthServer
+from query.app import create_app
+from services.config import ElasticsearchSettings, QuerySettings
+from tests.ops.k8s_tools import Obj, kustomize_build
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 K8S_VERSIONS = ("1.30.0", "1.33.0")
 CRDS = {"ServiceMonitor"}
+CONFIG = "artifact-search-config"
+WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
 
 @pytest.fixture(scope="module", params=OVERLAYS)
 def rendered(request: pytest.FixtureRequest) -> tuple[str, list[Obj]]:
-    return request.param, render(K8S / "overlays" / request.param)
+    return request.param, kustomize_build(K8S / "overlays" / request.param)
 
 
 def _one(objs: list[Obj], kind: str, name: str) -> Obj:
@@ -35,17 +48,37 @@ def _pod_spec(obj: Obj) -> dict[str, Any]:
     return spec
 
 
+def _containers(obj: Obj) -> list[dict[str, Any]]:
+    pod = _pod_spec(obj)
+    return [*pod["containers"], *pod.get("initContainers", [])]
+
+
 def _workloads(objs: list[Obj]) -> list[Obj]:
-    return [o for o in objs if o["kind"] in ("Deployment", "StatefulSet", "Job", "CronJob")]
+    return [o for o in objs if o["kind"] in WORKLOADS]
+
+
+def _config_map(objs: list[Obj]) -> Obj:
+    """The generated ConfigMap: its name is the base name plus a hash of its content."""
+    (config,) = [
+        o for o in objs if o["kind"] == "ConfigMap" and o["metadata"]["name"].startswith(CONFIG)
+    ]
+    return config
 
 
 def _config(objs: list[Obj]) -> dict[str, str]:
-    data: dict[str, str] = _one(objs, "ConfigMap", "artifact-search-config")["data"]
+    data: dict[str, str] = _config_map(objs)["data"]
     return data
 
 
 def _selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector["matchLabels"].items())
+
+
+def pod_labels(dep: Obj) -> dict[str, str]:
+    if dep["kind"] == "CronJob":
+        dep = dep["spec"]["jobTemplate"]
+    labels: dict[str, str] = dep["spec"]["template"]["metadata"]["labels"]
+    return labels
 
 
 @pytest.mark.parametrize("version", K8S_VERSIONS)
@@ -59,7 +92,7 @@ def test_every_object_validates_against_the_schemas(
             continue
         kubernetes_validate.validate(obj, version, strict=True)
         checked += 1
-    assert checked >= 14
+    assert checked >= 17
 
 
 def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None:
@@ -73,10 +106,14 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
         ("PodDisruptionBudget", "artifact-search-query"),
         ("PodDisruptionBudget", "artifact-search-indexer"),
         ("CronJob", "artifact-search-replay"),
-        ("ConfigMap", "artifact-search-config"),
+        ("CronJob", "artifact-search-backfill-prefect"),
         ("NetworkPolicy", "artifact-search-default"),
+        ("NetworkPolicy", "artifact-search-backfill-egress"),
+        ("Ingress", "artifact-search"),
+        ("Service", "prefect-server"),
     ]:
         assert want in kinds
+    assert _config_map(objs)["metadata"]["name"] != CONFIG  # generated, with a hash suffix
     namespace = "artifact-search-dev" if overlay == "dev" else "artifact-search"
     namespaces = {o["metadata"].get("namespace") for o in objs if o["kind"] != "Namespace"}
     assert namespaces == {namespace}
@@ -85,21 +122,11 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
         o["metadata"]["labels"]["app.kubernetes.io/part-of"] == "prefect-artifact-search"
         for o in objs
     )
-    monitors = [o for o in objs if o["kind"] == "ServiceMonitor"]
-    assert bool(monitors) == (overlay == "prod")
-    for monitor in monitors:
-        services = [
-            s
-            for s in objs
-            if s["kind"] == "Service"
-            and _selects(monitor["spec"]["selector"], s["metadata"]["labels"])
-        ]
-        ports = {p["name"] for s in services for p in s["spec"]["ports"]}
-        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
 
 
 def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
     _, objs = rendered
+    config_name = _config_map(objs)["metadata"]["name"]
     for obj in _workloads(objs):
         pod = _pod_spec(obj)
         name = obj["metadata"]["name"]
@@ -107,7 +134,7 @@ def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
         assert pod["securityContext"]["runAsUser"] == 10001, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod["automountServiceAccountToken"] is False, name
-        for container in pod["containers"] + pod.get("initContainers", []):
+        for container in _containers(obj):
             sc = container["securityContext"]
             assert sc["runAsNonRoot"] is True, name
             assert sc["readOnlyRootFilesystem"] is True, name
@@ -115,39 +142,100 @@ def test_pods_are_locked_down(rendered: tuple[str, list[Obj]]) -> None:
             assert sc["capabilities"]["drop"] == ["ALL"], name
             assert "add" not in sc["capabilities"], name
             res = container["resources"]
-            assert {"cpu", "memory"} <= set(res["requests"]), name
-            assert "memory" in res["limits"], name
+            assert {"cpu", "memory", "ephemeral-storage"} <= set(res["requests"]), name
+            assert {"memory", "ephemeral-storage"} <= set(res["limits"]), name
             assert ":" in container["image"] and not container["image"].endswith(":latest")
             refs = {next(iter(k for k in e if k.endswith("Ref"))): e for e in container["envFrom"]}
-            assert refs["configMapRef"]["configMapRef"]["name"] == "artifact-search-config"
+            assert refs["configMapRef"]["configMapRef"]["name"] == config_name, name
             assert refs["secretRef"]["secretRef"]["name"] == "artifact-search-secrets"
+            # emptyDir volumes count against ephemeral storage: they must fit its limit
+            for volume in pod.get("volumes", []):
+                if "emptyDir" in volume:
+                    assert _bytes(volume["emptyDir"]["sizeLimit"]) < _bytes(
+                        res["limits"]["ephemeral-storage"]
+                    ), name
 
 
-def test_long_running_pods_have_probes_and_spread(rendered: tuple[str, list[Obj]]) -> None:
-    _, objs = rendered
-    expected_paths = {
-        ("Deployment", "artifact-search-query"): ("/api/health", "/api/ready"),
-        ("StatefulSet", "artifact-search-indexer"): ("/livez", "/readyz"),
+def _bytes(quantity: str) -> int:
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+    for suffix, factor in units.items():
+        if quantity.endswith(suffix):
+            return int(quantity[: -len(suffix)]) * factor
+    return int(quantity)
+
+
+def _query_routes() -> set[tuple[str, str]]:
+    app = create_app(QuerySettings(), ElasticsearchSettings())
+    return {
+        (method, route.path)
+        for route in app.routes
+        for method in getattr(route, "methods", None) or ()
     }
-    for (kind, name), (live, ready) in expected_paths.items():
+
+
+def test_probes_ports_and_paths_are_what_the_code_serves(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """Each probe asks a route the process really serves, on the port it really listens
+    on (the ConfigMap's port settings and the container ports agree)."""
+    _, objs = rendered
+    config = _config(objs)
+    routes = _query_routes()
+    query = _one(objs, "Deployment", "artifact-search-query")
+    (api,) = _pod_spec(query)["containers"]
+    assert api["args"][:1] == ["api"]
+    port = int(api["args"][api["args"].index("--port") + 1])
+    assert port == int(config["QUERY_PORT"])
+    assert {p["name"]: p["containerPort"] for p in api["ports"]} == {"http": port}
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        assert ("GET", api[probe]["httpGet"]["path"]) in routes, probe
+        assert api[probe]["httpGet"]["port"] == "http"
+    assert api["livenessProbe"]["httpGet"]["path"] == "/api/health"  # process up only
+    assert api["readinessProbe"]["httpGet"]["path"] == "/api/ready"  # Elasticsearch answers
+
+    indexer = _one(objs, "StatefulSet", "artifact-search-indexer")
+    (consumer,) = _pod_spec(indexer)["containers"]
+    metrics_port = int(config["INDEXER_METRICS_PORT"])
+    assert {p["name"]: p["containerPort"] for p in consumer["ports"]} == {"metrics": metrics_port}
+    served = asyncio.run(_indexer_paths([consumer[p]["httpGet"]["path"] for p in _PROBES]))
+    assert served == {"/livez": 200, "/readyz": 200}
+    for probe in _PROBES:
+        assert consumer[probe]["httpGet"]["port"] == "metrics"
+    assert consumer["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    for probe in ("startupProbe", "livenessProbe"):
+        assert consumer[probe]["httpGet"]["path"] == "/livez"
+    # the headless Service and the ServiceMonitors name the same ports
+    metrics = _one(objs, "Service", "artifact-search-indexer-metrics")
+    assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", metrics_port)]
+
+
+_PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+async def _indexer_paths(paths: list[str]) -> dict[str, int]:
+    """Status of each path on the indexer's real health server (ready, as when running)."""
+    server = HealthServer("127.0.0.1", 0)
+    await server.start()
+    server.ready = True
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{server.bound_port}") as http:
+            return {path: (await http.get(path)).status_code for path in paths}
+    finally:
+        await server.stop()
+
+
+def test_long_running_pods_spread(rendered: tuple[str, list[Obj]]) -> None:
+    _, objs = rendered
+    for kind, name in [
+        ("Deployment", "artifact-search-query"),
+        ("StatefulSet", "artifact-search-indexer"),
+    ]:
         dep = _one(objs, kind, name)
         pod = _pod_spec(dep)
-        (container,) = pod["containers"]
-        assert container["startupProbe"]["httpGet"]["path"] == live
-        assert container["livenessProbe"]["httpGet"]["path"] == live
-        assert container["readinessProbe"]["httpGet"]["path"] == ready
-        ports = {p["name"] for p in container["ports"]}
-        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-            assert container[probe]["httpGet"]["port"] in ports
         keys = {c["topologyKey"] for c in pod["topologySpreadConstraints"]}
         assert keys == {"topology.kubernetes.io/zone", "kubernetes.io/hostname"}
         for constraint in pod["topologySpreadConstraints"]:
             assert _selects(constraint["labelSelector"], pod_labels(dep))
-
-
-def pod_labels(dep: Obj) -> dict[str, str]:
-    labels: dict[str, str] = dep["spec"]["template"]["metadata"]["labels"]
-    return labels
 
 
 def test_indexer_replicas_partitions_grace_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
@@ -196,14 +284,17 @@ def test_query_service_hpa_and_pdb(rendered: tuple[str, list[Obj]]) -> None:
     assert 1 <= hpa["spec"]["minReplicas"] <= hpa["spec"]["maxReplicas"]
     # the HPA owns the count: a `replicas` here would reset the scale on every apply
     assert "replicas" not in dep["spec"]
-    (container,) = _pod_spec(dep)["containers"]
-    assert container["lifecycle"]["preStop"]["exec"]["command"][0] == "sleep"
+    # Services and Ingresses stop sending before SIGTERM, within the grace period
+    delay = container["lifecycle"]["preStop"]["exec"]["command"]
+    assert (
+        delay[0] == "sleep" and 0 < int(delay[1]) < _pod_spec(dep)["terminationGracePeriodSeconds"]
+    )
     pdb = _one(objs, "PodDisruptionBudget", "artifact-search-query")
     assert _selects(pdb["spec"]["selector"], pod_labels(dep))
     assert dep["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
-def test_bootstrap_runs_on_every_start_and_replay_is_a_template(
+def test_bootstrap_runs_on_every_start_and_jobs_are_templates(
     rendered: tuple[str, list[Obj]],
 ) -> None:
     _, objs = rendered
@@ -211,40 +302,58 @@ def test_bootstrap_runs_on_every_start_and_replay_is_a_template(
     (init,) = _pod_spec(sts)["initContainers"]
     assert init["args"] == ["bootstrap"]  # re-runs on upgrades, unlike a one-shot Job
     assert not [o for o in objs if o["kind"] == "Job"]  # nothing immutable to re-apply
-    replay = _one(objs, "CronJob", "artifact-search-replay")
-    assert _pod_spec(replay)["containers"][0]["args"] == ["replay"]
-    # applying the manifests must never start a replay by itself
-    assert replay["spec"]["suspend"] is True
-    mounts = {m["mountPath"] for m in _pod_spec(replay)["containers"][0]["volumeMounts"]}
-    assert "/tmp" in mounts  # its throwaway state store, on a read-only root filesystem
+    for name, command in [
+        ("artifact-search-replay", "replay"),
+        ("artifact-search-backfill-prefect", "backfill-prefect"),
+    ]:
+        cron = _one(objs, "CronJob", name)
+        (container,) = _pod_spec(cron)["containers"]
+        assert container["args"][0] == command
+        # applying the manifests must never start one by itself
+        assert cron["spec"]["suspend"] is True
+        assert "/tmp" in {m["mountPath"] for m in container["volumeMounts"]}
+
+
+def _upgrade(tmp_path: Path) -> list[Obj]:
+    """prod, upgraded: a new image tag, more indexer replicas, another config value."""
+    overlay = tmp_path / "upgrade"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "kustomize.config.k8s.io/v1beta1",
+                "kind": "Kustomization",
+                "resources": [os.path.relpath(K8S / "overlays" / "prod", overlay)],
+                "images": [{"name": "artifact-search", "newTag": "0.2.0"}],
+                "configMapGenerator": [
+                    {"name": CONFIG, "behavior": "merge", "literals": ["LOG_LEVEL=DEBUG"]}
+                ],
+                "patches": [{"path": "scale.yaml"}],
+            }
+        )
+    )
+    (overlay / "scale.yaml").write_text(
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: artifact-search-indexer\n"
+        "spec:\n  replicas: 9\n"
+    )
+    return kustomize_build(overlay)
 
 
 def test_an_upgrade_changes_only_what_kubernetes_lets_change(tmp_path: Path) -> None:
     """Render prod, then prod with another image tag, more replicas and another config:
-    every object keeps its kind and name, and the fields Kubernetes refuses to change on
-    an existing object (StatefulSet selector, service name and volume claims; Deployment
-    selector) are identical."""
-    before = {(o["kind"], o["metadata"]["name"]): o for o in render(K8S / "overlays" / "prod")}
-    overlay = tmp_path / "upgrade"
-    overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\n"
-        "kind: Kustomization\n"
-        "resources:\n"
-        f"  - {K8S / 'overlays' / 'prod'}\n"
-        "images:\n"
-        "  - name: artifact-search\n"
-        "    newTag: 0.2.0\n"
-        "patches:\n"
-        "  - path: patch.yaml\n"
-    )
-    (overlay / "patch.yaml").write_text(
-        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata:\n  name: artifact-search-indexer\n"
-        "spec:\n  replicas: 9\n---\n"
-        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: artifact-search-config\n"
-        "data:\n  LOG_LEVEL: DEBUG\n"
-    )
-    after = {(o["kind"], o["metadata"]["name"]): o for o in render(overlay)}
+    every object keeps its kind and name (the config's name changes with its content), the
+    fields Kubernetes refuses to change on an existing object are identical, the pods that
+    read the config roll to the new one, and the HPA keeps owning the API's scale."""
+    before_objs = kustomize_build(K8S / "overlays" / "prod")
+    after_objs = _upgrade(tmp_path)
+    old_config, new_config = _config_map(before_objs), _config_map(after_objs)
+    assert new_config["data"]["LOG_LEVEL"] == "DEBUG"
+    assert old_config["metadata"]["name"] != new_config["metadata"]["name"]
+
+    def keyed(objs: list[Obj]) -> dict[tuple[str, str], Obj]:
+        return {(o["kind"], o["metadata"]["name"]): o for o in objs if o["kind"] != "ConfigMap"}
+
+    before, after = keyed(before_objs), keyed(after_objs)
     assert set(after) == set(before)
     old, new = (
         before[("StatefulSet", "artifact-search-indexer")],
@@ -253,28 +362,91 @@ def test_an_upgrade_changes_only_what_kubernetes_lets_change(tmp_path: Path) -> 
     for field in ("selector", "serviceName", "volumeClaimTemplates", "podManagementPolicy"):
         assert old["spec"][field] == new["spec"][field], field
     assert new["spec"]["replicas"] == 9
-    images = {c["image"] for c in _pod_spec(new)["containers"] + _pod_spec(new)["initContainers"]}
-    assert images == {"artifact-search:0.2.0"}
+    assert {c["image"] for c in _containers(new)} == {"artifact-search:0.2.0"}
     query = ("Deployment", "artifact-search-query")
     assert before[query]["spec"]["selector"] == after[query]["spec"]["selector"]
-    assert after[("ConfigMap", "artifact-search-config")]["data"]["LOG_LEVEL"] == "DEBUG"
+    assert "replicas" not in after[query]["spec"]  # the HPA's count survives the apply
+    for key, obj in after.items():
+        if obj["kind"] not in WORKLOADS:
+            continue
+        # a changed pod template rolls the pods: new image, and the new config by name
+        assert _pod_spec(obj) != _pod_spec(before[key]), key
+        for container in _containers(obj):
+            (ref,) = [
+                e["configMapRef"]["name"] for e in container["envFrom"] if "configMapRef" in e
+            ]
+            assert ref == new_config["metadata"]["name"], key
+    for key in [k for k in after if k[0] not in WORKLOADS and k[0] != "Namespace"]:
+        if key[0] in ("ServiceMonitor", "Ingress", "Service", "NetworkPolicy"):
+            assert after[key] == before[key], key  # nothing else moves
 
 
 def test_network_policies(rendered: tuple[str, list[Obj]]) -> None:
+    """Default deny, then DNS, Kafka and Elasticsearch for every pod, PostgreSQL for the
+    backfill's pods only, ingress only to the ports the processes listen on."""
     _, objs = rendered
+    config = _config(objs)
     default = _one(objs, "NetworkPolicy", "artifact-search-default")
     assert set(default["spec"]["policyTypes"]) == {"Ingress", "Egress"}
     assert "ingress" not in default["spec"]
     egress_ports = {p["port"] for rule in default["spec"]["egress"] for p in rule["ports"]}
-    assert {53, 9092, 9200, 5432} <= egress_ports
+    assert {53, 9092, 9200} <= egress_ports and 5432 not in egress_ports
+    backfill = _one(objs, "NetworkPolicy", "artifact-search-backfill-egress")
+    assert {p["port"] for r in backfill["spec"]["egress"] for p in r["ports"]} == {5432}
+    postgres_pods = [
+        o for o in _workloads(objs) if _selects(backfill["spec"]["podSelector"], pod_labels(o))
+    ]
+    assert [o["metadata"]["name"] for o in postgres_pods] == ["artifact-search-backfill-prefect"]
     query = _one(objs, "NetworkPolicy", "artifact-search-query-ingress")
-    assert {p["port"] for r in query["spec"]["ingress"] for p in r["ports"]} == {4200}
+    assert {p["port"] for r in query["spec"]["ingress"] for p in r["ports"]} == {
+        int(config["QUERY_PORT"])
+    }
+    metrics = _one(objs, "NetworkPolicy", "artifact-search-indexer-metrics")
+    assert {p["port"] for r in metrics["spec"]["ingress"] for p in r["ports"]} == {
+        int(config["INDEXER_METRICS_PORT"])
+    }
 
 
-def test_renderer_rejects_what_it_does_not_understand(tmp_path: Path) -> None:
-    (tmp_path / "kustomization.yaml").write_text("configMapGenerator: []\n")
-    with pytest.raises(NotImplementedError):
-        render(tmp_path)
+def test_service_monitors_scrape_with_the_credential_metrics_needs(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The API's /metrics needs a credential once auth is on: the ServiceMonitor sends the
+    Secret's METRICS_SCRAPE_KEY as a bearer token, which the example Secret lists among
+    QUERY_API_KEYS, and the real app accepts it (and refuses a scrape without it)."""
+    overlay, objs = rendered
+    monitors = {o["metadata"]["name"]: o for o in objs if o["kind"] == "ServiceMonitor"}
+    assert bool(monitors) == (overlay == "prod")
+    if not monitors:
+        return
+    for monitor in monitors.values():
+        services = [
+            s
+            for s in objs
+            if s["kind"] == "Service"
+            and _selects(monitor["spec"]["selector"], s["metadata"].get("labels", {}))
+            and s["spec"].get("type") != "ExternalName"
+        ]
+        ports = {p["name"] for s in services for p in s["spec"]["ports"]}
+        assert services and {e["port"] for e in monitor["spec"]["endpoints"]} <= ports
+    (endpoint,) = monitors["artifact-search-query"]["spec"]["endpoints"]
+    assert endpoint["path"] == "/metrics" and ("GET", "/metrics") in _query_routes()
+    credentials = endpoint["authorization"]["credentials"]
+    assert endpoint["authorization"]["type"] == "Bearer"
+    assert credentials["name"] == "artifact-search-secrets"
+    secret = yaml.safe_load((K8S / "secret.example.yaml").read_text())["stringData"]
+    scrape_key = secret[credentials["key"]]
+    settings = QuerySettings.model_validate({"api_keys": yaml.safe_load(secret["QUERY_API_KEYS"])})
+    assert asyncio.run(_metrics_status(settings, scrape_key)) == 200
+    assert asyncio.run(_metrics_status(settings, None)) == 401
+
+
+async def _metrics_status(settings: QuerySettings, key: str | None) -> int:
+    app = create_app(settings, ElasticsearchSettings())
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    async with httpx.AsyncClient(
+        transport=httpx.ASGITransport(app=app), base_url="http://svc"
+    ) as http:
+        return (await http.get("/metrics", headers=headers)).status_code
 
 
 def test_schema_validation_catches_a_broken_object(rendered: tuple[str, list[Obj]]) -> None:
