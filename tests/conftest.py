@@ -38,6 +38,7 @@ FOLDER_MARKERS = {
     "faults": "faults",
     "reliability": "reliability",
     "ops": "integration",
+    "sync": "sync",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)
@@ -196,8 +197,11 @@ class _Servers:
                 from testcontainers.postgres import PostgresContainer
 
             container = self._container(
-                lambda: PostgresContainer("postgres:15", driver=None).with_env(
-                    "POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8"
+                lambda: PostgresContainer("postgres:15", driver=None)
+                .with_env("POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8")
+                .with_command(
+                    "postgres -c wal_level=logical -c max_replication_slots=20 "
+                    "-c max_wal_senders=20"
                 )
             )
             return str(container.get_connection_url(driver=None))
@@ -227,7 +231,8 @@ def elasticsearch_url(_servers: _Servers) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_dsn(_servers: _Servers) -> str:
-    """libpq-style DSN of a PostgreSQL 15 server whose databases use the C collation."""
+    """libpq-style DSN of a PostgreSQL 15 server whose databases use the C collation (and
+    wal_level=logical, for tests/sync)."""
     return _servers.postgres()
 
 
