@@ -197,11 +197,13 @@ class _Servers:
                 from testcontainers.postgres import PostgresContainer
 
             container = self._container(
-                lambda: PostgresContainer("postgres:15", driver=None)
-                .with_env("POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8")
-                .with_command(
-                    "postgres -c wal_level=logical -c max_replication_slots=20 "
-                    "-c max_wal_senders=20"
+                lambda: (
+                    PostgresContainer("postgres:15", driver=None)
+                    .with_env("POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8")
+                    .with_command(
+                        "postgres -c wal_level=logical -c max_replication_slots=20 "
+                        "-c max_wal_senders=20"
+                    )
                 )
             )
             return str(container.get_connection_url(driver=None))

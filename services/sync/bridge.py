@@ -90,6 +90,10 @@ class SyncOptions:
     retry_max_s: float = 30.0
     report_every_s: float = 30.0
 
+    def __post_init__(self) -> None:
+        if self.status_interval_s < 1:
+            raise ValueError("status_interval_s must be at least 1 (psycopg2's minimum)")
+
 
 class Bridge:
     """Keeps the entity topics in step with one Prefect database."""
