@@ -138,11 +138,13 @@ async def read_chunks(
             return
 
 
-async def connect(dsn: str) -> Any:
+async def connect(dsn: str, application_name: str = "artifact-search-backfill") -> Any:
     """An asyncpg connection to the Prefect database that decodes json/jsonb."""
     import asyncpg
 
-    conn = await asyncpg.connect(asyncpg_dsn(dsn))
+    conn = await asyncpg.connect(
+        asyncpg_dsn(dsn), server_settings={"application_name": application_name}
+    )
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     return conn

@@ -30,6 +30,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
+import asyncpg
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
@@ -72,6 +73,16 @@ from services.sync.state import SyncState
 from services.sync.window import AckWindow
 
 log = logging.getLogger("sync")
+
+#: failures that a new session may not meet again: reconnect with backoff
+TRANSIENT = (
+    BackendUnavailableError,
+    KafkaError,
+    OSError,
+    asyncpg.PostgresConnectionError,  # class 08: the connection broke
+    asyncpg.OperatorInterventionError,  # class 57: shutdown, crash, starting up
+    asyncpg.InterfaceError,  # the connection is closed
+)
 
 
 @dataclass(frozen=True)
@@ -129,7 +140,7 @@ class Bridge:
             started = time.monotonic()
             try:
                 await self._session(stop)
-            except (BackendUnavailableError, KafkaError, OSError) as exc:
+            except TRANSIENT as exc:
                 self.on_ready(False)
                 metrics.RECONNECTS.inc()
                 if time.monotonic() - started > 60:

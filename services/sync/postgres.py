@@ -28,6 +28,8 @@ log = logging.getLogger("sync.postgres")
 
 #: the replication connection's session: timestamps in ISO and UTC, as decode_text expects
 SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"
+#: how the bridge's connections show in pg_stat_activity (unless the DSN names one)
+APPLICATION_NAME = "artifact-search-sync"
 
 
 class SyncSetupError(PermanentError):
@@ -77,7 +79,7 @@ async def sql_connect(dsn: str) -> Any:
     import asyncpg
 
     try:
-        return await connect(dsn)
+        return await connect(dsn, APPLICATION_NAME)
     except (asyncpg.InvalidPasswordError, asyncpg.InvalidAuthorizationSpecificationError) as exc:
         raise SyncSetupError(f"PostgreSQL refused the credentials: {exc}") from exc
     except asyncpg.InvalidCatalogNameError as exc:
@@ -262,6 +264,7 @@ def replication_dsn(dsn: str) -> dict[str, Any]:
 
     params: dict[str, Any] = dict(parse_dsn(asyncpg_dsn(dsn)))
     params["options"] = f"{params.get('options', '')} {SESSION_OPTIONS}".strip()
+    params.setdefault("application_name", APPLICATION_NAME)
     return params
 
 

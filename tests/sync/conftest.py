@@ -153,7 +153,14 @@ async def prefect_db(logical_dsn: str, prefect_template: str) -> AsyncIterator[s
     name = f"sync_{uuid.uuid4().hex[:10]}"
     admin = await asyncpg.connect(logical_dsn)
     try:
-        await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{prefect_template}"')
+        for attempt in range(20):  # another session may be cloning the template right now
+            try:
+                await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{prefect_template}"')
+                break
+            except asyncpg.ObjectInUseError:
+                if attempt == 19:
+                    raise
+                await asyncio.sleep(0.5)
     finally:
         await admin.close()
     try:
