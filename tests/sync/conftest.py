@@ -16,7 +16,6 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -24,22 +23,14 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
+from services.backfill import connect
 from services.config import KafkaSettings
 from services.contract import ENTITIES
+from services.prefect.tables import TABLES, row_to_data, select_list
+from tests.conformance.oracle import _sqlalchemy_url as sqlalchemy_url
+from tests.conformance.oracle import _with_database as with_database
 
 TEMPLATE = "sync_prefect_3_9_1_template"
-
-
-def with_database(dsn: str, database: str) -> str:
-    """The DSN of another database on the same server."""
-    parts = urlsplit(dsn)
-    return urlunsplit((parts.scheme, parts.netloc, "/" + database, parts.query, parts.fragment))
-
-
-def sqlalchemy_url(dsn: str) -> str:
-    """Prefect's spelling of a DSN."""
-    parts = urlsplit(dsn)
-    return urlunsplit(("postgresql+asyncpg", parts.netloc, parts.path, "", ""))
 
 
 def prefect_cli() -> str:
@@ -47,11 +38,17 @@ def prefect_cli() -> str:
     return str(Path(sys.executable).with_name("prefect"))
 
 
+def clean_env() -> dict[str, str]:
+    """This process's environment without Prefect's settings (the conformance oracle sets
+    some process-wide, e.g. its task-run recorder off)."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+
+
 def prefect_env(database_dsn: str, home: str) -> dict[str, str]:
     """Environment of a Prefect process on `database_dsn`."""
     url = sqlalchemy_url(database_dsn)
     return {
-        **os.environ,
+        **clean_env(),
         "PREFECT_HOME": home,
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": url,
         "PREFECT_API_DATABASE_CONNECTION_URL": url,
@@ -61,6 +58,18 @@ def prefect_env(database_dsn: str, home: str) -> dict[str, str]:
         "PREFECT_LOGGING_LEVEL": "WARNING",
         "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
     }
+
+
+async def read_rows(dsn: str) -> dict[str, list[dict[str, Any]]]:
+    """Every row of the five tables as its contract `data`, by table."""
+    conn = await connect(dsn)
+    try:
+        return {
+            t: [row_to_data(t, r) for r in await conn.fetch(f"SELECT {select_list(t)} FROM {t}")]
+            for t in TABLES
+        }
+    finally:
+        await conn.close()
 
 
 @pytest.fixture(scope="session")

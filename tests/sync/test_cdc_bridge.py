@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import socket
 import subprocess
@@ -22,11 +21,10 @@ import httpx
 import pytest
 
 from services.config import KafkaSettings
-from services.prefect.tables import TABLES, row_to_data, select_list
 from services.sync.bridge import Bridge, SyncOptions
 from services.sync.changes import VERSION_BASE
 from services.sync.postgres import SyncSetupError
-from tests.sync.conftest import TopicLog
+from tests.sync.conftest import TopicLog, clean_env, read_rows
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -82,24 +80,8 @@ async def seed(conn: Any) -> dict[str, str]:
 
 
 async def database_state(dsn: str) -> dict[tuple[str, str], dict[str, Any]]:
-    """Every row of the five tables as its contract `data`."""
-    conn = await asyncpg.connect(dsn)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typ,
-            encoder=__import__("json").dumps,
-            decoder=__import__("json").loads,
-            schema="pg_catalog",
-        )
-    try:
-        out = {}
-        for table in TABLES:
-            for row in await conn.fetch(f"SELECT {select_list(table)} FROM {table}"):
-                data = row_to_data(table, row)
-                out[(table, data["id"])] = data
-        return out
-    finally:
-        await conn.close()
+    """Every row of the five tables as its contract `data`, by (table, id)."""
+    return {(t, d["id"]): d for t, rows in (await read_rows(dsn)).items() for d in rows}
 
 
 async def converged(topics: TopicLog, dsn: str, seconds: float = 30) -> None:
@@ -259,7 +241,7 @@ def start_cli(
     kafka: KafkaSettings, dsn: str, state: Path, slot: str, port: int, *extra: str
 ) -> subprocess.Popen[bytes]:
     env = {
-        **os.environ,
+        **clean_env(),
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
         "SYNC_POSTGRES_DSN": dsn,

@@ -21,17 +21,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-import asyncpg
 import httpx
 import pytest
 
 from services.config import IndexerSettings
 from services.datagen import Dataset, DatasetScale, compute_collections
-from services.prefect.tables import TABLES, row_to_data, select_list
 from tests.conformance.bodies import ENDPOINTS, coverage_size, generate_bodies
 from tests.conformance.test_differential import Service, compare
 from tests.e2e.test_pipeline import running
-from tests.sync.conftest import prefect_cli, prefect_env
+from tests.sync.conftest import clean_env, prefect_cli, prefect_env, read_rows
 from tests.sync.test_cdc_bridge import free_port, start_cli, stop, wait_ready
 
 REPO = Path(__file__).resolve().parents[2]
@@ -148,7 +146,7 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes],
 
 def run_flows(phase: str, api_url: str, home: Path) -> dict[str, Any]:
     env = {
-        **os.environ,
+        **clean_env(),
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(home),
         "PREFECT_LOGGING_LEVEL": "ERROR",
@@ -169,16 +167,7 @@ def run_flows(phase: str, api_url: str, home: Path) -> dict[str, Any]:
 
 async def dataset_of(dsn: str) -> Dataset:
     """What the Prefect database holds, as the body generator's dataset."""
-    conn = await asyncpg.connect(dsn)
-    for typ in ("json", "jsonb"):
-        await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
-    try:
-        rows = {
-            t: [row_to_data(t, r) for r in await conn.fetch(f"SELECT {select_list(t)} FROM {t}")]
-            for t in TABLES
-        }
-    finally:
-        await conn.close()
+    rows = await read_rows(dsn)
     return Dataset(
         seed=13,
         scale=DatasetScale.tiny(),
