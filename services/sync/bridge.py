@@ -283,11 +283,16 @@ class Bridge:
             self.on_ready(True)
             log.info("streaming from slot %s", opts.slot)
             reported, reported_count = time.monotonic(), self.published
-            since_yield = 0
+            since_yield, last_keepalive = 0, time.monotonic()
             while not stop.is_set():
                 self._raise_failure()
                 if window.in_flight >= opts.max_in_flight:
-                    stream.keepalive()  # back-pressure: read nothing until Kafka catches up
+                    # back-pressure: read nothing until Kafka catches up (PostgreSQL keeps
+                    # the WAL), and keep the walsender from timing out meanwhile
+                    now = time.monotonic()
+                    if now - last_keepalive >= opts.status_interval_s:
+                        stream.keepalive()
+                        last_keepalive = now
                     await asyncio.sleep(0.05)
                     self._confirm(stream, window)
                     continue

@@ -326,7 +326,8 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
     ids = await seed(conn)
     await conn.close()
     state, port = tmp_path / "state.json", free_port()
-    proc = start_cli(sync_kafka, prefect_db, state, "s_kill", port)
+    # at most 5 events in flight: the stream is read under back-pressure
+    proc = start_cli(sync_kafka, prefect_db, state, "s_kill", port, "--max-in-flight", "5")
     try:
         await wait_ready(proc, port)
         async with TopicLog(sync_kafka) as topics:
