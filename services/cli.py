@@ -306,6 +306,13 @@ _RATE = _bounded(float, 0)
 _PORT_OR_OFF = _bounded(int, 0, 65_535)
 
 
+def _slot_name(text: str) -> str:
+    """An argparse type: a replication slot name PostgreSQL accepts (room for a suffix)."""
+    if not re.fullmatch(r"[a-z0-9_]{1,54}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: lowercase letters, digits, _ (1-54)")
+    return text
+
+
 def _sub(
     sub: Any, name: str, help_text: str, description: str, func: Any
 ) -> argparse.ArgumentParser:
@@ -489,7 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="PostgreSQL DSN of the Prefect database (default SYNC_POSTGRES_DSN; prefer the "
         "variable: arguments are visible in ps)",
     )
-    sync.add_argument("--slot", default=None, help="replication slot (default artifact_search)")
+    sync.add_argument(
+        "--slot", type=_slot_name, default=None, help="replication slot (default artifact_search)"
+    )
     sync.add_argument("--publication", default=None, help="publication (default artifact_search)")
     sync.add_argument(
         "--state-file",

@@ -375,6 +375,15 @@ async def test_a_dropped_slot_stops_the_bridge_with_the_way_back(
         await conn.execute("DELETE FROM artifact WHERE id = $1", ids["artifact1"])
         async with TopicLog(sync_kafka) as topics:
             await converged(topics, prefect_db)
+        assert stop(proc)[0] == 0
+        # retiring the bridge: its slot and state file go
+        retire = start_cli(sync_kafka, prefect_db, state, "s_drop", port, "--drop-slot")
+        out, _ = retire.communicate(timeout=60)
+        assert retire.returncode == 0 and b"slot s_drop dropped" in out
+        assert not state.exists()
+        assert not await conn.fetchval(
+            "SELECT count(*) FROM pg_replication_slots WHERE slot_name = 's_drop'"
+        )
     finally:
         stop(proc)
         await conn.close()
