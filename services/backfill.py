@@ -6,7 +6,8 @@ BY id LIMIT n`, on the primary key), turned into the `data` snapshot the
 contract asks for, and published as `upsert` envelopes whose `version` is the
 microseconds since the epoch of the row's `updated` (what live producers send,
 so a live event for a newer state still wins and an older one still loses).
-Collections are derived by the indexer and never published.
+Collections are derived by the indexer and never published. The tables' columns and
+the row -> `data` rule are shared with `sync-prefect` (services/prefect/tables.py).
 
 Resumable: after every chunk is acknowledged by Kafka (acks=all) the checkpoint
 file records the last `(table, id)` done; a rerun continues after it. Republishing
@@ -24,7 +25,6 @@ import logging
 import math
 import os
 import time
-import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,72 +35,12 @@ from aiolimiter import AsyncLimiter
 
 from services.config import KafkaSettings
 from services.contract import ENTITIES, encode_event
-from services.documents import format_timestamp, to_micros
+from services.documents import to_micros
 from services.kafka import producer_kwargs
+from services.prefect.tables import row_to_data, select_list
 from services.progress import Progress
 
 log = logging.getLogger("backfill")
-
-#: the columns read per table (Prefect 3.x `orm_models`); casts make asyncpg return plain types
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "flow": ("id", "created", "updated", "name", "tags"),
-    "deployment": (
-        "id",
-        "created",
-        "updated",
-        "name",
-        "flow_id",
-        "tags",
-        "paused",
-        "work_queue_name",
-        "concurrency_limit",
-    ),
-    "flow_run": (
-        "id",
-        "created",
-        "updated",
-        "name",
-        "flow_id",
-        "deployment_id",
-        "work_queue_name",
-        "flow_version",
-        "tags",
-        "state_type::text AS state_type",
-        "state_name",
-        "start_time",
-        "end_time",
-        "expected_start_time",
-        "next_scheduled_start_time",
-        "parent_task_run_id",
-        "idempotency_key",
-        "created_by",
-    ),
-    "task_run": (
-        "id",
-        "created",
-        "updated",
-        "name",
-        "flow_run_id",
-        "tags",
-        "state_type::text AS state_type",
-        "state_name",
-        "start_time",
-        "end_time",
-        "expected_start_time",
-    ),
-    "artifact": (
-        "id",
-        "created",
-        "updated",
-        "key",
-        "type",
-        "description",
-        "data",
-        "metadata_",
-        "flow_run_id",
-        "task_run_id",
-    ),
-}
 
 
 def asyncpg_dsn(dsn: str) -> str:
@@ -108,22 +48,6 @@ def asyncpg_dsn(dsn: str) -> str:
     for driver in ("+asyncpg", "+psycopg2", "+psycopg"):
         dsn = dsn.replace(f"postgresql{driver}://", "postgresql://", 1)
     return dsn
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, uuid.UUID):
-        return str(value)
-    if isinstance(value, datetime):
-        return format_timestamp(value)
-    return value
-
-
-def row_to_data(row: Any) -> dict[str, Any]:
-    """A database row -> the JSON `data` of an upsert (Prefect REST field names)."""
-    data = {name: _plain(row[name]) for name in row.keys()}  # noqa: SIM118 (asyncpg Record)
-    if "tags" in data and data["tags"] is None:
-        data["tags"] = []
-    return data
 
 
 @dataclass
@@ -191,10 +115,12 @@ class BackfillResult:
     seconds: float = 0.0
 
 
-async def _chunks(
+async def read_chunks(
     conn: Any, table: str, after: str | None, size: int
 ) -> Any:  # AsyncIterator[list[Record]]
-    cols = ", ".join(COLUMNS[table])
+    """The table's rows after id `after` (None: from the first), `size` at a time, in id
+    order (keyset pagination on the primary key)."""
+    cols = select_list(table)
     while True:
         if after is None:
             rows = await conn.fetch(f"SELECT {cols} FROM {table} ORDER BY id LIMIT $1", size)
@@ -212,10 +138,13 @@ async def _chunks(
             return
 
 
-async def _connect(dsn: str) -> Any:
+async def connect(dsn: str, application_name: str = "artifact-search-backfill") -> Any:
+    """An asyncpg connection to the Prefect database that decodes json/jsonb."""
     import asyncpg
 
-    conn = await asyncpg.connect(asyncpg_dsn(dsn))
+    conn = await asyncpg.connect(
+        asyncpg_dsn(dsn), server_settings={"application_name": application_name}
+    )
     for typ in ("json", "jsonb"):
         await conn.set_type_codec(typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog")
     return conn
@@ -243,7 +172,7 @@ async def backfill(
         return result
     if checkpoint.table is not None:
         result.resumed_from = (checkpoint.table, checkpoint.last_id)
-    conn = await _connect(dsn)
+    conn = await connect(dsn)
     producer = AIOKafkaProducer(
         **producer_kwargs(kafka), acks="all", linger_ms=20, enable_idempotence=True
     )
@@ -264,12 +193,12 @@ async def backfill(
                     await conn.fetchval(f"SELECT count(*) FROM {table} WHERE id <= $1::uuid", after)
                 )
             topic = kafka.topic_for(table)
-            async for rows in _chunks(conn, table, after, chunk_size):
+            async for rows in read_chunks(conn, table, after, chunk_size):
                 pending = []
                 for row in rows:
                     await limiter.take()
                     updated: datetime = row["updated"]
-                    data = row_to_data(row)
+                    data = row_to_data(table, row)
                     value = encode_event(
                         table, data["id"], "upsert", to_micros(updated), data, occurred=updated
                     )

@@ -4,7 +4,8 @@ Subcommands: `api` (query service), `indexer` (Kafka consumer), `alerts` (saved-
 alerts), `bootstrap` (topics, indices, aliases; idempotent), `demo` (publish a generated dataset),
 `produce` (publish events from a JSON Lines file), `replay` (rebuild the index
 from the topics into a new index version and swap the aliases), `backfill-prefect`
-(publish an existing Prefect server's database as events). Settings come from
+(publish an existing Prefect server's database as events), `sync-prefect` (keep the
+topics in step with a live Prefect database: change data capture). Settings come from
 the environment (see README); invalid settings stop the command with a message
 naming the variable. Logs are JSON lines on stderr; results go to stdout.
 """
@@ -33,6 +34,7 @@ from services.config import (
     KafkaSettings,
     LoggingSettings,
     QuerySettings,
+    SyncSettings,
 )
 from services.logging import configure_logging, correlation
 
@@ -44,7 +46,7 @@ ENV_HELP = """\
 settings come from environment variables (README, "Configuration"):
   KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_GROUP_ID, KAFKA_SECURITY_PROTOCOL, ...
   ELASTICSEARCH_URL, ELASTICSEARCH_INDEX_PREFIX, ELASTICSEARCH_API_KEY, ...
-  INDEXER_*, QUERY_*, ALERTS_*, BACKFILL_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
+  INDEXER_*, QUERY_*, ALERTS_*, BACKFILL_*, SYNC_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
 """
 
 
@@ -217,6 +219,12 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
     )
 
 
+def _cmd_sync(args: argparse.Namespace) -> None:
+    from services.sync.command import run_sync
+
+    run_sync(args, _settings(KafkaSettings), _settings(SyncSettings))
+
+
 async def _bootstrap() -> None:
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
@@ -321,6 +329,14 @@ _POSITIVE = _bounded(int, 1)
 _NON_NEGATIVE = _bounded(int, 0)
 _PORT = _bounded(int, 1, 65_535)
 _RATE = _bounded(float, 0)
+_PORT_OR_OFF = _bounded(int, 0, 65_535)
+
+
+def _slot_name(text: str) -> str:
+    """An argparse type: a replication slot name PostgreSQL accepts (room for a suffix)."""
+    if not re.fullmatch(r"[a-z0-9_]{1,54}", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: lowercase letters, digits, _ (1-54)")
+    return text
 
 
 def _sub(
@@ -496,6 +512,67 @@ def build_parser() -> argparse.ArgumentParser:
         "--restart",
         action="store_true",
         help="ignore an existing checkpoint and start from the first row",
+    )
+    sync = _sub(
+        sub,
+        "sync-prefect",
+        "keep the topics in step with a live Prefect database (change data capture)",
+        "Change data capture from Prefect 3.x's PostgreSQL database (wal_level=logical; a "
+        "role with REPLICATION and SELECT on the tables): creates the publication and the "
+        "replication slot when missing, publishes a snapshot taken consistently with the "
+        "slot (progress on stderr), then streams every committed change of flow, "
+        "deployment, flow_run, task_run and artifact as upsert/delete events (version = "
+        "2^62 + the commit LSN). The slot's position advances only after Kafka acknowledged "
+        "(acks=all, idempotent): a restart resumes with no loss. Runs until SIGTERM. "
+        "Metrics (lag, events/s) on SYNC_METRICS_HOST:SYNC_METRICS_PORT/metrics. "
+        "Only database mode is implemented: Prefect Cloud (API mode) is not supported.",
+        _cmd_sync,
+    )
+    sync.add_argument(
+        "--dsn",
+        default=None,
+        help="PostgreSQL DSN of the Prefect database (default SYNC_POSTGRES_DSN; prefer the "
+        "variable: arguments are visible in ps)",
+    )
+    sync.add_argument(
+        "--slot", type=_slot_name, default=None, help="replication slot (default artifact_search)"
+    )
+    sync.add_argument("--publication", default=None, help="publication (default artifact_search)")
+    sync.add_argument(
+        "--state-file",
+        default=None,
+        help="where the bridge records that its snapshot is out (default SYNC_STATE_FILE, "
+        "prefect-sync.state.json; keep it on a volume)",
+    )
+    sync.add_argument(
+        "--recreate-slot",
+        action="store_true",
+        help="drop and create the slot again and publish a new snapshot: the way back after "
+        "the slot was dropped or invalidated",
+    )
+    sync.add_argument(
+        "--drop-slot",
+        action="store_true",
+        help="drop the slot and the state file, then exit (retiring the bridge: an unused "
+        "slot makes PostgreSQL keep WAL)",
+    )
+    sync.add_argument(
+        "--max-in-flight",
+        type=_bounded(int, 1, 1_000_000),
+        default=None,
+        help="events sent and not yet acknowledged before reading pauses (default 10000)",
+    )
+    sync.add_argument(
+        "--snapshot-chunk",
+        type=_bounded(int, 1, 100_000),
+        default=None,
+        help="rows per snapshot read (default 1000)",
+    )
+    sync.add_argument(
+        "--metrics-port",
+        type=_PORT_OR_OFF,
+        default=None,
+        help="port of /metrics, /livez, /readyz; 0 disables (default SYNC_METRICS_PORT, 9465)",
     )
     return parser
 

@@ -214,6 +214,25 @@ class BackfillSettings(BaseSettings):
     checkpoint: str = "prefect-backfill.checkpoint.json"
 
 
+class SyncSettings(BaseSettings):
+    """`sync-prefect`: the Prefect database, the replication names, pacing and metrics.
+
+    Every field can also be given as a command-line option, which wins.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore")
+
+    postgres_dsn: SecretStr | None = None
+    slot: str = Field(default="artifact_search", pattern=r"^[a-z0-9_]{1,54}$")
+    publication: str = Field(default="artifact_search", min_length=1, max_length=63)
+    schema_name: str = Field(default="public", min_length=1, max_length=63)
+    state_file: str = "prefect-sync.state.json"
+    max_in_flight: int = Field(default=10_000, ge=1, le=1_000_000)
+    snapshot_chunk: int = Field(default=1000, ge=1, le=100_000)
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9465, ge=0, le=65535)
+
+
 class LoggingSettings(BaseSettings):
     """Log level and format of every command."""
 

@@ -348,10 +348,12 @@ def encode_event(
     version: int,
     data: dict[str, Any] | None,
     occurred: datetime | None = None,
+    event_id: str | None = None,
 ) -> bytes:
-    """Serialize an envelope the way producers must (used by demo, replay tests, backfill)."""
+    """Serialize an envelope the way producers must (used by demo, replay tests, backfill,
+    sync); a random event id unless one is given."""
     envelope = {
-        "event_id": str(uuid.uuid4()),
+        "event_id": event_id or str(uuid.uuid4()),
         "op": op,
         "entity": entity,
         "entity_id": entity_id,

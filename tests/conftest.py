@@ -39,6 +39,7 @@ FOLDER_MARKERS = {
     "reliability": "reliability",
     "ops": "integration",
     "routing": "e2e",
+    "sync": "sync",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)
@@ -197,8 +198,13 @@ class _Servers:
                 from testcontainers.postgres import PostgresContainer
 
             container = self._container(
-                lambda: PostgresContainer("postgres:15", driver=None).with_env(
-                    "POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8"
+                lambda: (
+                    PostgresContainer("postgres:15", driver=None)
+                    .with_env("POSTGRES_INITDB_ARGS", "--locale=C --encoding=UTF8")
+                    .with_command(
+                        "postgres -c wal_level=logical -c max_replication_slots=20 "
+                        "-c max_wal_senders=20"
+                    )
                 )
             )
             return str(container.get_connection_url(driver=None))
@@ -228,7 +234,8 @@ def elasticsearch_url(_servers: _Servers) -> str:
 
 @pytest.fixture(scope="session")
 def postgres_dsn(_servers: _Servers) -> str:
-    """libpq-style DSN of a PostgreSQL 15 server whose databases use the C collation."""
+    """libpq-style DSN of a PostgreSQL 15 server whose databases use the C collation (and
+    wal_level=logical, for tests/sync)."""
     return _servers.postgres()
 
 

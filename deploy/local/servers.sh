@@ -3,7 +3,7 @@
 #
 #   Kafka          KRaft single node (broker+controller)  127.0.0.1:9092 (controller 9093)
 #   Elasticsearch  single-node, security off              127.0.0.1:9200 (transport 9300)
-#   PostgreSQL     C collation, trust auth                127.0.0.1:55432
+#   PostgreSQL     C collation, trust auth, wal_level=logical (sync-prefect's CDC)  127.0.0.1:55432
 #
 # Usage:  deploy/local/servers.sh fetch|start|stop|status|reset [kafka|es|pg|all]   (default: all)
 #
@@ -648,8 +648,11 @@ EOF
   fi
   [[ -f "$PG_LOG" ]] && mv -f "$PG_LOG" "$PG_LOG.1"
   info "pg: starting PostgreSQL ($("$bin/postgres" --version)) as $user on $HOST:$PG_PORT"
+  # logical replication (tests/sync) needs these at start; on the command line, so an
+  # existing data directory gets them too
+  local repl="-c wal_level=logical -c max_replication_slots=20 -c max_wal_senders=20"
   if ! setsid -w bash -c 'if [[ $EUID -eq 0 ]]; then exec runuser -u "$0" -- "$@"; else exec "$@"; fi' "$user" \
-      "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=$HOST -p $PG_PORT" \
+      "$bin/pg_ctl" -D "$PG_DATA" -l "$PG_LOG" -o "-c listen_addresses=$HOST -p $PG_PORT $repl" \
       -w -t "$PG_START_TIMEOUT" start >"$PG_DIR/logs/pg_ctl.log" 2>&1 </dev/null; then
     cat "$PG_DIR/logs/pg_ctl.log" >&2; log_tail "$PG_LOG"
     die "pg: pg_ctl start failed (output above)"

@@ -59,7 +59,14 @@ def test_dockerignore_keeps_the_context_small() -> None:
 def test_compose_services_commands_ports_and_order() -> None:
     compose = _compose()
     services = compose["services"]
-    assert set(services) == {"kafka", "elasticsearch", "bootstrap", "indexer", "api"}
+    assert set(services) == {
+        "kafka",
+        "elasticsearch",
+        "bootstrap",
+        "indexer",
+        "api",
+        "sync-prefect",
+    }
     es_env = services["elasticsearch"]["environment"]
     assert es_env["discovery.type"] == "single-node"
     assert es_env["xpack.security.enabled"] == "false"
@@ -67,6 +74,9 @@ def test_compose_services_commands_ports_and_order() -> None:
     assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
     assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka_env
     subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    sync = services["sync-prefect"]
+    assert sync["command"][0] == "sync-prefect" and sync["profiles"] == ["sync"]
+    assert sync["volumes"][0].split(":")[0] in compose["volumes"]
     for name in ("bootstrap", "indexer", "api"):
         service = services[name]
         assert service["command"][0] in subcommands

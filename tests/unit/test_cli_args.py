@@ -24,6 +24,10 @@ from services.cli import build_parser
         (["replay", "--shards", "0"], "must be at least 1"),
         (["replay", "--replicas", "-1"], "must be at least 0"),
         (["demo", "--artifacts", "0"], "must be at least 1"),
+        (["sync-prefect", "--max-in-flight", "0"], "must be at least 1"),
+        (["sync-prefect", "--snapshot-chunk", "100001"], "at most 100000"),
+        (["sync-prefect", "--metrics-port", "-1"], "must be at least 0"),
+        (["sync-prefect", "--slot", "Bad-Name"], "lowercase letters, digits"),
     ],
 )
 def test_out_of_range_values_are_usage_errors(
