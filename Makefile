@@ -31,7 +31,7 @@ DEMO ?= 1
 API_PORT ?= $(or $(QUERY_PORT),4200)
 # fast pure tier first, then the server-backed tiers (benchmarks are not tests)
 TEST_TIERS := tests/unit tests/integration tests/e2e tests/ops tests/reliability \
-  tests/conformance tests/faults
+  tests/conformance tests/faults tests/containers
 
 .PHONY: help venv servers servers-app up down reset test lint bench bench-quick status
 

@@ -38,6 +38,7 @@ FOLDER_MARKERS = {
     "faults": "faults",
     "reliability": "reliability",
     "ops": "integration",
+    "containers": "containers",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)

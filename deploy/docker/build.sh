@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# deploy/docker/build.sh — build the project's images where no public registry can be reached.
+#
+#   deploy/docker/build.sh app     the app image ($IMAGE) FROM the local Debian base, pip offline
+#   deploy/docker/build.sh kafka   Kafka ($KAFKA_IMAGE) from the jars servers.sh resolves with Maven
+#   deploy/docker/build.sh es      Elasticsearch ($ES_IMAGE) from the distribution servers.sh resolves
+#   deploy/docker/build.sh all     the three
+#
+# The app: the base image (deploy/docker/build-base.sh, reused when present), then a wheelhouse
+# downloaded on the host (whose TLS proxy the host trusts and a container does not) into
+# deploy/docker/wheelhouse/ with the versions of .venv as constraints, then `docker build` with
+# --build-arg BASE. Kafka and Elasticsearch: deploy/local/servers.sh fetch (Maven, ~/.m2), a Java
+# runtime cut with jlink from a JDK of the host (17+ for Kafka, 21+ for Elasticsearch), and a
+# small Dockerfile per server under deploy/docker/ whose entry point reads the same environment
+# variables as the public images (so deploy/compose.yaml configures either).
+#
+# Environment (defaults in brackets): IMAGE [artifact-search:local], BASE_IMAGE
+# [artifact-search-base:bookworm], KAFKA_IMAGE [artifact-search-kafka:local], ES_IMAGE
+# [artifact-search-elasticsearch:local], PYTHON [.venv/bin/python], DOCKER [docker],
+# KAFKA_VERSION/ES_VERSION (as servers.sh), JAVA_HOME_KAFKA/JAVA_HOME_ES [a JDK found like servers.sh].
+set -euo pipefail
+
+SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+REPO_ROOT="$(cd "$SCRIPT_DIR/../.." && pwd)"
+IMAGE="${IMAGE:-artifact-search:local}"
+export BASE_IMAGE="${BASE_IMAGE:-artifact-search-base:bookworm}"
+KAFKA_IMAGE="${KAFKA_IMAGE:-artifact-search-kafka:local}"
+ES_IMAGE="${ES_IMAGE:-artifact-search-elasticsearch:local}"
+PYTHON="${PYTHON:-$REPO_ROOT/.venv/bin/python}"
+DOCKER="${DOCKER:-docker}"
+LOCAL_DIR="${SERVERS_LOCAL_DIR:-$REPO_ROOT/.local}"
+CTX_DIR="$LOCAL_DIR/docker"
+info() { printf '[build] %s\n' "$*" >&2; }
+die() { printf '[build] ERROR: %s\n' "$*" >&2; exit 1; }
+elapsed() { echo "$(( $(date +%s) - $1 ))s"; }
+
+# docker_build TAG CONTEXT ARGS... — quiet on success, the build's log tail on failure
+docker_build() {
+  local tag="$1" ctx="$2" log; shift 2
+  log="$(mktemp)"
+  if ! "$DOCKER" build -t "$tag" "$@" "$ctx" >"$log" 2>&1; then
+    tail -n 40 "$log" >&2; rm -f "$log"
+    die "docker build of $tag failed (log above)"
+  fi
+  rm -f "$log"
+}
+
+build_app() {
+  local t0 wh="$SCRIPT_DIR/wheelhouse"
+  "$SCRIPT_DIR/build-base.sh"
+  t0=$(date +%s)
+  [[ -x "$PYTHON" ]] || die "$PYTHON is missing: run make venv (its versions pin the wheelhouse)"
+  mkdir -p "$wh"
+  "$PYTHON" -m pip freeze --exclude-editable >"$wh/constraints.txt"
+  # the same dependencies and pins as last time: the wheelhouse is complete already
+  local stamp; stamp="$(cat "$wh/constraints.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  if [[ "$(cat "$wh/.stamp" 2>/dev/null)" == "$stamp" ]]; then
+    info "wheelhouse: up to date ($(find "$wh" -name '*.whl' | wc -l) wheels)"
+  else
+    rm -f "$wh"/*.whl "$wh/.stamp"
+    # binary wheels only: the build stage has no compiler and no network
+    (cd "$REPO_ROOT" && "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
+      -c "$wh/constraints.txt" -d "$wh" . setuptools wheel)
+    echo "$stamp" >"$wh/.stamp"
+    info "wheelhouse: $(find "$wh" -name '*.whl' | wc -l) wheels ($(elapsed "$t0"))"
+  fi
+  t0=$(date +%s)
+  docker_build "$IMAGE" "$REPO_ROOT" --build-arg "BASE=$BASE_IMAGE"
+  info "$IMAGE built ($(elapsed "$t0")): $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+}
+
+case "${1:-app}" in
+  app) build_app ;;
+  *) die "usage: $0 app" ;;
+esac
