@@ -99,10 +99,10 @@ def test_compose_services_commands_ports_and_order() -> None:
             "condition": "service_completed_successfully"
         }
         assert "healthcheck" in services[name]
-    assert services["api"]["ports"] == ["127.0.0.1:4200:4200"]
+    assert services["api"]["ports"] == ["127.0.0.1:${API_HOST_PORT:-4200}:4200"]
     assert services["api"]["command"][-2:] == ["--port", "4200"]
     assert services["indexer"]["environment"]["INDEXER_METRICS_PORT"] == "9464"
-    assert services["indexer"]["ports"] == ["127.0.0.1:9464:9464"]
+    assert services["indexer"]["ports"] == ["127.0.0.1:${METRICS_HOST_PORT:-9464}:9464"]
     assert "/livez" in " ".join(services["indexer"]["healthcheck"]["test"])
     # the state store on a named volume (the root filesystem is read-only)
     state = services["indexer"]["environment"]["INDEXER_STATE_DIR"]
@@ -110,4 +110,9 @@ def test_compose_services_commands_ports_and_order() -> None:
     volume, path = mount.split(":")
     assert state.startswith(path + "/") and volume in compose["volumes"]
     assert "/api/ready" in " ".join(services["api"]["healthcheck"]["test"])
-    assert services["elasticsearch"]["image"].endswith(":9.2.4")
+    # public images by default; KAFKA_IMAGE / ES_IMAGE / BASE_IMAGE select images built here
+    assert services["elasticsearch"]["image"] == "${ES_IMAGE:-elasticsearch:9.2.4}"
+    assert services["kafka"]["image"] == "${KAFKA_IMAGE:-apache/kafka:4.1.0}"
+    assert services["api"]["build"]["args"] == {"BASE": "${BASE_IMAGE:-python:3.11-slim}"}
+    # the health checks need nothing that only one of the two kinds of images has (curl)
+    assert "curl" not in str(services["elasticsearch"]["healthcheck"]["test"])
