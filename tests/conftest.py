@@ -39,6 +39,7 @@ FOLDER_MARKERS = {
     "reliability": "reliability",
     "ops": "integration",
     "containers": "containers",
+    "compose": "containers",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)

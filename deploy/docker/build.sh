@@ -66,10 +66,76 @@ build_app() {
   fi
   t0=$(date +%s)
   docker_build "$IMAGE" "$REPO_ROOT" --build-arg "BASE=$BASE_IMAGE"
-  info "$IMAGE built ($(elapsed "$t0")): $("$DOCKER" image inspect -f '{{.Size}}' "$IMAGE" | awk '{printf "%.0f MB", $1/1e6}')"
+  info "$IMAGE built ($(elapsed "$t0")): $(image_size "$IMAGE")"
 }
+
+java_major() { "$1" -XshowSettings:properties -version 2>&1 | awk -F'= ' '/java.specification.version/ {print $2; exit}' | cut -d. -f1; }
+
+# a JDK 21+ with jlink: $JAVA_HOME_SERVERS, $ES_JAVA_HOME, $JAVA_HOME, then /usr/lib/jvm/*
+find_jdk() {
+  local d m
+  for d in ${JAVA_HOME_SERVERS:-} ${ES_JAVA_HOME:-} ${JAVA_HOME:-} /usr/lib/jvm/*; do
+    [[ -x "$d/bin/jlink" && -x "$d/bin/java" ]] || continue
+    m="$(java_major "$d/bin/java")"
+    if [[ -n "$m" && "$m" -ge 21 ]]; then echo "$d"; return 0; fi
+  done
+  return 1
+}
+
+# one Java runtime for both servers (Kafka needs 17+, Elasticsearch 21+), cut once with jlink
+build_jre() {
+  local jdk t0 jre="$CTX_DIR/jre"
+  jdk="$(find_jdk)" || die "no JDK 21+ with jlink found (set JAVA_HOME_SERVERS)"
+  if [[ -x "$jre/bin/java" && "$(cat "$jre/.jdk" 2>/dev/null)" == "$jdk" ]]; then return 0; fi
+  t0=$(date +%s)
+  rm -rf "$jre"; mkdir -p "$CTX_DIR"
+  # every module but the development tools (compiler, debugger, jshell, packaging)
+  local mods
+  mods="$("$jdk/bin/java" --list-modules | sed 's/@.*//' \
+    | grep -vE '^jdk\.(jpackage|jlink|jshell|javadoc|compiler|jdeps|jartool|jconsole|hotspot\.agent|jstatd|editpad|internal\.(ed|le|opt)|jcmd|jdi|jdwp)' \
+    | paste -sd, -)"
+  "$jdk/bin/jlink" --add-modules "$mods" --strip-debug --no-man-pages --no-header-files \
+    --output "$jre" >/dev/null 2>&1 || die "jlink of $jdk failed"
+  echo "$jdk" >"$jre/.jdk"
+  info "Java runtime from $jdk ($(elapsed "$t0"), $(du -sh "$jre" | cut -f1))"
+}
+
+# server_context NAME SOURCE_DIR — a fresh build context: the Dockerfile and scripts of
+# deploy/docker/NAME, the runtime and SOURCE_DIR (hard links where the file system allows)
+server_context() {
+  local name="$1" ctx="$CTX_DIR/$1"
+  rm -rf "$ctx"; mkdir -p "$ctx"
+  cp "$SCRIPT_DIR/$name"/* "$ctx/"
+  cp -al "$CTX_DIR/jre" "$ctx/jre" 2>/dev/null || cp -a "$CTX_DIR/jre" "$ctx/jre"
+  echo "$ctx"
+}
+
+build_kafka() {
+  local t0 ctx; t0=$(date +%s)
+  "$REPO_ROOT/deploy/local/servers.sh" fetch kafka
+  build_jre
+  ctx="$(server_context kafka)"
+  cp -al "$LOCAL_DIR/kafka/libs" "$ctx/libs" 2>/dev/null || cp -a "$LOCAL_DIR/kafka/libs" "$ctx/libs"
+  docker_build "$KAFKA_IMAGE" "$ctx" --build-arg "BASE=$BASE_IMAGE"
+  info "$KAFKA_IMAGE built ($(elapsed "$t0")): $(image_size "$KAFKA_IMAGE")"
+}
+
+build_es() {
+  local t0 ctx; t0=$(date +%s)
+  "$REPO_ROOT/deploy/local/servers.sh" fetch es
+  build_jre
+  ctx="$(server_context elasticsearch)"
+  cp -al "$LOCAL_DIR/es/dist" "$ctx/dist" 2>/dev/null || cp -a "$LOCAL_DIR/es/dist" "$ctx/dist"
+  docker_build "$ES_IMAGE" "$ctx" --build-arg "BASE=$BASE_IMAGE"
+  info "$ES_IMAGE built ($(elapsed "$t0")): $(image_size "$ES_IMAGE")"
+}
+
+image_size() { "$DOCKER" image inspect -f '{{.Size}}' "$1" | awk '{printf "%.0f MB", $1/1e6}'; }
 
 case "${1:-app}" in
   app) build_app ;;
-  *) die "usage: $0 app" ;;
+  kafka) "$SCRIPT_DIR/build-base.sh"; build_kafka ;;
+  es) "$SCRIPT_DIR/build-base.sh"; build_es ;;
+  all) build_app; build_kafka; build_es ;;
+  *) die "usage: $0 app|kafka|es|all" ;;
 esac

@@ -5,36 +5,18 @@ from __future__ import annotations
 import os
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.containers.docker_engine import Dockerd, DockerUnavailableError, engine_answers
+from tests.containers.docker_engine import docker_engine  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[2]
 BUILD_SH = REPO / "deploy" / "docker" / "build.sh"
 
 
 @pytest.fixture(scope="session")
-def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
-    """A Docker engine: the running one, else a dockerd started (and stopped) here."""
-    if engine_answers():
-        yield
-        return
-    dockerd = Dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
-    try:
-        dockerd.start()
-    except DockerUnavailableError as exc:
-        pytest.fail(str(exc), pytrace=False)
-    try:
-        yield
-    finally:
-        dockerd.stop()
-
-
-@pytest.fixture(scope="session")
-def app_image(docker_engine: None) -> str:
+def app_image(docker_engine: None) -> str:  # noqa: F811  (the fixture above)
     """The app image, built by deploy/docker/build.sh from the local Debian base (reused when
     present) and a wheelhouse: the path of a machine without a public registry."""
     image = os.environ.get("TEST_APP_IMAGE", "artifact-search:test")

@@ -17,7 +17,10 @@ import shutil
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 DOCKERD_ARGS = (
     "--storage-driver=overlay2 --bridge=none --iptables=false",
@@ -128,3 +131,20 @@ class Dockerd:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except OSError:
             return "(no dockerd log)"
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """A Docker engine: the running one, else a dockerd started (and stopped) here."""
+    if engine_answers():
+        yield
+        return
+    dockerd = Dockerd(tmp_path_factory.mktemp("dockerd") / "dockerd.log")
+    try:
+        dockerd.start()
+    except DockerUnavailableError as exc:
+        pytest.fail(str(exc), pytrace=False)
+    try:
+        yield
+    finally:
+        dockerd.stop()

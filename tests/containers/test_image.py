@@ -153,7 +153,7 @@ def deployment(
         yield dep, timings
     finally:
         for c in dep.containers:
-            docker("rm", "--force", c, check=False)
+            docker("rm", "--force", "--volumes", c, check=False)
         for v in dep.volumes:
             docker("volume", "rm", "--force", v, check=False)
 
