@@ -1,44 +1,51 @@
-# syntax=docker/dockerfile:1
 # The one image of both deployables: `artifact-search api|indexer|bootstrap|replay|...`.
-# Build: docker build -t prefect-artifact-search .
+#   docker build -t prefect-artifact-search .
+# Without a public registry (deploy/docker/build.sh does both):
+#   --build-arg BASE=<a local image with Python 3.11>   (deploy/docker/build-base.sh makes one)
+#   wheels in deploy/docker/wheelhouse/                  -> pip installs offline from them only
+# Runs as uid 10001 and on a read-only root filesystem: the only writable path it needs is the
+# indexer's state store, INDEXER_STATE_DIR=/var/lib/indexer/state (a volume).
+ARG BASE=python:3.11-slim
 
-# ---- build stage: compilers only here ----------------------------------------------------
-FROM python:3.11-slim AS build
+# ---- build stage: the virtualenv ---------------------------------------------------------------
+FROM ${BASE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-RUN apt-get update \
- && apt-get install -y --no-install-recommends build-essential \
- && rm -rf /var/lib/apt/lists/*
-RUN python -m venv /opt/venv
+RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
-# dependencies first (cached while only the code changes)
+COPY deploy/docker/wheelhouse/ /wheels/
+# dependencies first (cached while only the code changes); every dependency has a binary wheel
 COPY pyproject.toml README.md ./
 RUN mkdir -p services indexer query alerts \
  && touch services/__init__.py indexer/__init__.py query/__init__.py alerts/__init__.py \
- && pip install . \
+ && if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
+ && pip install $OFFLINE . \
  && pip uninstall -y prefect-artifact-search
 COPY services ./services
 COPY indexer ./indexer
 COPY query ./query
 COPY alerts ./alerts
-RUN pip install --no-deps . && python -m compileall -q /opt/venv
+RUN if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
+ && pip install $OFFLINE --no-deps . && python -m compileall -q /opt/venv
 
-# ---- final stage: runtime only, non-root -------------------------------------------------
-FROM python:3.11-slim
+# ---- final stage: runtime only, non-root -------------------------------------------------------
+FROM ${BASE}
 LABEL org.opencontainers.image.title="prefect-artifact-search" \
       org.opencontainers.image.description="Prefect-compatible artifact search on Kafka and Elasticsearch"
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     QUERY_HOST=0.0.0.0 \
-    INDEXER_METRICS_HOST=0.0.0.0
+    INDEXER_METRICS_HOST=0.0.0.0 \
+    INDEXER_STATE_DIR=/var/lib/indexer/state
 RUN groupadd --system --gid 10001 app \
  && useradd --system --uid 10001 --gid 10001 --home-dir /home/app --create-home app \
  && install -d -o 10001 -g 10001 /var/lib/indexer
-# the indexer's state store (INDEXER_STATE_DIR) lives on a volume mounted here
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 WORKDIR /home/app
+# the indexer's state store: mount a volume here (an anonymous one otherwise)
+VOLUME ["/var/lib/indexer"]
 EXPOSE 4200 9464
 ENTRYPOINT ["artifact-search"]
 CMD ["--help"]

@@ -9,6 +9,9 @@
 #   make lint         ruff format --check, ruff check, mypy
 #   make bench        benchmarks (tests.benchmarks.run); bench-quick: the short variant
 #   make status       one line per server and app process
+#   make image        build the image here (deploy/docker/build.sh app; needs a Docker engine)
+#   make compose-up   build every image here, then start deploy/compose.yaml with them
+#   make compose-smoke  the compose stack started and checked end to end (tests/compose)
 #
 # Runtime state lives in .local/ (git-ignored); app pid files and logs in .local/run.
 
@@ -31,12 +34,19 @@ DEMO ?= 1
 API_PORT ?= $(or $(QUERY_PORT),4200)
 # fast pure tier first, then the server-backed tiers (benchmarks are not tests)
 TEST_TIERS := tests/unit tests/integration tests/e2e tests/ops tests/routing tests/reliability \
-  tests/conformance tests/sync tests/faults
+  tests/conformance tests/sync tests/faults tests/containers
 
-.PHONY: help venv servers servers-app up down reset test lint bench bench-quick status
+# `docker compose` (the plugin) when present, else Debian 12's docker-compose
+COMPOSE ?= $(shell docker compose version >/dev/null 2>&1 && echo "docker compose" || echo docker-compose)
+COMPOSE_ARGS := -p prefect-artifact-search -f deploy/compose.yaml
+LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search-elasticsearch:local \
+  BASE_IMAGE=artifact-search-base:bookworm
+
+.PHONY: help venv servers servers-app up down reset test lint bench bench-quick status \
+  image compose-up compose-down compose-smoke
 
 help:
-	@sed -n '3,12p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
 
 venv:
 	@if [ ! -x $(PY) ]; then \
@@ -134,3 +144,20 @@ status:
 	  if kill -0 "$$pid" 2>/dev/null; then printf '%-6s running  pid=%s\n' "$$name" "$$pid"; \
 	  else printf '%-6s stopped\n' "$$name"; fi; \
 	done
+
+image: venv
+	deploy/docker/build.sh app
+
+# images built here (a Debian base, Kafka and Elasticsearch from the Maven artifacts, the app from
+# a wheelhouse), for machines that cannot pull public images; plain `$(COMPOSE) $(COMPOSE_ARGS) up`
+# uses the public ones
+compose-up: venv
+	deploy/docker/build.sh all
+	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) up --detach --build
+	@echo "API: http://127.0.0.1:4200/api  demo data: $(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) run --rm bootstrap demo"
+
+compose-down:
+	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) down
+
+compose-smoke: venv
+	$(PY) -m pytest tests/compose $(PYTEST_ARGS)

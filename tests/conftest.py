@@ -40,6 +40,8 @@ FOLDER_MARKERS = {
     "ops": "integration",
     "routing": "e2e",
     "sync": "sync",
+    "containers": "containers",
+    "compose": "containers",
 }
 
 # where deploy/local/servers.sh puts them (it honours the same port variables)
