@@ -214,6 +214,7 @@ class Indexer:
             defer_max_s=self.settings.defer_max_s,
             publish_changes=None if self.changes is None else self.changes.publish,
         )
+        self.processor.backlog = self.backlog
         self.parents = Parents(
             self.kafka, self.settings, list(self.parent_topics), self.processor, self._submit
         )
@@ -300,7 +301,7 @@ class Indexer:
             self._spawn(self._commit(consumer, result))
 
         try:
-            await processor.submit(records, committed, _behind(consumer, records))
+            await processor.submit(records, committed)
             return True
         except PipelineError as exc:
             self._fail(exc)
@@ -316,6 +317,17 @@ class Indexer:
                 consumer.seek(tp, processor.position(tp.topic, tp.partition))
             await asyncio.sleep(self.settings.retry_max_s)
         return False
+
+    def backlog(self) -> int:
+        """Records waiting to be applied: the group's partitions and the parents'."""
+        lag = self.parent_lag()
+        consumer, processor = self.group_consumer(), self.processor
+        if consumer is not None and processor is not None:
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is not None:
+                    lag += max(highwater - processor.position(tp.topic, tp.partition), 0)
+        return lag
 
     def parent_lag(self) -> int:
         """Parent records not applied yet (0 before start-up)."""
@@ -356,20 +368,6 @@ class Indexer:
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
-
-
-def _behind(consumer: AIOKafkaConsumer, records: Sequence[Any]) -> int:
-    """Records of the batch's partitions that wait behind it (the backlog)."""
-    ends: dict[TopicPartition, int] = {}
-    for record in records:
-        tp = TopicPartition(record.topic, record.partition)
-        ends[tp] = max(ends.get(tp, 0), record.offset + 1)
-    behind = 0
-    for tp, end in ends.items():
-        highwater = consumer.highwater(tp)
-        if highwater is not None:
-            behind += max(highwater - end, 0)
-    return behind
 
 
 def asyncapi_json(kafka: KafkaSettings | None = None) -> str:

@@ -131,6 +131,9 @@ class Processor:
         self.defer_lag = defer_lag
         self.defer_max_s = defer_max_s
         self._flushed_at = time.monotonic()
+        # records waiting to be applied, every input together (the app sets it from the
+        # consumers' high watermarks): what a step is told when the caller does not say
+        self.backlog: Callable[[], int] = lambda: 0
         self.failed: BaseException | None = None
         self._inflight: list[asyncio.Task[StepResult]] = []
         self._last: Tx | None = None
@@ -197,24 +200,29 @@ class Processor:
         return await self._retry(lambda: self.epochs.acquire(*tp))
 
     # -- steps --------------------------------------------------------------------------
-    async def process(self, records: Sequence[RecordLike], behind: int = 0) -> StepResult:
+    async def process(self, records: Sequence[RecordLike], behind: int | None = None) -> StepResult:
         """Apply records and wait until the step is committed."""
         return await (await self.submit(records, behind=behind))
 
-    def _defer(self, behind: int) -> bool:
-        """Whether this step defers its documents: a backlog of more than `defer_lag`
-        records waits behind it, and a step wrote them less than `defer_max_s` ago."""
-        now = time.monotonic()
-        if self.defer_lag and behind > self.defer_lag and now - self._flushed_at < self.defer_max_s:
+    def deferring(self, behind: int | None = None) -> bool:
+        """Whether documents are deferred now: more than `defer_lag` records wait (`behind`,
+        else `backlog()`), and pending documents were written less than `defer_max_s` ago."""
+        if not self.defer_lag:
+            return False
+        waiting = self.backlog() if behind is None else behind
+        return waiting > self.defer_lag and time.monotonic() - self._flushed_at < self.defer_max_s
+
+    def _defer(self, behind: int | None) -> bool:
+        if self.deferring(behind):
             return True
-        self._flushed_at = now
+        self._flushed_at = time.monotonic()
         return False
 
     async def submit(
         self,
         records: Sequence[RecordLike],
         on_commit: Callable[[StepResult], None] | None = None,
-        behind: int = 0,
+        behind: int | None = None,
     ) -> asyncio.Future[StepResult]:
         """Compute a step now; perform its effects and commit it in the background.
 
@@ -222,7 +230,8 @@ class Processor:
         the caller can fetch and compute the next batch while Elasticsearch indexes this
         one. Steps commit strictly in order; `on_commit` runs after the store commit.
         Group records of partitions this replica does not own are left for their owner.
-        `behind`: records still waiting after these (a backlog defers documents).
+        `behind`: records still waiting after these (a backlog defers documents; default
+        `backlog()`).
         """
         async with self.lock:
             if self.failed is not None:
@@ -350,14 +359,16 @@ class Processor:
 
     def has_work(self) -> bool:
         """Whether a step without records would do something (activate partitions, write
-        marked documents, rewrite a partition)."""
-        return bool(self.pending) or self._has_pending_work()
+        marked documents — not while a backlog defers them —, rewrite a partition)."""
+        return bool(self.pending) or self._has_pending_work(marks=not self.deferring())
 
-    def _has_pending_work(self) -> bool:
+    def _has_pending_work(self, marks: bool = True) -> bool:
         tx = Tx(self.store, self.cache)
         for tp in self.active:
             own = tx.get(keys.ownership(*tp))
-            if own is not None and (own.get("marks") or own.get("rewrite") is not None):
+            if own is None:
+                continue
+            if (marks and own.get("marks")) or own.get("rewrite") is not None:
                 return True
         return False
 

@@ -168,6 +168,7 @@ class Step:
         self.out = StepOutput()
         self.dirty = _Dirty()
         self.forced: set[str] = set()  # documents rewritten whatever they were
+        self.folded: set[str] = set()  # artifacts whose own records changed them this step
         self.affected = Affected()
 
     # -- entry point --------------------------------------------------------------------
@@ -300,6 +301,7 @@ class Step:
                 if now is not None:
                     self.tx.put_raw(keys.artifact_edge(kind, now, partition, artifact_id), True)
         self.dirty.artifacts[artifact_id] = partition
+        self.folded.add(artifact_id)
         last_offset = numbered[-1][0]
         for member in memberships(before, changes, artifact_id, last_offset):
             q = partition_of(member.key, self.topo.member_partitions)
@@ -393,7 +395,10 @@ class Step:
         deferred: set[TP] = set()
         for artifact_id, partition in self.dirty.artifacts.items():
             tp = (arts, partition)
-            if tp not in self.active or (defer and artifact_id not in self.forced):
+            # a backlog defers what is rewritten (fan-out, marks), not an artifact's own
+            # change: Elasticsearch indexes those while the backlog is folded
+            later = defer and artifact_id not in self.forced and artifact_id not in self.folded
+            if tp not in self.active or later:
                 self.tx.put_raw(keys.dirty(b"a", partition, artifact_id), True)
                 if tp in self.active:
                     deferred.add(tp)
