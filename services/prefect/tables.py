@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any, Final
 
-from services.documents import format_timestamp
+from services.documents import ARTIFACT_RESPONSE_FIELDS, format_timestamp
 
 TABLES: Final = ("flow", "deployment", "flow_run", "task_run", "artifact")
 """The tables read, in dependency order; each is also the contract's entity name."""
@@ -66,18 +66,7 @@ CONTRACT_FIELDS: Final[dict[str, tuple[str, ...]]] = {
         "end_time",
         "expected_start_time",
     ),
-    "artifact": (
-        "id",
-        "created",
-        "updated",
-        "key",
-        "type",
-        "description",
-        "data",
-        "metadata_",
-        "flow_run_id",
-        "task_run_id",
-    ),
+    "artifact": ARTIFACT_RESPONSE_FIELDS,  # Prefect's columns are its response's fields
 }
 """The columns of each table that the contract's `data` carries (same names as Prefect's
 REST API); the current state of a run is denormalised on its row (`state_type`,
