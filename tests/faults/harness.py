@@ -193,6 +193,10 @@ class Wiring:
             INDEXER_RETRY_MAX_S="2",
             PYTHONUNBUFFERED="1",
         )
+        # an experiment's indexer settings (e.g. FAULTS_INDEXER_ENV="INDEXER_DEFER_LAG=5000")
+        for pair in os.environ.get("FAULTS_INDEXER_ENV", "").split():
+            name, _, value = pair.partition("=")
+            env[name] = value
         return env
 
 
@@ -728,30 +732,42 @@ async def wait_converged(
     seconds: float,
     probes_ok: int = 2,
 ) -> float:
-    """Wait for lag 0 and stable expected counts; returns the monotonic time it was reached."""
+    """Wait for lag 0 and every expected count (join filters included), each probe after a
+    refresh; returns the monotonic time it was reached.
+
+    Lag 0 alone is not convergence: the last step's writes become searchable at the next
+    refresh, and rewrites reached through a parent (fan-out, marks) can be written by a step
+    after the one that committed the last offset. A probe without a refresh could see a
+    state that is still settling and call it wrong, or right by chance."""
     deadline = time.monotonic() + seconds
-    want = [(p, b, n) for p, b, n in expected.counts if b == {}]
+    want = expected.counts
     streak = 0
     first_ok: float | None = None
     last = "no probe yet"
-    while time.monotonic() < deadline:
-        try:
-            lag, done, total = await topics.lag()
-            answers = [await _post(client, p, b) for p, b, _ in want]
-            ok = lag == 0 and answers == [n for _, _, n in want]
-            last = f"lag {lag} ({done}/{total}), counts {answers} want {[n for *_, n in want]}"
-        except Exception as exc:  # servers settling after a fault
-            ok = False
-            last = f"probe failed: {exc!r}"[:300]
-        if ok:
-            streak += 1
-            first_ok = first_ok or time.monotonic()
-            if streak >= probes_ok:
-                assert first_ok is not None
-                return first_ok
-        else:
-            streak, first_ok = 0, None
-        await asyncio.sleep(0.5)
+    es = AsyncElasticsearch(topics.wiring.es_url, request_timeout=60)
+    aliases = ",".join(topics.wiring.names.all_aliases())
+    try:
+        while time.monotonic() < deadline:
+            try:
+                lag, done, total = await topics.lag()
+                await es.indices.refresh(index=aliases)
+                answers = [await _post(client, p, b) for p, b, _ in want]
+                ok = lag == 0 and answers == [n for _, _, n in want]
+                last = f"lag {lag} ({done}/{total}), counts {answers} want {[n for *_, n in want]}"
+            except Exception as exc:  # servers settling after a fault
+                ok = False
+                last = f"probe failed: {exc!r}"[:300]
+            if ok:
+                streak += 1
+                first_ok = first_ok or time.monotonic()
+                if streak >= probes_ok:
+                    assert first_ok is not None
+                    return first_ok
+            else:
+                streak, first_ok = 0, None
+            await asyncio.sleep(0.5)
+    finally:
+        await es.close()
     raise AssertionError(f"no convergence within {seconds:.0f}s: {last}")
 
 
