@@ -8,6 +8,7 @@
 #   make test         servers + lint + pytest over tests/ (benchmarks excluded)
 #   make lint         ruff format --check, ruff check, mypy
 #   make bench        benchmarks (tests.benchmarks.run); bench-quick: the short variant
+#   make profile-engine  where the indexer's CPU goes, without Kafka or Elasticsearch
 #   make status       one line per server and app process
 #   make image        build the image here (deploy/docker/build.sh app; needs a Docker engine)
 #   make compose-up   build every image here, then start deploy/compose.yaml with them
@@ -43,10 +44,10 @@ LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search
   BASE_IMAGE=artifact-search-base:bookworm
 
 .PHONY: help venv servers servers-app up down reset test lint bench bench-quick status \
-  image compose-up compose-down compose-smoke
+  image compose-up compose-down compose-smoke profile-engine
 
 help:
-	@sed -n '3,15p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
 
 venv:
 	@if [ ! -x $(PY) ]; then \
@@ -130,6 +131,10 @@ lint:
 	$(PY) -m ruff format --check .
 	$(PY) -m ruff check .
 	$(PY) -m mypy
+
+profile-engine: venv
+	$(PY) -m tests.benchmarks.profile_engine --artifacts 20000 \
+	  --profile docs/benchmarks/profile-engine-20k.txt
 
 bench bench-quick:
 	@if [ ! -f tests/benchmarks/run.py ] && [ ! -f tests/benchmarks/run/__main__.py ]; then \

@@ -107,7 +107,6 @@ def id_order(doc_id: str) -> tuple[int, int]:
     return (value >> 64) - _SIGN, (value & _LOW64) - _SIGN
 
 
-@functools.lru_cache(maxsize=65536)
 @functools.lru_cache(maxsize=65_536)
 def collection_id(key: str) -> str:
     """The derived id of the collection of `key` (memoized: keys repeat across artifacts)."""
