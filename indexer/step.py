@@ -358,7 +358,11 @@ class Step:
                     if taken >= budget:
                         exhausted = False
                         break
-                    target.setdefault(keys.split_tail(key)[1], tp[1])
+                    doc_id = keys.split_tail(key)[1]
+                    target.setdefault(doc_id, tp[1])
+                    # written whatever it was: a run that died before its commit may have
+                    # drained this mark and written a content this state never recorded
+                    self.forced.add(doc_id)
                     self.tx.put_raw(key, False)
                     taken += 1
                 budget -= taken

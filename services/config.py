@@ -136,9 +136,7 @@ class IndexerSettings(BaseSettings):
     # a backlog of more than this many records (0: never) defers document writes: a
     # document changed again and again while it is consumed is written once, except
     # that one step every `defer_max_s` seconds writes what is pending
-    # off by default: the SIGKILL fault test found one stale collection with it on (a CI
-    # run of fcd68df), not yet explained (docs/propagation.md)
-    defer_lag: int = Field(default=0, ge=0)
+    defer_lag: int = Field(default=5_000, ge=0)
     defer_max_s: float = Field(default=5.0, gt=0)
     # documents carry their searchable text and typed values (`x`, `v`: the search
     # extension's `q` and `where`); false indexes faster, and those match nothing

@@ -656,7 +656,8 @@ async def test_runs_dying_after_publishing_members_converge_to_the_oracle(
         doomed = _DiesBeforeCommit(store)
         d = Replica(index, epochs, doomed, local_members=False, defer=defer)
         d.own_all()
-        await d.processor.process([])
+        # told of a backlog, the activation step keeps the marks, for the dead step to drain
+        await d.processor.process([], rng.choice([0, 9]))
         doomed.armed = True
         if done < len(records):
             with pytest.raises(PermanentError):
@@ -710,3 +711,46 @@ async def test_a_backlog_rewrites_each_document_once_when_it_is_drained() -> Non
     assert comparable(r.index.sources("collections")) == comparable(cols)
     drained = r.index.writes - before
     assert drained <= len(r.index.docs)  # every pending document written at most once
+
+
+async def test_marks_a_dead_run_drained_are_written_again_even_if_unchanged_since() -> None:
+    """A backlog defers a collection's rewrite (its latest artifact's flow run arrived); a
+    run drains the mark, writes the collection with the flow run and dies before its
+    commit. The restart finds the mark again, but the flow run is deleted meanwhile, so
+    the collection's content is back to the content last *committed* as written: the
+    drain must write it anyway, since the index holds what the dead run wrote."""
+    flow, run, art = uid(), uid(), uid()
+    store, index, epochs = MemoryStore(), FakeIndex(), FakeEpochs()
+    r = Replica(index, epochs, store, defer=True)
+    r.own_all()
+    await r.processor.process(
+        number(
+            [
+                rec("flow", flow, 1, name="F"),
+                rec("artifact", art, 1, key="k", flow_run_id=run, created=TS),
+            ]
+        ),
+        behind=0,
+    )
+    cid = collection_id("k")
+    assert "fr" not in index.sources("collections")[cid]  # the run is not known yet
+    await r.processor.process(
+        [at(0, rec("flow_run", run, 1, name="late", flow_id=flow))], behind=1_000
+    )
+    assert "fr" not in index.sources("collections")[cid]  # deferred: marked, not written
+
+    dying = _DiesBeforeCommit(store)
+    dead = Replica(index, epochs, dying, defer=True)
+    dead.own_all()
+    await dead.processor.process([], behind=1_000)  # activation (committed), no drain
+    dying.armed = True
+    with pytest.raises(PermanentError):
+        await dead.processor.process([], behind=0)  # drains the mark, writes, dies
+    assert index.sources("collections")[cid]["fr"]["name"] == "late"  # what the index holds
+
+    restarted = Replica(index, epochs, store, defer=True)
+    restarted.own_all()
+    await restarted.processor.process([at(1, tomb("flow_run", run))], behind=1_000)
+    await restarted.feed([])  # drains the marks
+    arts, cols = index.sources("artifacts"), index.sources("collections")
+    assert "fr" not in arts[art] and "fr" not in cols[cid], cols[cid].get("fr")
