@@ -32,12 +32,12 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from alerts import metrics
+from alerts.kafka_io import ConsumeProduce
 from alerts.ledger import Ledger
 from alerts.model import (
     AlertMessage,
@@ -54,7 +54,6 @@ from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
 from services.documents import format_timestamp, to_micros
 from services.errors import BackendUnavailableError, TransientError, TranslationError
-from services.kafka import producer_kwargs
 
 log = logging.getLogger("alerts.worker")
 T = TypeVar("T")
@@ -156,8 +155,14 @@ class AlertWorker:
         self.evaluator = evaluator
         self.store = store
         self.ledger = ledger
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.io = ConsumeProduce(
+            kafka,
+            kafka.changes_topic,
+            settings.group_id,
+            settings.max_batch,
+            enable_idempotence=True,
+            linger_ms=5,
+        )
         self.batches = 0
         self.matched = 0
         self.published = 0
@@ -165,40 +170,21 @@ class AlertWorker:
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
-        self.producer = AIOKafkaProducer(
-            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
-        )
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            self.kafka.changes_topic,
-            **producer_kwargs(self.kafka),
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_batch,
-        )
-        await self.consumer.start()
+        await self.io.start()
 
     async def stop(self) -> None:
         """Stop consuming (an unfinished batch is not committed: it is redelivered)."""
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-        self.consumer = self.producer = None
+        await self.io.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Process batches until `stopping` is set; sweep abandoned claims at the start and
         every half claim timeout."""
-        consumer = self.consumer
-        assert consumer is not None, "the worker is not started"
         next_sweep = 0.0
         while not stopping.is_set():
             if time.monotonic() >= next_sweep:
                 await self._retry(self.recover)
                 next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
-            fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
-            records = [r for batch in fetched.values() for r in batch]
+            records = await self.io.next_batch()
             if not records:
                 continue
             pairs: list[tuple[str, int]] = []
@@ -212,7 +198,7 @@ class AlertWorker:
                     )
             changed = merge_changes(pairs)
             await self._retry(partial(self.handle, changed))
-            await commit(consumer)
+            await self.io.commit()
             self.batches += 1
 
     async def handle(self, changed: dict[str, int]) -> int:
@@ -246,8 +232,7 @@ class AlertWorker:
 
     async def _publish(self, messages: Sequence[AlertMessage]) -> int:
         """Publish claimed alerts, wait for Kafka, then mark them published."""
-        producer = self.producer
-        assert producer is not None
+        producer = self.io.producer
         futures = [
             await producer.send(
                 self.kafka.alerts_topic,
@@ -279,17 +264,6 @@ class AlertWorker:
 
 _RETRIED = (TransientError, BackendUnavailableError, ApiError, TransportError, KafkaError, OSError)
 """Failures a retry of the batch may overcome; anything else is a bug and stops the worker."""
-
-
-async def commit(consumer: AIOKafkaConsumer) -> None:
-    """Commit what was consumed. A refused commit (the group rebalanced meanwhile) is not an
-    error: the new owner is redelivered the batch and the ledger announces nothing twice."""
-    try:
-        await consumer.commit()
-    except CommitFailedError:
-        log.info("offset commit refused after a rebalance; the batch will be redelivered")
-    except KafkaError as exc:
-        log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
 
 def _log_retry(state: Any) -> None:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,6 +47,7 @@ from services.contract import ENTITIES, encode_event
 from services.documents import to_micros
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
+from tests.waiting import wait_for
 
 SAVED = "/ext/v1/saved-searches"
 ATTEMPTS = 3
@@ -230,38 +230,35 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     raise AssertionError(f"topic {topic} has no partitions")
 
 
-async def _caught_up(stack: Stack, group: str, topic: str, seconds: float = 60) -> None:
-    """Wait until `group` has committed the end of every partition of `topic`."""
+async def _lag(stack: Stack, group: str, topic: str) -> dict[TopicPartition, tuple[Any, int]]:
+    """The partitions of `topic` whose end `group` has not committed yet."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka.bootstrap_servers)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
-        deadline = time.monotonic() + seconds
-        while True:
-            ends = await consumer.end_offsets(tps)
-            committed = await stack.admin.list_consumer_group_offsets(group)
-            lagging = {
-                tp: (committed.get(tp).offset if committed.get(tp) else None, end)
-                for tp, end in ends.items()
-                if end and (committed.get(tp) is None or committed[tp].offset < end)
-            }
-            if not lagging:
-                return
-            assert time.monotonic() < deadline, f"{group} lags on {lagging}"
-            await asyncio.sleep(0.2)
+        ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
+    committed = await stack.admin.list_consumer_group_offsets(group)
+    return {
+        tp: (committed.get(tp).offset if committed.get(tp) else None, end)
+        for tp, end in ends.items()
+        if end and (committed.get(tp) is None or committed[tp].offset < end)
+    }
+
+
+async def _caught_up(stack: Stack, group: str, topic: str, seconds: float = 60) -> None:
+    """Wait until `group` has committed the end of every partition of `topic`."""
+    lagging = await wait_for(lambda: _lag(stack, group, topic), lambda lag: not lag, seconds)
+    assert not lagging, f"{group} lags on {lagging}"
+
+
+async def _alerts(kafka: KafkaSettings) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in await _read_topic(kafka, kafka.alerts_topic)]
 
 
 async def _alerts_when(stack: Stack, want: int, seconds: float = 60) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + seconds
-    while True:
-        got = [
-            json.loads(r.value) for r in await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-        ]
-        if len(got) >= want or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.3)
+    return await wait_for(lambda: _alerts(stack.kafka), lambda got: len(got) >= want, seconds)
 
 
 async def _quiet(stack: Stack) -> None:
