@@ -6,9 +6,11 @@ webhook is POSTed (the alert message as JSON; headers `Idempotency-Key` and
 `X-Alert-Id` = the alert id). A delivery that fails — a connection error, a timeout or any
 answer other than 2xx — is retried with exponential backoff (tenacity) up to
 `ALERTS_WEBHOOK_ATTEMPTS` attempts, then the alert goes to the alert dead-letter topic
-(`KAFKA_TOPIC_ALERTS_DLQ`) with headers saying why. Offsets are committed after every
-alert of a batch was delivered or dead-lettered: deliveries are at-least-once, and the
-receiver deduplicates by the alert id.
+(`KAFKA_TOPIC_ALERTS_DLQ`) with headers saying why. A webhook whose host
+`ALERTS_WEBHOOK_ALLOWED_HOSTS` does not allow (alerts/egress.py) is never called: its alerts
+go to the dead-letter topic at once (`dlq.reason` = `webhook-not-allowed`). Offsets are
+committed after every alert of a batch was delivered or dead-lettered: deliveries are
+at-least-once, and the receiver deduplicates by the alert id.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tenacity import (
 )
 
 from alerts import metrics
+from alerts.egress import parse_allowed_hosts, webhook_refusal
 from alerts.kafka_io import ConsumeProduce, Record
 from alerts.model import AlertMessage, SavedSearch
 from alerts.searches import SavedSearchStore
@@ -59,6 +62,7 @@ class WebhookDispatcher:
         self.io = ConsumeProduce(
             kafka, kafka.alerts_topic, f"{settings.group_id}.webhooks", settings.max_batch
         )
+        self.allowed_hosts = parse_allowed_hosts(settings.webhook_allowed_hosts)
         self.delivered = 0
         self.dead_lettered = 0
 
@@ -108,6 +112,12 @@ class WebhookDispatcher:
         if search is None or search.webhook is None:
             return  # deleted meanwhile, or no webhook
         url = str(search.webhook.url)
+        refused = webhook_refusal(url, self.allowed_hosts)
+        if refused is not None:  # saved before the allow-list changed, or written around it
+            metrics.WEBHOOKS.labels("refused").inc()
+            log.warning("webhook of saved search %s refused: %s", search.id, refused)
+            await self._dead_letter(record, alert, refused, reason=b"webhook-not-allowed", tries=0)
+            return
         detail = ""
         try:
             async for attempt in AsyncRetrying(
@@ -134,7 +144,9 @@ class WebhookDispatcher:
             detail,
             alert.alert_id,
         )
-        await self._dead_letter(record, alert, detail)
+        await self._dead_letter(
+            record, alert, detail, reason=b"webhook", tries=self.settings.webhook_attempts
+        )
 
     async def _post(self, url: str, alert_id: str, body: bytes) -> None:
         try:
@@ -155,12 +167,14 @@ class WebhookDispatcher:
             metrics.WEBHOOKS.labels("failed_attempt").inc()
             raise WebhookFailedError(f"HTTP {resp.status_code}")
 
-    async def _dead_letter(self, record: Record, alert: AlertMessage, detail: str) -> None:
+    async def _dead_letter(
+        self, record: Record, alert: AlertMessage, detail: str, reason: bytes, tries: int
+    ) -> None:
         producer = self.io.producer
         headers = [
-            ("dlq.reason", b"webhook"),
+            ("dlq.reason", reason),
             ("dlq.detail", detail.encode()[:2000]),
-            ("dlq.attempts", str(self.settings.webhook_attempts).encode()),
+            ("dlq.attempts", str(tries).encode()),
             ("dlq.saved_search_id", alert.saved_search.id.encode()),
             ("dlq.topic", record.topic.encode()),
             ("dlq.partition", str(record.partition).encode()),

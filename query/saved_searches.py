@@ -4,7 +4,8 @@ Create, list, read, replace and delete saved searches. A saved search holds the 
 `POST /ext/v1/artifacts/search` request, validated by the same model and then *run once*
 (no hits asked) so that a query Elasticsearch cannot parse is a 422 now, not an error in
 the alerts worker later. Errors: an invalid body is FastAPI's 422 list; a search a saved
-search cannot hold, or one Elasticsearch refuses, a 422 with a sentence; an unknown or
+search cannot hold, one Elasticsearch refuses, or a webhook whose host
+`ALERTS_WEBHOOK_ALLOWED_HOSTS` does not allow, a 422 with a sentence; an unknown or
 malformed id a 404; a concurrent replace a 409; Elasticsearch unavailable a 503.
 """
 
@@ -18,6 +19,7 @@ import orjson
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from alerts.egress import AllowedHosts, webhook_refusal
 from alerts.model import SavedSearch, SavedSearchIn, SavedSearchList, check_saved_search
 from alerts.searches import SavedSearchConflictError, SavedSearchStore
 from query.repository import Repository
@@ -51,12 +53,18 @@ def saved_search_router(
     store: SavedSearchStore,
     repo: Repository,
     body_within_limit: Callable[[Request], Awaitable[None]],
+    webhook_hosts: AllowedHosts,
 ) -> APIRouter:
-    """The routes, over a saved-search store and the search repository (to try a search)."""
+    """The routes, over a saved-search store, the search repository (to try a search) and
+    the hosts webhooks may be sent to."""
     router = APIRouter(prefix=PREFIX, tags=["saved searches"])
 
     async def checked(body: SavedSearchIn) -> Response | None:
         """None when the search can be saved, else the 422."""
+        if body.webhook is not None:
+            refused = webhook_refusal(str(body.webhook.url), webhook_hosts)
+            if refused is not None:
+                return _detail(422, refused)
         try:
             check_saved_search(body)
             probe = body.search.model_copy(

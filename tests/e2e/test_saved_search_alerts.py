@@ -51,6 +51,8 @@ from tests.waiting import wait_for
 
 SAVED = "/ext/v1/saved-searches"
 ATTEMPTS = 3
+ALLOWED = "127.0.0.1"
+"""ALERTS_WEBHOOK_ALLOWED_HOSTS of the tests: the receiver's address only."""
 TS = "2026-01-01T00:00:00Z"
 
 
@@ -142,7 +144,7 @@ async def stack(
         ),
     )
     await indexer.start()
-    app = create_app(QuerySettings(), es_settings)
+    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
@@ -155,6 +157,7 @@ async def stack(
         retry_max_s=0.5,
         metrics_port=0,
         claim_timeout_s=600,  # the recent claim below stays live however slow the machine
+        webhook_allowed_hosts=ALLOWED,
     )
     try:
         yield Stack(kafka, es_settings, alerts, indexer, api, admin, producer)
@@ -294,7 +297,7 @@ async def api_only(elasticsearch_url: str, unique_name: str) -> AsyncIterator[ht
     es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
     es = AsyncElasticsearch(elasticsearch_url)
     await ensure_indices(es, IndexNames(es_settings.index_prefix))
-    app = create_app(QuerySettings(), es_settings)
+    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     try:
         yield api
@@ -315,6 +318,10 @@ async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> 
         "body",
         "search",
     ]
+    for url in ("http://169.254.169.254/latest", "http://localhost:9/x"):
+        refused = await api.post(SAVED, json={"name": "x", "search": {}, "webhook": {"url": url}})
+        assert refused.status_code == 422
+        assert "ALERTS_WEBHOOK_ALLOWED_HOSTS" in refused.json()["detail"]
     assert (await api.get(f"{SAVED}/{uuid.uuid4()}")).status_code == 404
     assert (await api.get(f"{SAVED}/not-a-uuid")).status_code == 404
     assert (await api.delete(f"{SAVED}/{uuid.uuid4()}")).status_code == 404
@@ -335,6 +342,11 @@ async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> 
     renamed = changed.json()
     assert renamed["name"] == "renamed" and renamed["created"] == one["created"]
     assert renamed["fingerprint"] == one["fingerprint"]  # limit is presentation
+    moved = await api.put(
+        f"{SAVED}/{one['id']}",
+        json={"name": "x", "search": {"q": "revenue"}, "webhook": {"url": "http://10.0.0.1/"}},
+    )
+    assert moved.status_code == 422 and "'10.0.0.1' is not allowed" in moved.json()["detail"]
     listed = (await api.get(SAVED)).json()["saved_searches"]
     assert [s["id"] for s in listed] == [one["id"]]
     assert (await api.delete(f"{SAVED}/{one['id']}")).status_code == 204
@@ -373,7 +385,19 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         json={"name": "S3", "webhook": {"url": f"{base}/flaky"}, "search": {"q": "costs"}},
     )
     assert s1.status_code == s2.status_code == s3.status_code == 201
-    await _store_unparsable_search(stack)  # as if an older release had accepted it
+    # a query Elasticsearch refuses, and a webhook host the worker does not allow
+    await _store_around_api(stack, SavedSearchIn(name="broken", search=SearchRequest(q="a AND (")))
+    port = base.rsplit(":", 1)[1]
+    await _store_around_api(
+        stack,
+        SavedSearchIn.model_validate(
+            {
+                "name": "S4",
+                "search": {"q": "costs"},
+                "webhook": {"url": f"http://localhost:{port}/ok"},
+            }
+        ),
+    )
     errors_before = metrics.SEARCH_ERRORS._value.get()
     service, task = await _running(stack)
     try:
@@ -389,22 +413,29 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         await _publish(
             stack, "artifact", A5, 1, _artifact("model", "low", R1, metadata_={"accuracy": "0.5"})
         )
-        first = await _alerts_when(stack, 3)
+        first = await _alerts_when(stack, 4)
         # the unparsable one is refused by Elasticsearch at every batch; the others alert
         assert metrics.SEARCH_ERRORS._value.get() > errors_before
-        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1)]
+        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1), ("S4", A3, 1)]
 
         # R2 turns FAILED: A2 now matches S1; A4 (rewritten too) must not alert again
         await _publish(stack, "flow_run", R2, 2, _run("FAILED"))
         # a new version of A1 that still matches: a new alert (once per artifact version)
         await _publish(stack, "artifact", A1, 2, _artifact("sales", "Revenue grew more", R1))
-        await _alerts_when(stack, 5)
+        await _alerts_when(stack, 6)
         await _quiet(stack)
         alerts = await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-        want = [("S1", A1, 1), ("S1", A1, 2), ("S1", A2, 1), ("S2", A4, 1), ("S3", A3, 1)]
+        want = [
+            ("S1", A1, 1),
+            ("S1", A1, 2),
+            ("S1", A2, 1),
+            ("S2", A4, 1),
+            ("S3", A3, 1),
+            ("S4", A3, 1),
+        ]
         assert _pairs([json.loads(r.value) for r in alerts]) == want
         by_id = {json.loads(r.value)["alert_id"]: r for r in alerts}
-        assert len(by_id) == 5
+        assert len(by_id) == 6
         for record in alerts:
             body = json.loads(record.value)
             assert dict(record.headers)["alert_id"] == body["alert_id"].encode()
@@ -429,11 +460,19 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         # the one that answers 500 was tried ATTEMPTS times, then dead-lettered
         failing = got.bodies("/fail")
         assert len(failing) == ATTEMPTS and {b["artifact_id"] for b in failing} == {A4}
-        dead = await _read_topic(stack.kafka, stack.kafka.alerts_dlq_topic)
-        assert len(dead) == 1
-        headers = dict(dead[0].headers)
-        assert headers["dlq.reason"] == b"webhook" and headers["dlq.detail"] == b"HTTP 500"
-        assert json.loads(dead[0].value)["artifact_id"] == A4
+        # S4's host is not allowed: never called, dead-lettered at once with the reason
+        dead = {
+            dict(r.headers)["dlq.reason"]: r
+            for r in await _read_topic(stack.kafka, stack.kafka.alerts_dlq_topic)
+        }
+        assert set(dead) == {b"webhook", b"webhook-not-allowed"}
+        headers = dict(dead[b"webhook"].headers)
+        assert headers["dlq.detail"] == b"HTTP 500"
+        assert json.loads(dead[b"webhook"].value)["artifact_id"] == A4
+        refused = dict(dead[b"webhook-not-allowed"].headers)
+        assert b"'localhost' is not allowed" in refused["dlq.detail"]
+        assert refused["dlq.attempts"] == b"0"
+        assert json.loads(dead[b"webhook-not-allowed"].value)["saved_search"]["name"] == "S4"
     finally:
         await _stop(service, task)
 
@@ -463,9 +502,8 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     assert states[alert_id(s1_id, fingerprint, held, 1)] == "pending"
 
 
-async def _store_unparsable_search(stack: Stack) -> None:
-    """A saved search whose query Elasticsearch refuses, written around the API's check."""
-    body = SavedSearchIn(name="broken", search=SearchRequest(q="revenue AND ("))
+async def _store_around_api(stack: Stack, body: SavedSearchIn) -> str:
+    """Store a saved search the API would refuse (as if an older release had accepted it)."""
     saved = saved_search_doc(str(uuid.uuid4()), body, TS, TS)
     es = AsyncElasticsearch(stack.es_settings.url)
     try:
@@ -477,6 +515,7 @@ async def _store_unparsable_search(stack: Stack) -> None:
         )
     finally:
         await es.close()
+    return saved.id
 
 
 async def _claims(stack: Stack, search_id: str) -> tuple[str, str]:
