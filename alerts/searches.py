@@ -150,3 +150,18 @@ class SavedSearchStore:
             except ValidationError as exc:  # stored by an older release whose model differed
                 log.error("saved search %s is no longer valid, skipped: %s", hit["_id"], exc)
         return out
+
+    async def ids(self) -> list[str]:
+        """The ids of every stored saved search (at most `MAX_SAVED_SEARCHES`), readable by
+        this release or not: what the ledger prune must not treat as deleted."""
+        try:
+            resp = await self.es.search(
+                index=self.index,
+                query={"match_all": {}},
+                size=MAX_SAVED_SEARCHES,
+                source=False,
+                track_total_hits=False,
+            )
+        except _ES_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return [hit["_id"] for hit in resp["hits"]["hits"]]

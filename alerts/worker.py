@@ -49,7 +49,7 @@ from alerts.model import (
     read_matches,
     visibility_body,
 )
-from alerts.searches import SavedSearchStore
+from alerts.searches import MAX_SAVED_SEARCHES, SavedSearchStore
 from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
 from services.documents import format_timestamp, to_micros
@@ -167,6 +167,7 @@ class AlertWorker:
         self.matched = 0
         self.published = 0
         self.recovered = 0
+        self.pruned = 0
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
@@ -179,11 +180,14 @@ class AlertWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Process batches until `stopping` is set; sweep abandoned claims at the start and
         every half claim timeout."""
-        next_sweep = 0.0
+        next_sweep = next_prune = 0.0
         while not stopping.is_set():
             if time.monotonic() >= next_sweep:
                 await self._retry(self.recover)
                 next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
+            if time.monotonic() >= next_prune:
+                await self._retry(self.prune)
+                next_prune = time.monotonic() + self.settings.ledger_prune_interval_s
             records = await self.io.next_batch()
             if not records:
                 continue
@@ -229,6 +233,24 @@ class AlertWorker:
             log.warning("publishing %d alerts abandoned by an earlier attempt", len(taken))
         self.recovered += len(taken)
         return await self._publish(taken)
+
+    async def prune(self) -> int:
+        """Delete ledger entries of deleted saved searches, and published entries older
+        than `ALERTS_LEDGER_RETENTION_DAYS` (when set)."""
+        live = await self.store.ids()
+        now_us = to_micros(datetime.now(UTC))
+        if len(live) >= MAX_SAVED_SEARCHES:  # the list may be cut short: no orphans
+            orphans_before = 0
+        else:  # a search created after the list was read may already have claims
+            orphans_before = now_us - int(max(self.settings.claim_timeout_s, 60.0) * 1e6)
+        days = self.settings.ledger_retention_days
+        older_than = now_us - int(days * 86_400e6) if days > 0 else None
+        deleted = await self.ledger.prune(live, orphans_before, older_than)
+        if deleted:
+            log.info("pruned %d ledger entries", deleted)
+        metrics.PRUNED.inc(deleted)
+        self.pruned += deleted
+        return deleted
 
     async def _publish(self, messages: Sequence[AlertMessage]) -> int:
         """Publish claimed alerts, wait for Kafka, then mark them published."""

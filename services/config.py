@@ -185,6 +185,9 @@ class AlertsSettings(BaseSettings):
     # hosts, `*.domain` wildcards, IPs and CIDRs webhooks may be sent to (alerts/egress.py);
     # empty (the default): no webhook is accepted or sent. Read by the query API too.
     webhook_allowed_hosts: str = ""
+    # ledger entries claimed longer ago than this are deleted (0: kept for ever; ADR 0008)
+    ledger_retention_days: float = Field(default=0.0, ge=0)
+    ledger_prune_interval_s: float = Field(default=3600.0, gt=0)
 
 
 class QuerySettings(BaseSettings):

@@ -307,7 +307,9 @@ async def api_only(elasticsearch_url: str, unique_name: str) -> AsyncIterator[ht
         await es.close()
 
 
-async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> None:
+async def test_saved_search_crud_and_its_errors(
+    api_only: httpx.AsyncClient, elasticsearch_url: str, unique_name: str
+) -> None:
     api = api_only
     bad_query = await api.post(SAVED, json={"name": "x", "search": {"q": "revenue AND ("}})
     assert bad_query.status_code == 422 and isinstance(bad_query.json()["detail"], str)
@@ -349,7 +351,19 @@ async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> 
     assert moved.status_code == 422 and "'10.0.0.1' is not allowed" in moved.json()["detail"]
     listed = (await api.get(SAVED)).json()["saved_searches"]
     assert [s["id"] for s in listed] == [one["id"]]
-    assert (await api.delete(f"{SAVED}/{one['id']}")).status_code == 204
+    # deleting a saved search deletes its ledger entries (and no other search's)
+    ledger = IndexNames(f"{unique_name}-").alert_ledger
+    es = AsyncElasticsearch(elasticsearch_url)
+    try:
+        for n, owner in enumerate([one["id"], one["id"], "another"]):
+            entry = {"search_id": owner, "state": "published", "claimed_us": n, "message": {}}
+            await es.index(index=ledger, id=f"alert-{n}", document=entry, refresh=True)
+        assert (await api.delete(f"{SAVED}/{one['id']}")).status_code == 204
+        await es.indices.refresh(index=ledger)
+        left = await es.search(index=ledger, source_includes=["search_id"])
+        assert [h["_source"]["search_id"] for h in left["hits"]["hits"]] == ["another"]
+    finally:
+        await es.close()
     assert (await api.get(SAVED)).json() == {"saved_searches": []}
     schema = (await api.get("/openapi.json")).json()
     assert "SavedSearchIn" in schema["components"]["schemas"]
