@@ -45,7 +45,9 @@ class AlertsService:
         self.worker = AlertWorker(
             kafka,
             settings,
-            Evaluator(self.es, self.names.artifacts, settings.visibility_wait_s),
+            Evaluator(
+                self.es, self.names.artifacts, self.names.collections, settings.visibility_wait_s
+            ),
             self.store,
             Ledger(self.es, self.names.alert_ledger, settings.claim_timeout_s),
         )

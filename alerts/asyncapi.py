@@ -34,8 +34,9 @@ def asyncapi_json(kafka: KafkaSettings | None = None) -> str:
         title=f"{k.changes_topic}:changes",
         description=(
             "The indexer's change feed: after Elasticsearch accepted a step's writes and "
-            "before the step is committed, the artifact documents it wrote and their "
-            "Elasticsearch versions, up to 500 per record, no key. At-least-once: a crashed "
+            "before the step is committed, the artifact documents (`a`) and collection "
+            "documents (`c`) it wrote and their Elasticsearch versions, up to 500 per "
+            "record, no key. At-least-once: a crashed "
             "step is re-applied and published again. Internal to the service (do not produce)."
         ),
         schema=ChangeRecord,

@@ -3,7 +3,7 @@
 For each batch of change records (consumer group `ALERTS_GROUP_ID`, offsets committed
 only after the batch's alerts are acknowledged and marked):
 
-1. merge them into {artifact id: highest document version};
+1. merge them into {artifact id: highest document version} and {collection id: ...};
 2. **wait until searches see those versions**: the indexer's `_bulk` makes documents
    durable and readable by id at once, but searchable only after the next refresh
    (`refresh_interval`, 1 s). A search for the ids with `version: true` tells which
@@ -11,7 +11,10 @@ only after the batch's alerts are acknowledged and marked):
    versions are still not searchable after `ALERTS_VISIBILITY_WAIT_S`, forces a
    refresh of the artifact index. Every search of a batch uses the same `preference`, so
    it reads the same shard copies (refreshes only move a copy forward);
-3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`;
+3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`:
+   searches in artifacts mode over the changed artifacts, searches in latest_per_key mode
+   over the changed collections (a key's latest artifact; its version is then read from
+   the artifact index);
 4. claim each match in the ledger (alerts/ledger.py); publish the newly claimed ones (and
    abandoned claims taken over) to the alert topic, wait for Kafka's acknowledgement, mark
    them published;
@@ -45,6 +48,7 @@ from alerts.model import (
     SavedSearch,
     alert_message,
     evaluation_body,
+    latest_ids,
     not_visible,
     read_matches,
     visibility_body,
@@ -70,15 +74,25 @@ class EvaluationError(TransientError):
 
 
 class Evaluator:
-    """Changed artifact ids in, matches of every saved search out (Elasticsearch adapter)."""
+    """Changed artifact and collection ids in, matches of every saved search out
+    (Elasticsearch adapter)."""
 
-    def __init__(self, es: AsyncElasticsearch, artifacts: str, visibility_wait_s: float) -> None:
+    def __init__(
+        self,
+        es: AsyncElasticsearch,
+        artifacts: str,
+        collections: str,
+        visibility_wait_s: float,
+    ) -> None:
         self.es = es
         self.artifacts = artifacts
+        self.collections = collections
         self.visibility_wait_s = visibility_wait_s
 
-    async def wait_visible(self, changed: dict[str, int]) -> None:
-        """Return once searches see at least these versions (or after a forced refresh)."""
+    async def wait_visible(self, changed: dict[str, int], index: str | None = None) -> None:
+        """Return once searches of `index` (default: the artifacts) see at least these
+        versions (or after a forced refresh)."""
+        index = index or self.artifacts
         ids = list(changed)
         deadline = time.monotonic() + self.visibility_wait_s
         delay = 0.05
@@ -87,7 +101,7 @@ class Evaluator:
             for i in range(0, len(ids), IDS_PER_SEARCH):
                 chunk = ids[i : i + IDS_PER_SEARCH]
                 resp = await self.es.search(
-                    index=self.artifacts, body=visibility_body(chunk), preference=PREFERENCE
+                    index=index, body=visibility_body(chunk), preference=PREFERENCE
                 )
                 missing |= not_visible({k: changed[k] for k in chunk}, resp.body)
             if not missing:
@@ -96,14 +110,61 @@ class Evaluator:
                 # bounded: after a refresh every acknowledged write is searchable; versions
                 # still missing were superseded by an index rebuilt meanwhile (replay)
                 metrics.FORCED_REFRESHES.inc()
-                await self.es.indices.refresh(index=self.artifacts)
+                await self.es.indices.refresh(index=index)
                 return
             await asyncio.sleep(delay)
             delay = min(delay * 2, 0.5)
 
-    async def evaluate(self, searches: Sequence[SavedSearch], ids: Sequence[str]) -> list[Match]:
-        """Every (saved search, artifact) match among `ids`."""
-        matches: list[Match] = []
+    async def evaluate(
+        self,
+        searches: Sequence[SavedSearch],
+        ids: Sequence[str],
+        collection_ids: Sequence[str] = (),
+    ) -> list[Match]:
+        """Every (saved search, artifact) match among the changed artifacts `ids` (searches
+        in artifacts mode) and the changed collections `collection_ids` (latest_per_key)."""
+        by_artifact = [s for s in searches if not s.search.latest_per_key]
+        by_collection = [s for s in searches if s.search.latest_per_key]
+        answers = await self._run(by_artifact, ids, self.artifacts)
+        matches = [m for search, answer in answers for m in read_matches(search, answer)]
+        latest = await self._run(by_collection, collection_ids, self.collections)
+        if latest:
+            versions = await self.artifact_versions(
+                sorted({i for search, answer in latest for i in latest_ids(search, answer)})
+            )
+            for search, answer in latest:
+                matches.extend(read_matches(search, answer, versions))
+        return matches
+
+    async def evaluate_page(self, search: SavedSearch, resp: dict[str, Any]) -> list[Match]:
+        """The matches of one page of a scan of existing documents (`notify_existing`)."""
+        ids = latest_ids(search, resp)
+        versions = await self.artifact_versions(ids) if ids else None
+        return read_matches(search, resp, versions)
+
+    async def artifact_versions(self, ids: Sequence[str]) -> dict[str, int]:
+        """The searchable event version of each artifact (absent: not found)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), IDS_PER_SEARCH):
+            chunk = list(ids[i : i + IDS_PER_SEARCH])
+            resp = await self.es.search(
+                index=self.artifacts,
+                query={"ids": {"values": chunk}},
+                size=len(chunk),
+                source_includes=["version"],
+                track_total_hits=False,
+                preference=PREFERENCE,
+            )
+            for hit in resp["hits"]["hits"]:
+                out[hit["_id"]] = int(hit["_source"].get("version", 0))
+        return out
+
+    async def _run(
+        self, searches: Sequence[SavedSearch], ids: Sequence[str], index: str
+    ) -> list[tuple[SavedSearch, dict[str, Any]]]:
+        """Each search ANDed with `ids`, in `_msearch` requests; the answers of those that
+        ran (a search Elasticsearch refuses is logged and counted, not retried)."""
+        out: list[tuple[SavedSearch, dict[str, Any]]] = []
         for i in range(0, len(ids), IDS_PER_SEARCH):
             chunk = ids[i : i + IDS_PER_SEARCH]
             for j in range(0, len(searches), SEARCHES_PER_MSEARCH):
@@ -118,7 +179,7 @@ class Evaluator:
                         log.error("saved search %s cannot be translated: %s", search.id, exc)
                         continue
                     runnable.append(search)
-                    body.append({"index": self.artifacts, "preference": PREFERENCE})
+                    body.append({"index": index, "preference": PREFERENCE})
                     body.append(request)
                 if not runnable:
                     continue
@@ -135,8 +196,8 @@ class Evaluator:
                             )
                             continue
                         raise EvaluationError(f"evaluation failed (HTTP {status})")
-                    matches.extend(read_matches(search, answer))
-        return matches
+                    out.append((search, answer))
+        return out
 
 
 class AlertWorker:
@@ -192,30 +253,43 @@ class AlertWorker:
             if not records:
                 continue
             pairs: list[tuple[str, int]] = []
+            collections: list[tuple[str, int]] = []
             for record in records:
                 try:
-                    pairs.extend(decode_changes(record.value))
+                    artifacts, keys = decode_changes(record.value)
+                    pairs.extend(artifacts)
+                    collections.extend(keys)
                 except BadChangeRecordError as exc:
                     metrics.BAD_RECORDS.inc()
                     log.error(
                         "skipping a change record at %s:%d: %s", record.topic, record.offset, exc
                     )
             changed = merge_changes(pairs)
-            await self._retry(partial(self.handle, changed))
+            await self._retry(partial(self.handle, changed, merge_changes(collections)))
             await self.io.commit()
             self.batches += 1
 
-    async def handle(self, changed: dict[str, int]) -> int:
-        """Evaluate one batch of changes and publish its new alerts; return how many."""
-        if not changed:
+    async def handle(
+        self, changed: dict[str, int], collections: dict[str, int] | None = None
+    ) -> int:
+        """Evaluate one batch of changes (artifact and collection documents) and publish its
+        new alerts; return how many."""
+        collections = collections or {}
+        if not changed and not collections:
             return 0
         started = time.perf_counter()
         metrics.CHANGES.inc(len(changed))
         searches = await self.store.all()
         if not searches:
             return 0
-        await self.evaluator.wait_visible(changed)
-        matches = await self.evaluator.evaluate(searches, sorted(changed))
+        latest = any(s.search.latest_per_key for s in searches)
+        if changed:
+            await self.evaluator.wait_visible(changed)
+        if latest and collections:
+            await self.evaluator.wait_visible(collections, self.evaluator.collections)
+        matches = await self.evaluator.evaluate(
+            searches, sorted(changed), sorted(collections) if latest else []
+        )
         metrics.MATCHES.inc(len(matches))
         self.matched += len(matches)
         now = datetime.now(UTC)

@@ -598,3 +598,77 @@ async def _rewind(stack: Stack, group: str, topic: str) -> None:
         await consumer.stop()
     committed = await stack.admin.list_consumer_group_offsets(group)
     assert all(committed[tp].offset == 0 for tp in committed if tp.topic == topic)
+
+
+B1, B2, B3 = (_id(30 + i) for i in range(3))
+
+
+async def test_latest_per_key_alerts_once_per_latest_artifact_version(stack: Stack) -> None:
+    """L: the latest artifact of a key mentions revenue; LF: the latest artifact of a key is
+    in a FAILED flow run. Three artifacts of one key, each the latest in turn, then a new
+    version of the last, then its run fails; a rewound change feed repeats nothing."""
+    api = stack.api
+    latest = await api.post(
+        SAVED, json={"name": "L", "search": {"latest_per_key": True, "q": "revenue"}}
+    )
+    failed = await api.post(
+        SAVED,
+        json={
+            "name": "LF",
+            "search": {
+                "latest_per_key": True,
+                "prefect_latest_filter": {"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}},
+                "fields": ["key", "latest_id"],
+            },
+        },
+    )
+    assert latest.status_code == failed.status_code == 201, failed.text
+    bad = await api.post(
+        SAVED, json={"name": "x", "search": {"latest_per_key": True, "prefect_filter": {}}}
+    )
+    assert bad.status_code == 422 and "prefect_latest_filter" in bad.json()["detail"]
+    service, task = await _running(stack)
+    try:
+        await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
+        await _publish(stack, "flow_run", R2, 1, _run("COMPLETED"))
+        when = "2026-01-0{}T00:00:00Z".format
+        # B1 is the latest of `report` and matches L
+        await _publish(
+            stack, "artifact", B1, 1, _artifact("report", "Revenue up", R2, created=when(1))
+        )
+        await _alerts_when(stack, 1)
+        # B2 is now the latest and does not match; B3 then does
+        await _publish(
+            stack, "artifact", B2, 1, _artifact("report", "costs only", R2, created=when(2))
+        )
+        await _publish(
+            stack, "artifact", B3, 1, _artifact("report", "Revenue again", R2, created=when(3))
+        )
+        await _alerts_when(stack, 2)
+        # a new version of the latest: alerts again; then its run fails: LF alerts once
+        await _publish(
+            stack, "artifact", B3, 2, _artifact("report", "Revenue more", R2, created=when(3))
+        )
+        await _alerts_when(stack, 3)
+        await _publish(stack, "flow_run", R2, 2, _run("FAILED"))
+        await _alerts_when(stack, 4)
+        await _quiet(stack)
+        got = await _alerts(stack.kafka)
+    finally:
+        await _stop(service, task)
+    want = [("L", B1, 1), ("L", B3, 1), ("L", B3, 2), ("LF", B3, 2)]
+    assert _pairs(got) == want
+    assert all(a["latest_per_key"] for a in got)
+    lf = next(a for a in got if a["saved_search"]["name"] == "LF")
+    assert lf["artifact"] == {"key": "report", "latest_id": B3}
+    assert all(a["artifact"]["latest_id"] == a["artifact_id"] for a in got)
+
+    await _rewind(stack, stack.alerts.group_id, stack.kafka.changes_topic)
+    service, task = await _running(stack)
+    try:
+        await _quiet(stack)
+        assert service.worker.batches > 0 and service.worker.matched >= 2
+        assert service.worker.published == 0
+    finally:
+        await _stop(service, task)
+    assert _pairs(await _alerts(stack.kafka)) == want

@@ -96,7 +96,7 @@ async def test_worker_prunes_orphans_and_old_published_entries(
     worker = AlertWorker(
         KafkaSettings(bootstrap_servers="127.0.0.1:1"),  # never started: prune needs no Kafka
         settings,
-        Evaluator(client, names.artifacts, 1.0),
+        Evaluator(client, names.artifacts, names.collections, 1.0),
         store,
         Ledger(client, names.alert_ledger),
     )
