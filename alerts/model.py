@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
@@ -51,12 +51,23 @@ class SavedSearchIn(BaseModel):
         "matches; `fields` selects the artifact fields an alert carries."
     )
     webhook: Webhook | None = Field(None, description="Also POST each alert to this URL.")
+    notify_existing: bool = Field(
+        False,
+        description="Also alert the artifacts that already match when the search is saved "
+        "or its query changes (a bounded scan: at most ALERTS_EXISTING_SCAN_MAX matches, "
+        "newest first). Default false: only artifacts that change afterwards alert.",
+    )
 
 
 class SavedSearch(SavedSearchIn):
     """A stored saved search."""
 
     id: str = Field(description="Assigned by the service (a UUID).")
+    existing_scan: Literal["pending", "done"] | None = Field(
+        None,
+        description="With notify_existing: whether the alerts worker has scanned the "
+        "existing artifacts for the current fingerprint yet (null without notify_existing).",
+    )
     created: str
     updated: str
     fingerprint: str = Field(
@@ -93,27 +104,49 @@ def query_fingerprint(search: SearchRequest) -> str:
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
-def saved_search_doc(search_id: str, body: SavedSearchIn, created: str, now: str) -> SavedSearch:
-    """The stored form of a saved search."""
+def _scan_state(notify_existing: bool, fingerprint: str, scanned: str | None) -> str | None:
+    if not notify_existing:
+        return None
+    return "done" if scanned == fingerprint else "pending"
+
+
+def saved_search_doc(
+    search_id: str, body: SavedSearchIn, created: str, now: str, scanned: str | None = None
+) -> SavedSearch:
+    """The stored form of a saved search; `scanned`: the fingerprint whose existing matches
+    were scanned already (kept across a replace that leaves the query alone)."""
+    fingerprint = query_fingerprint(body.search)
     return SavedSearch(
         id=search_id,
         created=created,
         updated=now,
-        fingerprint=query_fingerprint(body.search),
+        fingerprint=fingerprint,
+        existing_scan=_scan_state(body.notify_existing, fingerprint, scanned),
         **body.model_dump(),
     )
 
 
-def index_source(search: SavedSearch, created_us: int) -> dict[str, Any]:
-    """The Elasticsearch `_source` of a saved search."""
-    source = search.model_dump(mode="json", exclude_none=True)
+def index_source(
+    search: SavedSearch, created_us: int, scanned: str | None = None
+) -> dict[str, Any]:
+    """The Elasticsearch `_source` of a saved search (`scanned_fingerprint`: see
+    `saved_search_doc`)."""
+    source = search.model_dump(mode="json", exclude_none=True, exclude={"existing_scan"})
     source["created_us"] = created_us
+    if scanned is not None:
+        source["scanned_fingerprint"] = scanned
     return source
 
 
 def read_saved_search(source: dict[str, Any]) -> SavedSearch:
     """A saved search from its `_source`."""
-    fields = {k: v for k, v in source.items() if k != "created_us"}
+    internal = ("created_us", "scanned_fingerprint")
+    fields = {k: v for k, v in source.items() if k not in internal}
+    fields["existing_scan"] = _scan_state(
+        bool(source.get("notify_existing")),
+        str(source.get("fingerprint", "")),
+        source.get("scanned_fingerprint"),
+    )
     return SavedSearch.model_validate(fields)
 
 

@@ -20,6 +20,13 @@ only after the batch's alerts are acknowledged and marked):
    them published;
 5. commit the batch's offsets.
 
+Between batches (every `EXISTING_CHECK_S`), saved searches with `notify_existing` whose
+current fingerprint has not been scanned get a bounded scan of what already matches (a
+point in time, newest first, at most `ALERTS_EXISTING_SCAN_MAX`), claimed and published the
+same way; the scan is then recorded on the saved search (a compare-and-set: a search
+replaced meanwhile is scanned again). At start-up and every `ALERTS_LEDGER_PRUNE_INTERVAL_S`
+the ledger is pruned (alerts/ledger.py).
+
 A failure anywhere retries the whole batch (tenacity, backoff with jitter, for ever): every
 step is idempotent, so a retry, a redelivery after a crash or a replay of the feed publishes
 nothing twice (except in the window described in the ADR).
@@ -30,7 +37,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
@@ -48,9 +55,11 @@ from alerts.model import (
     SavedSearch,
     alert_message,
     evaluation_body,
+    evaluation_query,
     latest_ids,
     not_visible,
     read_matches,
+    source_fields,
     visibility_body,
 )
 from alerts.searches import MAX_SAVED_SEARCHES, SavedSearchStore
@@ -66,6 +75,10 @@ PREFERENCE = "prefect-artifact-alerts"
 """Every search of the worker reads the same shard copies (see step 2)."""
 
 IDS_PER_SEARCH = 1_000
+SCAN_PAGE = 500
+SCAN_KEEP_ALIVE = "2m"
+EXISTING_CHECK_S = 2.0
+"""How often the worker looks for saved searches whose existing matches are owed."""
 SEARCHES_PER_MSEARCH = 100
 
 
@@ -141,6 +154,38 @@ class Evaluator:
         ids = latest_ids(search, resp)
         versions = await self.artifact_versions(ids) if ids else None
         return read_matches(search, resp, versions)
+
+    async def scan(self, search: SavedSearch, max_matches: int) -> AsyncIterator[list[Match]]:
+        """The documents that match `search` now, newest first, a page at a time, at most
+        `max_matches` (a point in time: stable while the scan runs)."""
+        index = self.collections if search.search.latest_per_key else self.artifacts
+        opened = await self.es.open_point_in_time(index=index, keep_alive=SCAN_KEEP_ALIVE)
+        pit_id = str(opened["id"])
+        seen = 0
+        after: list[Any] | None = None
+        try:
+            while seen < max_matches:
+                body: dict[str, Any] = {
+                    "query": evaluation_query(search),
+                    "size": min(SCAN_PAGE, max_matches - seen),
+                    "sort": [{"created_us": {"order": "desc"}}, {"_shard_doc": "desc"}],
+                    "version": True,
+                    "_source": {"includes": source_fields(search)},
+                    "track_total_hits": False,
+                    "pit": {"id": pit_id, "keep_alive": SCAN_KEEP_ALIVE},
+                }
+                if after is not None:
+                    body["search_after"] = after
+                resp = (await self.es.search(body=body)).body
+                pit_id = str(resp.get("pit_id", pit_id))
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                seen += len(hits)
+                after = hits[-1]["sort"]
+                yield await self.evaluate_page(search, resp)
+        finally:
+            await self.es.close_point_in_time(id=pit_id)
 
     async def artifact_versions(self, ids: Sequence[str]) -> dict[str, int]:
         """The searchable event version of each artifact (absent: not found)."""
@@ -229,6 +274,7 @@ class AlertWorker:
         self.published = 0
         self.recovered = 0
         self.pruned = 0
+        self.existing = 0
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
@@ -241,8 +287,11 @@ class AlertWorker:
     async def run(self, stopping: asyncio.Event) -> None:
         """Process batches until `stopping` is set; sweep abandoned claims at the start and
         every half claim timeout."""
-        next_sweep = next_prune = 0.0
+        next_sweep = next_prune = next_existing = 0.0
         while not stopping.is_set():
+            if time.monotonic() >= next_existing:
+                await self._retry(self.alert_existing)
+                next_existing = time.monotonic() + EXISTING_CHECK_S
             if time.monotonic() >= next_sweep:
                 await self._retry(self.recover)
                 next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
@@ -307,6 +356,31 @@ class AlertWorker:
             log.warning("publishing %d alerts abandoned by an earlier attempt", len(taken))
         self.recovered += len(taken)
         return await self._publish(taken)
+
+    async def alert_existing(self) -> int:
+        """Scan the existing matches of saved searches that ask for it (`notify_existing`)
+        and whose current fingerprint was not scanned yet; alert each once, through the
+        same ledger claims as the change feed (a match seen both ways alerts once)."""
+        owed = [s for s in await self.store.all() if s.existing_scan == "pending"]
+        published = 0
+        for search in owed:
+            matches = 0
+            async for page in self.evaluator.scan(search, self.settings.existing_scan_max):
+                now = datetime.now(UTC)
+                stamp = format_timestamp(now)
+                messages = [alert_message(m, search, stamp) for m in page]
+                matches += len(page)
+                published += await self._publish(await self.ledger.claim(messages, to_micros(now)))
+            if matches >= self.settings.existing_scan_max:
+                log.warning(
+                    "saved search %s: existing matches cut at ALERTS_EXISTING_SCAN_MAX (%d)",
+                    search.id,
+                    self.settings.existing_scan_max,
+                )
+            if await self.store.mark_scanned(search.id, search.fingerprint):
+                log.info("saved search %s: %d existing matches scanned", search.id, matches)
+        self.existing += published
+        return published
 
     async def prune(self) -> int:
         """Delete ledger entries of deleted saved searches, and published entries older

@@ -188,6 +188,8 @@ class AlertsSettings(BaseSettings):
     # ledger entries claimed longer ago than this are deleted (0: kept for ever; ADR 0008)
     ledger_retention_days: float = Field(default=0.0, ge=0)
     ledger_prune_interval_s: float = Field(default=3600.0, gt=0)
+    # a saved search with `notify_existing` alerts at most this many existing matches
+    existing_scan_max: int = Field(default=10_000, ge=1)
 
 
 class QuerySettings(BaseSettings):

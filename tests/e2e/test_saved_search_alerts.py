@@ -672,3 +672,92 @@ async def test_latest_per_key_alerts_once_per_latest_artifact_version(stack: Sta
     finally:
         await _stop(service, task)
     assert _pairs(await _alerts(stack.kafka)) == want
+
+
+E1, E2, E3 = (_id(40 + i) for i in range(3))
+
+
+async def _search(api: httpx.AsyncClient, search_id: str) -> dict[str, Any]:
+    return dict((await api.get(f"{SAVED}/{search_id}")).json())
+
+
+async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) -> None:
+    """Artifacts indexed before any saved search; N (notify_existing) and L (the same in
+    latest_per_key mode) alert them, P (default) does not; later changes alert all three
+    once; a rename rescans nothing, a new query rescans under its new fingerprint."""
+    api = stack.api
+    await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
+    await _publish(stack, "flow_run", R1, 1, _run("COMPLETED"))
+    await _publish(stack, "artifact", E1, 1, _artifact("old", "Revenue old", R1))
+    await _publish(stack, "artifact", E2, 1, _artifact("c", "costs", R1))
+
+    async def indexed() -> Any:
+        return (await api.post("/api/artifacts/count", json={})).json()
+
+    assert await wait_for(indexed, lambda n: n == 2, 60) == 2
+    service, task = await _running(stack)
+    try:
+        n = (
+            await api.post(
+                SAVED, json={"name": "N", "search": {"q": "revenue"}, "notify_existing": True}
+            )
+        ).json()
+        latest = {"latest_per_key": True, "q": "revenue"}
+        lat = (
+            await api.post(SAVED, json={"name": "L", "search": latest, "notify_existing": True})
+        ).json()
+        p = (await api.post(SAVED, json={"name": "P", "search": {"q": "revenue"}})).json()
+        assert n["existing_scan"] == lat["existing_scan"] == "pending"
+        assert n["notify_existing"] and p["existing_scan"] is None and not p["notify_existing"]
+        await _alerts_when(stack, 2)
+        for saved in (n, lat):
+            done = await wait_for(
+                lambda s=saved: _search(api, s["id"]), lambda s: s["existing_scan"] == "done", 30
+            )
+            assert done["existing_scan"] == "done"
+
+        await _publish(stack, "artifact", E3, 1, _artifact("new", "Revenue new", R1))
+        await _alerts_when(stack, 5)
+        await _publish(stack, "artifact", E1, 2, _artifact("old", "Revenue old again", R1))
+        await _alerts_when(stack, 8)
+
+        described = {
+            "name": "N",
+            "search": {"q": "revenue"},
+            "notify_existing": True,
+            "description": "d",
+        }
+        kept = (await api.put(f"{SAVED}/{n['id']}", json=described)).json()
+        assert kept["existing_scan"] == "done" and kept["fingerprint"] == n["fingerprint"]
+        widened = {"name": "N", "search": {"q": "revenue OR costs"}, "notify_existing": True}
+        changed = (await api.put(f"{SAVED}/{n['id']}", json=widened)).json()
+        assert changed["existing_scan"] == "pending"
+        assert changed["fingerprint"] != n["fingerprint"]
+        await _alerts_when(stack, 11)
+        rescanned = await wait_for(
+            lambda: _search(api, n["id"]), lambda s: s["existing_scan"] == "done", 30
+        )
+        assert rescanned["existing_scan"] == "done"
+        await _quiet(stack)
+        got = await _alerts(stack.kafka)
+    finally:
+        await _stop(service, task)
+    assert _pairs(got) == sorted(
+        [
+            ("N", E1, 1),
+            ("L", E1, 1),
+            ("N", E3, 1),
+            ("P", E3, 1),
+            ("L", E3, 1),
+            ("N", E1, 2),
+            ("P", E1, 2),
+            ("L", E1, 2),
+            ("N", E1, 2),  # the new query: what matches it now, once more
+            ("N", E2, 1),
+            ("N", E3, 1),
+        ]
+    )
+    fingerprints = {
+        a["saved_search"]["fingerprint"] for a in got if a["saved_search"]["name"] == "N"
+    }
+    assert fingerprints == {n["fingerprint"], changed["fingerprint"]}

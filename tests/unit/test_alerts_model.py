@@ -66,6 +66,28 @@ def test_what_a_saved_search_cannot_hold_is_refused(search: dict[str, object], w
         check_saved_search(_saved(search))
 
 
+def test_the_existing_scan_is_owed_per_fingerprint_and_kept_across_a_rename() -> None:
+    body = _saved({"q": "revenue"}, notify_existing=True)
+    fresh = saved_search_doc("s", body, "t", "t")
+    assert fresh.existing_scan == "pending"
+    source = index_source(fresh, 1)
+    assert "existing_scan" not in source and "scanned_fingerprint" not in source
+    assert read_saved_search(source).existing_scan == "pending"
+    scanned = index_source(fresh, 1, scanned=fresh.fingerprint)
+    assert read_saved_search(scanned).existing_scan == "done"
+    renamed = saved_search_doc(
+        "s", _saved({"q": "revenue"}, notify_existing=True, name="m"), "t", "u", fresh.fingerprint
+    )
+    assert renamed.existing_scan == "done"
+    requery = saved_search_doc(
+        "s", _saved({"q": "costs"}, notify_existing=True), "t", "u", fresh.fingerprint
+    )
+    assert requery.existing_scan == "pending"
+    quiet = saved_search_doc("s", _saved({"q": "revenue"}), "t", "t")
+    assert quiet.existing_scan is None and not quiet.notify_existing
+    assert read_saved_search(index_source(quiet, 1)).existing_scan is None
+
+
 def test_the_fingerprint_follows_what_matches_not_the_presentation() -> None:
     base = SearchRequest(q="revenue", where=[])
     same = SearchRequest(
