@@ -28,7 +28,6 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from elasticsearch import AsyncElasticsearch
@@ -41,40 +40,21 @@ from services.es.indices import IndexNames
 from tests.benchmarks.kafka_io import (
     KAFKA,
     create_topics,
-    delete_topics,
     kafka_settings,
     make_producer,
+    partitions,
 )
 from tests.benchmarks.procs import Child, free_port, wait_http_ok
-from tests.benchmarks.side import ES_URL, indexer_child, stack_env
+from tests.benchmarks.run import pct
+from tests.benchmarks.side import ES_URL, indexer_child, stack_env, tear_down
 
 WARMUP = 20
 DRAIN_S = 30.0
 TS = "2026-01-01T00:00:00Z"
 
 
-def _pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    pos = (len(ordered) - 1) * q
-    lo = int(pos)
-    hi = min(lo + 1, len(ordered) - 1)
-    return round(ordered[lo] + (ordered[hi] - ordered[lo]) * (pos - lo), 3)
-
-
 def _event(entity: str, entity_id: str, body: dict[str, Any]) -> bytes:
     return encode_event(entity, entity_id, "upsert", 1, {"id": entity_id, **body})
-
-
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> list[TopicPartition]:
-    for _ in range(100):
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return [TopicPartition(topic, p) for p in sorted(parts)]
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"topic {topic} has no partitions")
 
 
 async def alert_latency(
@@ -121,17 +101,7 @@ async def alert_latency(
         topics += [kafka.changes_topic, kafka.alerts_topic, kafka.alerts_dlq_topic]
         return await _measure(kafka, measured.id, tag, rate, seconds, searches, children)
     finally:
-        for child in reversed(children):
-            child.stop()
-        with contextlib.suppress(Exception):
-            if topics:
-                await delete_topics(topics)
-        async with httpx.AsyncClient(timeout=60) as http:
-            with contextlib.suppress(httpx.HTTPError):
-                await http.delete(
-                    f"{ES_URL}/{names.prefix}*",
-                    params={"ignore_unavailable": "true", "allow_no_indices": "true"},
-                )
+        await tear_down(children, topics, names.prefix)
         await es.close()
 
 
@@ -151,7 +121,10 @@ async def _measure(
     arrived: dict[str, float] = {}
     flow, run = str(uuid.uuid4()), str(uuid.uuid4())
     try:
-        tps = await _partitions(consumer, kafka.alerts_topic)
+        tps = [
+            TopicPartition(kafka.alerts_topic, p)
+            for p in await partitions(consumer, kafka.alerts_topic)
+        ]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         await producer.send_and_wait(
@@ -233,9 +206,9 @@ async def _measure(
         "rate_achieved": round(len(measured) / send_s, 1) if send_s else None,
         "alerted": len(lat),
         "missing_after_drain": len(measured) - len(lat),
-        "p50_s": _pct(lat, 0.5),
-        "p95_s": _pct(lat, 0.95),
-        "p99_s": _pct(lat, 0.99),
+        "p50_s": round(pct(lat, 0.5), 3) if lat else None,
+        "p95_s": round(pct(lat, 0.95), 3) if lat else None,
+        "p99_s": round(pct(lat, 0.99), 3) if lat else None,
         "max_s": round(max(lat), 3) if lat else None,
     }
     return out

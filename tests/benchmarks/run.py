@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -66,11 +65,9 @@ from services.prefect.requests import (
     parse_count_request,
     parse_read_request,
 )
-from tests.benchmarks.alert_latency import alert_latency
 from tests.benchmarks.kafka_io import (
     KAFKA,
     create_topics,
-    delete_topics,
     end_offsets,
     kafka_settings,
     lag,
@@ -86,6 +83,7 @@ from tests.benchmarks.side import (
     run_side_load,
     stack_env,
     state_size,
+    tear_down,
     wait_consuming,
     writes_per_document,
 )
@@ -496,17 +494,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             )
             children.append(stack.indexer)
     finally:
-        for child in reversed(children):
-            child.stop()
-        with contextlib.suppress(Exception):
-            if topics:
-                await delete_topics(topics)
-        async with httpx.AsyncClient(timeout=60) as http:
-            with contextlib.suppress(httpx.HTTPError):
-                await http.delete(
-                    f"{ES_URL}/{names.prefix}*",
-                    params={"ignore_unavailable": "true", "allow_no_indices": "true"},
-                )
+        await tear_down(children, topics, names.prefix)
         if opts.drop_prefect_db:
             Child(
                 "prefect-drop",
@@ -1136,6 +1124,8 @@ async def amain(opts: Options) -> dict[str, Any]:
     }
     for n in opts.scales:
         results["scales"][str(n)] = await run_scale(opts, n, machine)
+    from tests.benchmarks.alert_latency import alert_latency  # it imports `pct` from here
+
     rate, seconds = opts.alerts
     _log(f"alert latency: {rate} events/s for {seconds:.0f}s, 20 saved searches")
     results["alerts"] = await alert_latency(
