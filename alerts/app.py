@@ -16,10 +16,11 @@ import signal
 
 import httpx
 
+from alerts.evaluator import Evaluator
 from alerts.ledger import Ledger
 from alerts.searches import SavedSearchStore
 from alerts.webhooks import WebhookDispatcher
-from alerts.worker import AlertWorker, Evaluator
+from alerts.worker import AlertWorker
 from services.config import AlertsSettings, ElasticsearchSettings, KafkaSettings
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client

@@ -695,6 +695,10 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
         return (await api.post("/api/artifacts/count", json={})).json()
 
     assert await wait_for(indexed, lambda n: n == 2, 60) == 2
+    # its scan fails in Elasticsearch: logged and counted, the other scans go on
+    broken = SavedSearchIn(name="broken", search=SearchRequest(q="a AND ("), notify_existing=True)
+    broken_id = await _store_around_api(stack, broken)
+    errors_before = metrics.SEARCH_ERRORS._value.get()
     service, task = await _running(stack)
     try:
         n = (
@@ -716,6 +720,8 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
             )
             assert done["existing_scan"] == "done"
 
+        assert (await _search(api, broken_id))["existing_scan"] == "done"
+        assert metrics.SEARCH_ERRORS._value.get() > errors_before
         await _publish(stack, "artifact", E3, 1, _artifact("new", "Revenue new", R1))
         await _alerts_when(stack, 5)
         await _publish(stack, "artifact", E1, 2, _artifact("old", "Revenue old again", R1))

@@ -12,10 +12,11 @@ from typing import Any
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from alerts.evaluator import Evaluator
 from alerts.ledger import DELETE_PAGE, Ledger
 from alerts.model import SavedSearchIn, index_source, saved_search_doc
 from alerts.searches import SavedSearchStore
-from alerts.worker import AlertWorker, Evaluator
+from alerts.worker import AlertWorker
 from query.extension import SearchRequest
 from services.config import AlertsSettings, KafkaSettings
 from services.documents import to_micros
