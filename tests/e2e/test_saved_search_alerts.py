@@ -8,8 +8,12 @@ some matching, then a flow run that turns FAILED (an existing artifact starts ma
 S1), then a new version of a matching artifact. Expected alerts are written down by hand.
 Then the worker's group is rewound to the start of the change feed and the worker
 restarted: nothing is announced again, except a claim abandoned by a dead worker (written
-into the ledger by the test), which is published once. Waits are bounded and driven by progress
-(alerts seen, committed offsets), never by the clock.
+into the ledger by the test), which is published once. S4, stored around the API, has a
+webhook host ALERTS_WEBHOOK_ALLOWED_HOSTS does not allow: its alert is dead-lettered
+unsent. Further tests: latest_per_key searches, `notify_existing` scans, and the CRUD
+errors (including a disallowed webhook host and the ledger entries a delete removes).
+Waits are bounded and driven by progress (alerts seen, committed offsets), never by the
+clock (tests/waiting.py).
 """
 
 from __future__ import annotations
@@ -701,6 +705,9 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
     errors_before = metrics.SEARCH_ERRORS._value.get()
     service, task = await _running(stack)
     try:
+        # the feed's records of E1 and E2 are consumed before the searches exist: only a
+        # scan can alert them (P, without notify_existing, must not)
+        await _caught_up(stack, stack.alerts.group_id, stack.kafka.changes_topic)
         n = (
             await api.post(
                 SAVED, json={"name": "N", "search": {"q": "revenue"}, "notify_existing": True}
