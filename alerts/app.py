@@ -16,10 +16,11 @@ import signal
 
 import httpx
 
+from alerts.evaluator import Evaluator
 from alerts.ledger import Ledger
 from alerts.searches import SavedSearchStore
 from alerts.webhooks import WebhookDispatcher
-from alerts.worker import AlertWorker, Evaluator
+from alerts.worker import AlertWorker
 from services.config import AlertsSettings, ElasticsearchSettings, KafkaSettings
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client
@@ -45,7 +46,9 @@ class AlertsService:
         self.worker = AlertWorker(
             kafka,
             settings,
-            Evaluator(self.es, self.names.artifacts, settings.visibility_wait_s),
+            Evaluator(
+                self.es, self.names.artifacts, self.names.collections, settings.visibility_wait_s
+            ),
             self.store,
             Ledger(self.es, self.names.alert_ledger, settings.claim_timeout_s),
         )

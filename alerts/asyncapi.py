@@ -34,8 +34,9 @@ def asyncapi_json(kafka: KafkaSettings | None = None) -> str:
         title=f"{k.changes_topic}:changes",
         description=(
             "The indexer's change feed: after Elasticsearch accepted a step's writes and "
-            "before the step is committed, the artifact documents it wrote and their "
-            "Elasticsearch versions, up to 500 per record, no key. At-least-once: a crashed "
+            "before the step is committed, the artifact documents (`a`) and collection "
+            "documents (`c`) it wrote and their Elasticsearch versions, up to 500 per "
+            "record, no key. At-least-once: a crashed "
             "step is re-applied and published again. Internal to the service (do not produce)."
         ),
         schema=ChangeRecord,
@@ -56,9 +57,11 @@ def asyncapi_json(kafka: KafkaSettings | None = None) -> str:
         k.alerts_dlq_topic,
         title=f"{k.alerts_dlq_topic}:dead-letters",
         description=(
-            "Alerts whose webhook failed ALERTS_WEBHOOK_ATTEMPTS times: the alert record's "
-            "value unchanged, key the alert id, headers dlq.reason (`webhook`), dlq.detail "
-            "(`HTTP 500`, or the error's name), dlq.attempts, dlq.saved_search_id, dlq.topic, "
+            "Alerts whose webhook failed ALERTS_WEBHOOK_ATTEMPTS times, or whose webhook "
+            "host ALERTS_WEBHOOK_ALLOWED_HOSTS does not allow (never called): the alert "
+            "record's value unchanged, key the alert id, headers dlq.reason (`webhook` or "
+            "`webhook-not-allowed`), dlq.detail (`HTTP 500`, the error's name, or the "
+            "refusal), dlq.attempts (0 when not allowed), dlq.saved_search_id, dlq.topic, "
             "dlq.partition, dlq.offset."
         ),
         schema=AlertMessage,

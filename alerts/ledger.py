@@ -12,6 +12,13 @@ with a compare-and-set on the document's sequence number (one winner) and publis
 stored message: on a later redelivery of the change (`claim`) or by the periodic sweep
 (`take_abandoned`). An alert can therefore be published twice only if a live claimant
 takes longer than the lease between claim and mark (docs/adr/0008-alerts-without-percolator.md).
+
+Pruning: this Elasticsearch has no `_delete_by_query` (it lives in the `reindex` module,
+which the distribution lacks), so `delete_matching` walks a point in time in `_shard_doc`
+order and deletes each page of ids with one `_bulk`. The API removes a deleted saved
+search's entries at once (`delete_search`); the worker's periodic `prune` removes entries
+older than the retention and entries of saved searches that no longer exist (a claim the
+worker made while the search was being deleted).
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from alerts.model import PUBLISHED, AlertMessage, is_abandoned, ledger_source
 from services.errors import TransientError
 
 SWEEP_SIZE = 500
+DELETE_PAGE = 1_000
+PIT_KEEP_ALIVE = "1m"
 
 
 class LedgerError(TransientError):
@@ -34,7 +43,7 @@ class LedgerError(TransientError):
 class Ledger:
     """Claims, take-overs and publication marks of alerts."""
 
-    def __init__(self, es: AsyncElasticsearch, index: str, claim_timeout_s: float) -> None:
+    def __init__(self, es: AsyncElasticsearch, index: str, claim_timeout_s: float = 60.0) -> None:
         self.es = es
         self.index = index
         self.timeout_us = int(claim_timeout_s * 1_000_000)
@@ -141,6 +150,77 @@ class Ledger:
             operations.append({"update": {"_index": self.index, "_id": alert_id}})
             operations.append({"doc": {"state": PUBLISHED}})
         resp = await self.es.bulk(operations=operations)
-        if resp.get("errors"):
-            failed = [i["update"].get("error") for i in resp["items"] if "error" in i["update"]]
+        # 404: the entry was pruned because its saved search was deleted meanwhile
+        failed = [i["update"] for i in resp["items"] if i["update"].get("status") not in (200, 404)]
+        if failed:
             raise LedgerError(f"marking alerts published failed: {failed[:3]}")
+
+    async def delete_matching(self, query: dict[str, Any]) -> int:
+        """Delete every ledger document `query` matches; return how many were deleted."""
+        opened = await self.es.open_point_in_time(index=self.index, keep_alive=PIT_KEEP_ALIVE)
+        pit_id = str(opened["id"])
+        deleted = 0
+        after: list[Any] | None = None
+        try:
+            while True:
+                page: dict[str, Any] = {
+                    "query": query,
+                    "size": DELETE_PAGE,
+                    "sort": [{"_shard_doc": "asc"}],
+                    "_source": False,
+                    "track_total_hits": False,
+                    "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
+                }
+                if after is not None:
+                    page["search_after"] = after
+                resp = await self.es.search(body=page)
+                pit_id = str(resp.get("pit_id", pit_id))
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return deleted
+                operations = [{"delete": {"_index": h["_index"], "_id": h["_id"]}} for h in hits]
+                result = await self.es.bulk(operations=operations)
+                for item in result["items"]:
+                    status = int(item["delete"].get("status", 500))
+                    if status == 200:
+                        deleted += 1
+                    elif status != 404:  # 404: deleted meanwhile (another pruner)
+                        raise LedgerError(
+                            f"deleting ledger entries failed: {item['delete'].get('error')}"
+                        )
+                after = hits[-1]["sort"]
+        finally:
+            await self.es.close_point_in_time(id=pit_id)
+
+    async def delete_search(self, search_id: str) -> int:
+        """Forget every alert of a deleted saved search."""
+        return await self.delete_matching({"term": {"search_id": search_id}})
+
+    async def prune(
+        self, live_search_ids: Sequence[str], orphans_before_us: int, older_than_us: int | None
+    ) -> int:
+        """Delete entries of saved searches not in `live_search_ids` claimed before
+        `orphans_before_us` (when the list was read, less a margin: a search created since
+        may already have claims), and published entries claimed before `older_than_us`
+        (None: kept for ever; pending claims are never pruned by age, their publication is
+        still owed)."""
+        should: list[dict[str, Any]] = [
+            {
+                "bool": {
+                    "filter": [{"range": {"claimed_us": {"lt": orphans_before_us}}}],
+                    "must_not": [{"terms": {"search_id": list(live_search_ids)}}],
+                }
+            }
+        ]
+        if older_than_us is not None:
+            should.append(
+                {
+                    "bool": {
+                        "filter": [
+                            {"range": {"claimed_us": {"lt": older_than_us}}},
+                            {"term": {"state": PUBLISHED}},
+                        ]
+                    }
+                }
+            )
+        return await self.delete_matching({"bool": {"should": should, "minimum_should_match": 1}})

@@ -17,3 +17,4 @@ SEARCH_ERRORS = Counter(
 RETRIES = Counter("alerts_retries_total", "Batches retried after a transient failure")
 BATCH_SECONDS = Histogram("alerts_batch_seconds", "Time to evaluate a batch of changes")
 WEBHOOKS = Counter("alerts_webhook_deliveries_total", "Webhook deliveries", ["outcome"])
+PRUNED = Counter("alerts_ledger_pruned_total", "Ledger entries deleted by the periodic prune")

@@ -6,7 +6,9 @@ on each batch of changed artifact ids (the indexer's change feed): the saved sea
 query AND an `ids` filter, one `_msearch`. Each match is an alert identified by
 (saved search id, the search's query fingerprint, artifact id, the artifact's version):
 the same artifact version never alerts twice for the same query, whatever redelivers or
-replays the change (docs/adr/0008-alerts-without-percolator.md).
+replays the change (docs/adr/0008-alerts-without-percolator.md). A saved search in
+latest_per_key mode is evaluated on the changed collections (a key's latest artifact) and
+alerts once per (saved search, fingerprint, latest artifact id, its version).
 
 Dicts in, dicts out: no Elasticsearch or Kafka imports here.
 """
@@ -16,7 +18,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
@@ -49,12 +51,23 @@ class SavedSearchIn(BaseModel):
         "matches; `fields` selects the artifact fields an alert carries."
     )
     webhook: Webhook | None = Field(None, description="Also POST each alert to this URL.")
+    notify_existing: bool = Field(
+        False,
+        description="Also alert the artifacts that already match when the search is saved "
+        "or its query changes (a bounded scan: at most ALERTS_EXISTING_SCAN_MAX matches, "
+        "newest first). Default false: only artifacts that change afterwards alert.",
+    )
 
 
 class SavedSearch(SavedSearchIn):
     """A stored saved search."""
 
     id: str = Field(description="Assigned by the service (a UUID).")
+    existing_scan: Literal["pending", "done"] | None = Field(
+        None,
+        description="With notify_existing: whether the alerts worker has scanned the "
+        "existing artifacts for the current fingerprint yet (null without notify_existing).",
+    )
     created: str
     updated: str
     fingerprint: str = Field(
@@ -70,6 +83,9 @@ class SavedSearchList(BaseModel):
 
 
 MATCHING_PARTS = frozenset({"q", "prefect_filter", "created", "updated", "where", "selected"})
+LATEST_PARTS = frozenset({"latest_per_key", "prefect_latest_filter"})
+"""Part of the fingerprint in latest_per_key mode only (artifacts-mode fingerprints stay
+what they were before that mode could be saved)."""
 
 
 def check_saved_search(body: SavedSearchIn) -> None:
@@ -77,42 +93,60 @@ def check_saved_search(body: SavedSearchIn) -> None:
     search = body.search
     if search.cursor is not None:
         raise TranslationError("A saved search holds no cursor.")
-    if search.latest_per_key:
-        raise TranslationError(
-            "Saved searches evaluate artifacts as they change: latest_per_key is not "
-            "supported (use a prefect_filter on the key instead)."
-        )
     base_query(search)  # the query, the conditions and the filter translate
     response_fields(search)
 
 
 def query_fingerprint(search: SearchRequest) -> str:
     """A hash of the parts of a search that decide what matches (not its presentation)."""
-    raw = search.model_dump_json(include=set(MATCHING_PARTS)).encode()
+    parts = MATCHING_PARTS | LATEST_PARTS if search.latest_per_key else MATCHING_PARTS
+    raw = search.model_dump_json(include=set(parts)).encode()
     return hashlib.blake2b(raw, digest_size=12).hexdigest()
 
 
-def saved_search_doc(search_id: str, body: SavedSearchIn, created: str, now: str) -> SavedSearch:
-    """The stored form of a saved search."""
+def _scan_state(notify_existing: bool, fingerprint: str, scanned: str | None) -> str | None:
+    if not notify_existing:
+        return None
+    return "done" if scanned == fingerprint else "pending"
+
+
+def saved_search_doc(
+    search_id: str, body: SavedSearchIn, created: str, now: str, scanned: str | None = None
+) -> SavedSearch:
+    """The stored form of a saved search; `scanned`: the fingerprint whose existing matches
+    were scanned already (kept across a replace that leaves the query alone)."""
+    fingerprint = query_fingerprint(body.search)
     return SavedSearch(
         id=search_id,
         created=created,
         updated=now,
-        fingerprint=query_fingerprint(body.search),
+        fingerprint=fingerprint,
+        existing_scan=_scan_state(body.notify_existing, fingerprint, scanned),
         **body.model_dump(),
     )
 
 
-def index_source(search: SavedSearch, created_us: int) -> dict[str, Any]:
-    """The Elasticsearch `_source` of a saved search."""
-    source = search.model_dump(mode="json", exclude_none=True)
+def index_source(
+    search: SavedSearch, created_us: int, scanned: str | None = None
+) -> dict[str, Any]:
+    """The Elasticsearch `_source` of a saved search (`scanned_fingerprint`: see
+    `saved_search_doc`)."""
+    source = search.model_dump(mode="json", exclude_none=True, exclude={"existing_scan"})
     source["created_us"] = created_us
+    if scanned is not None:
+        source["scanned_fingerprint"] = scanned
     return source
 
 
 def read_saved_search(source: dict[str, Any]) -> SavedSearch:
     """A saved search from its `_source`."""
-    fields = {k: v for k, v in source.items() if k != "created_us"}
+    internal = ("created_us", "scanned_fingerprint")
+    fields = {k: v for k, v in source.items() if k not in internal}
+    fields["existing_scan"] = _scan_state(
+        bool(source.get("notify_existing")),
+        str(source.get("fingerprint", "")),
+        source.get("scanned_fingerprint"),
+    )
     return SavedSearch.model_validate(fields)
 
 
@@ -135,23 +169,41 @@ def not_visible(wanted: dict[str, int], resp: dict[str, Any]) -> set[str]:
 
 
 # -- evaluation --------------------------------------------------------------------------------
-def evaluation_body(search: SavedSearch, ids: Sequence[str]) -> dict[str, Any]:
-    """The saved search's query restricted to `ids` (its facet selections are filters)."""
+def evaluation_query(search: SavedSearch) -> dict[str, Any]:
+    """What the saved search matches (its facet selections as filters)."""
     req = search.search
     selection = [{"terms": {FACET_FIELDS[k]: v}} for k, v in sorted(req.selected.items())]
-    fields = response_fields(req)
+    return {"bool": {"filter": selection, "must": [base_query(req)]}}
+
+
+def source_fields(search: SavedSearch) -> list[str]:
+    """The `_source` fields an evaluation reads: the alert's fields and the identity (the
+    artifact's id and version; a collection's latest artifact id)."""
+    identity = {"id", "latest_id"} if search.search.latest_per_key else {"id", "version"}
+    return sorted({*response_fields(search.search), *identity})
+
+
+def evaluation_body(search: SavedSearch, ids: Sequence[str]) -> dict[str, Any]:
+    """The saved search's query restricted to `ids` (artifact ids, or collection ids in
+    latest_per_key mode)."""
+    query = evaluation_query(search)
+    query["bool"]["filter"] = [{"ids": {"values": list(ids)}}, *query["bool"]["filter"]]
     return {
-        "query": {
-            "bool": {
-                "filter": [{"ids": {"values": list(ids)}}, *selection],
-                "must": [base_query(req)],
-            }
-        },
+        "query": query,
         "size": len(ids),
         "version": True,
-        "_source": {"includes": sorted({*fields, "id", "version"})},
+        "_source": {"includes": source_fields(search)},
         "track_total_hits": False,
     }
+
+
+def latest_ids(search: SavedSearch, resp: dict[str, Any]) -> list[str]:
+    """The latest artifact ids of the collections a latest_per_key evaluation matched (their
+    versions are read from the artifact index: a collection does not carry it)."""
+    if not search.search.latest_per_key:
+        return []
+    hits = resp.get("hits", {}).get("hits", [])
+    return [str(h["_source"]["latest_id"]) for h in hits if h.get("_source", {}).get("latest_id")]
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +216,7 @@ class Match:
     artifact_version: int
     document_version: int
     artifact: dict[str, Any]
+    latest_per_key: bool = False
 
 
 def alert_id(search_id: str, fingerprint: str, artifact_id: str, artifact_version: int) -> str:
@@ -172,14 +225,27 @@ def alert_id(search_id: str, fingerprint: str, artifact_id: str, artifact_versio
     return hashlib.blake2b(raw, digest_size=16).hexdigest()
 
 
-def read_matches(search: SavedSearch, resp: dict[str, Any]) -> list[Match]:
-    """The matches of an evaluation answer, with the fields the saved search selects."""
+def read_matches(
+    search: SavedSearch, resp: dict[str, Any], versions: dict[str, int] | None = None
+) -> list[Match]:
+    """The matches of an evaluation answer, with the fields the saved search selects.
+
+    In latest_per_key mode a match is the collection's latest artifact: its id is
+    `latest_id` and its version comes from `versions` (artifact id -> version); a latest
+    artifact whose version is unknown (deleted meanwhile) is no match."""
     keep = set(response_fields(search.search))
+    latest = search.search.latest_per_key
     out = []
     for hit in resp.get("hits", {}).get("hits", []):
         source = hit.get("_source", {})
-        artifact_id = str(source.get("id", hit["_id"]))
-        version = int(source.get("version", 0))
+        if latest:
+            artifact_id = str(source.get("latest_id", ""))
+            if artifact_id not in (versions or {}):
+                continue
+            version = (versions or {})[artifact_id]
+        else:
+            artifact_id = str(source.get("id", hit["_id"]))
+            version = int(source.get("version", 0))
         out.append(
             Match(
                 alert_id=alert_id(search.id, search.fingerprint, artifact_id, version),
@@ -188,6 +254,7 @@ def read_matches(search: SavedSearch, resp: dict[str, Any]) -> list[Match]:
                 artifact_version=version,
                 document_version=int(hit.get("_version", 0)),
                 artifact={k: v for k, v in source.items() if k in keep},
+                latest_per_key=latest,
             )
         )
     return out
@@ -220,7 +287,13 @@ class AlertMessage(BaseModel):
     matched_at: str = Field(description="When the worker saw the match (UTC, ISO 8601).")
     artifact: dict[str, Any] = Field(
         description="The artifact as Prefect's API returns it, limited to the saved "
-        "search's `fields`."
+        "search's `fields`; in latest_per_key mode the key's collection as "
+        "`/api/artifacts/latest/filter` returns it (`artifact_id` = its `latest_id`)."
+    )
+    latest_per_key: bool = Field(
+        False,
+        description="The saved search is in latest_per_key mode: the artifact matched as "
+        "the latest artifact of its key.",
     )
 
 
@@ -234,6 +307,7 @@ def alert_message(match: Match, search: SavedSearch, now: str) -> AlertMessage:
         document_version=match.document_version,
         matched_at=now,
         artifact=match.artifact,
+        latest_per_key=match.latest_per_key,
     )
 
 

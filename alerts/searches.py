@@ -99,12 +99,13 @@ class SavedSearchStore:
             return None
         old, raw = found
         now = datetime.now(UTC)
-        search = saved_search_doc(search_id, body, old.created, format_timestamp(now))
+        scanned = raw["_source"].get("scanned_fingerprint")
+        search = saved_search_doc(search_id, body, old.created, format_timestamp(now), scanned)
         try:
             await self.es.index(
                 index=self.index,
                 id=search_id,
-                document=index_source(search, int(raw["_source"].get("created_us", 0))),
+                document=index_source(search, int(raw["_source"].get("created_us", 0)), scanned),
                 if_seq_no=raw["_seq_no"],
                 if_primary_term=raw["_primary_term"],
                 refresh="wait_for",
@@ -150,3 +151,40 @@ class SavedSearchStore:
             except ValidationError as exc:  # stored by an older release whose model differed
                 log.error("saved search %s is no longer valid, skipped: %s", hit["_id"], exc)
         return out
+
+    async def mark_scanned(self, search_id: str, fingerprint: str) -> bool:
+        """Record that the existing matches of `fingerprint` were alerted; False when the
+        saved search was deleted or its query replaced meanwhile (scan again)."""
+        found = await self._read(search_id)
+        if found is None or found[0].fingerprint != fingerprint:
+            return False
+        raw = found[1]
+        try:
+            await self.es.update(
+                index=self.index,
+                id=search_id,
+                doc={"scanned_fingerprint": fingerprint},
+                if_seq_no=raw["_seq_no"],
+                if_primary_term=raw["_primary_term"],
+                refresh="wait_for",
+            )
+        except ConflictError:
+            return False
+        except _ES_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return True
+
+    async def ids(self) -> list[str]:
+        """The ids of every stored saved search (at most `MAX_SAVED_SEARCHES`), readable by
+        this release or not: what the ledger prune must not treat as deleted."""
+        try:
+            resp = await self.es.search(
+                index=self.index,
+                query={"match_all": {}},
+                size=MAX_SAVED_SEARCHES,
+                source=False,
+                track_total_hits=False,
+            )
+        except _ES_ERRORS as exc:
+            raise _unavailable(exc) from exc
+        return [hit["_id"] for hit in resp["hits"]["hits"]]

@@ -6,19 +6,19 @@ webhook is POSTed (the alert message as JSON; headers `Idempotency-Key` and
 `X-Alert-Id` = the alert id). A delivery that fails — a connection error, a timeout or any
 answer other than 2xx — is retried with exponential backoff (tenacity) up to
 `ALERTS_WEBHOOK_ATTEMPTS` attempts, then the alert goes to the alert dead-letter topic
-(`KAFKA_TOPIC_ALERTS_DLQ`) with headers saying why. Offsets are committed after every
-alert of a batch was delivered or dead-lettered: deliveries are at-least-once, and the
-receiver deduplicates by the alert id.
+(`KAFKA_TOPIC_ALERTS_DLQ`) with headers saying why. A webhook whose host
+`ALERTS_WEBHOOK_ALLOWED_HOSTS` does not allow (alerts/egress.py) is never called: its alerts
+go to the dead-letter topic at once (`dlq.reason` = `webhook-not-allowed`). Offsets are
+committed after every alert of a batch was delivered or dead-lettered: deliveries are
+at-least-once, and the receiver deduplicates by the alert id.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
 
 import httpx
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
 from aiokafka.errors import KafkaError
 from elasticsearch import ApiError, TransportError
 from pydantic import ValidationError
@@ -31,12 +31,12 @@ from tenacity import (
 )
 
 from alerts import metrics
+from alerts.egress import parse_allowed_hosts, webhook_refusal
+from alerts.kafka_io import ConsumeProduce, Record
 from alerts.model import AlertMessage, SavedSearch
 from alerts.searches import SavedSearchStore
-from alerts.worker import commit
 from services.config import AlertsSettings, KafkaSettings
 from services.errors import BackendUnavailableError
-from services.kafka import producer_kwargs
 
 log = logging.getLogger("alerts.webhooks")
 
@@ -59,49 +59,32 @@ class WebhookDispatcher:
         self.settings = settings
         self.store = store
         self.http = http
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.io = ConsumeProduce(
+            kafka, kafka.alerts_topic, f"{settings.group_id}.webhooks", settings.max_batch
+        )
+        self.allowed_hosts = parse_allowed_hosts(settings.webhook_allowed_hosts)
         self.delivered = 0
         self.dead_lettered = 0
 
     async def start(self) -> None:
         """Start the dead-letter producer and the alert-topic consumer."""
-        self.producer = AIOKafkaProducer(**producer_kwargs(self.kafka), acks="all")
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            self.kafka.alerts_topic,
-            **producer_kwargs(self.kafka),
-            group_id=f"{self.settings.group_id}.webhooks",
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_batch,
-        )
-        await self.consumer.start()
+        await self.io.start()
 
     async def stop(self) -> None:
         """Stop (an unfinished batch is redelivered)."""
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-        self.consumer = self.producer = None
+        await self.io.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Deliver batches until `stopping` is set."""
-        consumer = self.consumer
-        assert consumer is not None, "the dispatcher is not started"
         while not stopping.is_set():
-            fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
-            records = [r for batch in fetched.values() for r in batch]
+            records = await self.io.next_batch()
             if not records:
                 continue
             searches = await self._searches(records)
             await asyncio.gather(*(self._deliver(r, searches) for r in records))
-            await commit(consumer)
+            await self.io.commit()
 
-    async def _searches(
-        self, records: list[ConsumerRecord[Any, Any]]
-    ) -> dict[str, SavedSearch | None]:
+    async def _searches(self, records: list[Record]) -> dict[str, SavedSearch | None]:
         """The current saved search of each alert's search id (its webhook may have changed)."""
         ids = {r.key.decode() for r in records if r.key}
         out: dict[str, SavedSearch | None] = {}
@@ -119,9 +102,7 @@ class WebhookDispatcher:
                     out[search_id] = await self.store.get(search_id)
         return out
 
-    async def _deliver(
-        self, record: ConsumerRecord[Any, Any], searches: dict[str, SavedSearch | None]
-    ) -> None:
+    async def _deliver(self, record: Record, searches: dict[str, SavedSearch | None]) -> None:
         try:
             alert = AlertMessage.model_validate_json(record.value or b"")
         except ValidationError:
@@ -131,6 +112,12 @@ class WebhookDispatcher:
         if search is None or search.webhook is None:
             return  # deleted meanwhile, or no webhook
         url = str(search.webhook.url)
+        refused = webhook_refusal(url, self.allowed_hosts)
+        if refused is not None:  # saved before the allow-list changed, or written around it
+            metrics.WEBHOOKS.labels("refused").inc()
+            log.warning("webhook of saved search %s refused: %s", search.id, refused)
+            await self._dead_letter(record, alert, refused, reason=b"webhook-not-allowed", tries=0)
+            return
         detail = ""
         try:
             async for attempt in AsyncRetrying(
@@ -157,7 +144,9 @@ class WebhookDispatcher:
             detail,
             alert.alert_id,
         )
-        await self._dead_letter(record, alert, detail)
+        await self._dead_letter(
+            record, alert, detail, reason=b"webhook", tries=self.settings.webhook_attempts
+        )
 
     async def _post(self, url: str, alert_id: str, body: bytes) -> None:
         try:
@@ -179,14 +168,13 @@ class WebhookDispatcher:
             raise WebhookFailedError(f"HTTP {resp.status_code}")
 
     async def _dead_letter(
-        self, record: ConsumerRecord[Any, Any], alert: AlertMessage, detail: str
+        self, record: Record, alert: AlertMessage, detail: str, reason: bytes, tries: int
     ) -> None:
-        producer = self.producer
-        assert producer is not None
+        producer = self.io.producer
         headers = [
-            ("dlq.reason", b"webhook"),
+            ("dlq.reason", reason),
             ("dlq.detail", detail.encode()[:2000]),
-            ("dlq.attempts", str(self.settings.webhook_attempts).encode()),
+            ("dlq.attempts", str(tries).encode()),
             ("dlq.saved_search_id", alert.saved_search.id.encode()),
             ("dlq.topic", record.topic.encode()),
             ("dlq.partition", str(record.partition).encode()),

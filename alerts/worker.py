@@ -3,7 +3,7 @@
 For each batch of change records (consumer group `ALERTS_GROUP_ID`, offsets committed
 only after the batch's alerts are acknowledged and marked):
 
-1. merge them into {artifact id: highest document version};
+1. merge them into {artifact id: highest document version} and {collection id: ...};
 2. **wait until searches see those versions**: the indexer's `_bulk` makes documents
    durable and readable by id at once, but searchable only after the next refresh
    (`refresh_interval`, 1 s). A search for the ids with `version: true` tells which
@@ -11,11 +11,22 @@ only after the batch's alerts are acknowledged and marked):
    versions are still not searchable after `ALERTS_VISIBILITY_WAIT_S`, forces a
    refresh of the artifact index. Every search of a batch uses the same `preference`, so
    it reads the same shard copies (refreshes only move a copy forward);
-3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`;
+3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`:
+   searches in artifacts mode over the changed artifacts, searches in latest_per_key mode
+   over the changed collections (a key's latest artifact; its version is then read from
+   the artifact index);
 4. claim each match in the ledger (alerts/ledger.py); publish the newly claimed ones (and
    abandoned claims taken over) to the alert topic, wait for Kafka's acknowledgement, mark
    them published;
 5. commit the batch's offsets.
+
+Between batches (every `EXISTING_CHECK_S`), saved searches with `notify_existing` whose
+current fingerprint has not been scanned get a bounded scan of what already matches (a
+point in time, newest first, at most `ALERTS_EXISTING_SCAN_MAX`), claimed and published the
+same way; the scan is then recorded on the saved search (a compare-and-set: a search
+replaced meanwhile is scanned again). A search Elasticsearch refuses to run is logged,
+counted (`alerts_search_errors_total`) and recorded as scanned, not retried. At start-up
+and every `ALERTS_LEDGER_PRUNE_INTERVAL_S` the ledger is pruned (alerts/ledger.py).
 
 A failure anywhere retries the whole batch (tenacity, backoff with jitter, for ever): every
 step is idempotent, so a retry, a redelivery after a crash or a replay of the feed publishes
@@ -32,112 +43,26 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.errors import CommitFailedError, KafkaError
-from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from aiokafka.errors import KafkaError
+from elasticsearch import ApiError, BadRequestError, TransportError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from alerts import metrics
+from alerts.evaluator import Evaluator
+from alerts.kafka_io import ConsumeProduce
 from alerts.ledger import Ledger
-from alerts.model import (
-    AlertMessage,
-    Match,
-    SavedSearch,
-    alert_message,
-    evaluation_body,
-    not_visible,
-    read_matches,
-    visibility_body,
-)
-from alerts.searches import SavedSearchStore
+from alerts.model import AlertMessage, alert_message
+from alerts.searches import MAX_SAVED_SEARCHES, SavedSearchStore
 from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
 from services.documents import format_timestamp, to_micros
 from services.errors import BackendUnavailableError, TransientError, TranslationError
-from services.kafka import producer_kwargs
 
 log = logging.getLogger("alerts.worker")
 T = TypeVar("T")
 
-PREFERENCE = "prefect-artifact-alerts"
-"""Every search of the worker reads the same shard copies (see step 2)."""
-
-IDS_PER_SEARCH = 1_000
-SEARCHES_PER_MSEARCH = 100
-
-
-class EvaluationError(TransientError):
-    """Elasticsearch could not evaluate a batch now (retried)."""
-
-
-class Evaluator:
-    """Changed artifact ids in, matches of every saved search out (Elasticsearch adapter)."""
-
-    def __init__(self, es: AsyncElasticsearch, artifacts: str, visibility_wait_s: float) -> None:
-        self.es = es
-        self.artifacts = artifacts
-        self.visibility_wait_s = visibility_wait_s
-
-    async def wait_visible(self, changed: dict[str, int]) -> None:
-        """Return once searches see at least these versions (or after a forced refresh)."""
-        ids = list(changed)
-        deadline = time.monotonic() + self.visibility_wait_s
-        delay = 0.05
-        while True:
-            missing: set[str] = set()
-            for i in range(0, len(ids), IDS_PER_SEARCH):
-                chunk = ids[i : i + IDS_PER_SEARCH]
-                resp = await self.es.search(
-                    index=self.artifacts, body=visibility_body(chunk), preference=PREFERENCE
-                )
-                missing |= not_visible({k: changed[k] for k in chunk}, resp.body)
-            if not missing:
-                return
-            if time.monotonic() >= deadline:
-                # bounded: after a refresh every acknowledged write is searchable; versions
-                # still missing were superseded by an index rebuilt meanwhile (replay)
-                metrics.FORCED_REFRESHES.inc()
-                await self.es.indices.refresh(index=self.artifacts)
-                return
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 0.5)
-
-    async def evaluate(self, searches: Sequence[SavedSearch], ids: Sequence[str]) -> list[Match]:
-        """Every (saved search, artifact) match among `ids`."""
-        matches: list[Match] = []
-        for i in range(0, len(ids), IDS_PER_SEARCH):
-            chunk = ids[i : i + IDS_PER_SEARCH]
-            for j in range(0, len(searches), SEARCHES_PER_MSEARCH):
-                group = searches[j : j + SEARCHES_PER_MSEARCH]
-                body: list[dict[str, Any]] = []
-                runnable: list[SavedSearch] = []
-                for search in group:
-                    try:
-                        request = evaluation_body(search, chunk)
-                    except TranslationError as exc:  # stored by a release that allowed it
-                        metrics.SEARCH_ERRORS.inc()
-                        log.error("saved search %s cannot be translated: %s", search.id, exc)
-                        continue
-                    runnable.append(search)
-                    body.append({"index": self.artifacts, "preference": PREFERENCE})
-                    body.append(request)
-                if not runnable:
-                    continue
-                resp = await self.es.msearch(searches=body)
-                for search, answer in zip(runnable, resp["responses"], strict=True):
-                    if "error" in answer:
-                        status = int(answer.get("status", 500))
-                        if status == 400:  # this search's query, not the cluster
-                            metrics.SEARCH_ERRORS.inc()
-                            log.error(
-                                "saved search %s could not be evaluated: %s",
-                                search.id,
-                                answer["error"],
-                            )
-                            continue
-                        raise EvaluationError(f"evaluation failed (HTTP {status})")
-                    matches.extend(read_matches(search, answer))
-        return matches
+EXISTING_CHECK_S = 2.0
+"""How often the worker looks for saved searches whose existing matches are owed."""
 
 
 class AlertWorker:
@@ -156,76 +81,84 @@ class AlertWorker:
         self.evaluator = evaluator
         self.store = store
         self.ledger = ledger
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.io = ConsumeProduce(
+            kafka,
+            kafka.changes_topic,
+            settings.group_id,
+            settings.max_batch,
+            enable_idempotence=True,
+            linger_ms=5,
+        )
         self.batches = 0
         self.matched = 0
         self.published = 0
         self.recovered = 0
+        self.pruned = 0
+        self.existing = 0
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
-        self.producer = AIOKafkaProducer(
-            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
-        )
-        await self.producer.start()
-        self.consumer = AIOKafkaConsumer(
-            self.kafka.changes_topic,
-            **producer_kwargs(self.kafka),
-            group_id=self.settings.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=self.settings.max_batch,
-        )
-        await self.consumer.start()
+        await self.io.start()
 
     async def stop(self) -> None:
         """Stop consuming (an unfinished batch is not committed: it is redelivered)."""
-        if self.consumer is not None:
-            await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
-        self.consumer = self.producer = None
+        await self.io.stop()
 
     async def run(self, stopping: asyncio.Event) -> None:
         """Process batches until `stopping` is set; sweep abandoned claims at the start and
         every half claim timeout."""
-        consumer = self.consumer
-        assert consumer is not None, "the worker is not started"
-        next_sweep = 0.0
+        next_sweep = next_prune = next_existing = 0.0
         while not stopping.is_set():
+            if time.monotonic() >= next_existing:
+                await self._retry(self.alert_existing)
+                next_existing = time.monotonic() + EXISTING_CHECK_S
             if time.monotonic() >= next_sweep:
                 await self._retry(self.recover)
                 next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
-            fetched = await consumer.getmany(timeout_ms=200, max_records=self.settings.max_batch)
-            records = [r for batch in fetched.values() for r in batch]
+            if time.monotonic() >= next_prune:
+                await self._retry(self.prune)
+                next_prune = time.monotonic() + self.settings.ledger_prune_interval_s
+            records = await self.io.next_batch()
             if not records:
                 continue
             pairs: list[tuple[str, int]] = []
+            collections: list[tuple[str, int]] = []
             for record in records:
                 try:
-                    pairs.extend(decode_changes(record.value))
+                    artifacts, keys = decode_changes(record.value)
+                    pairs.extend(artifacts)
+                    collections.extend(keys)
                 except BadChangeRecordError as exc:
                     metrics.BAD_RECORDS.inc()
                     log.error(
                         "skipping a change record at %s:%d: %s", record.topic, record.offset, exc
                     )
             changed = merge_changes(pairs)
-            await self._retry(partial(self.handle, changed))
-            await commit(consumer)
+            await self._retry(partial(self.handle, changed, merge_changes(collections)))
+            await self.io.commit()
             self.batches += 1
 
-    async def handle(self, changed: dict[str, int]) -> int:
-        """Evaluate one batch of changes and publish its new alerts; return how many."""
-        if not changed:
+    async def handle(
+        self, changed: dict[str, int], collections: dict[str, int] | None = None
+    ) -> int:
+        """Evaluate one batch of changes (artifact and collection documents) and publish its
+        new alerts; return how many."""
+        collections = collections or {}
+        if not changed and not collections:
             return 0
         started = time.perf_counter()
         metrics.CHANGES.inc(len(changed))
         searches = await self.store.all()
         if not searches:
             return 0
-        await self.evaluator.wait_visible(changed)
-        matches = await self.evaluator.evaluate(searches, sorted(changed))
+        latest = any(s.search.latest_per_key for s in searches)
+        if changed:
+            await self.evaluator.wait_visible(changed)
+        if latest and collections:
+            await self.evaluator.wait_visible(collections, self.evaluator.collections)
+        matches = await self.evaluator.evaluate(
+            searches, sorted(changed), sorted(collections) if latest else []
+        )
         metrics.MATCHES.inc(len(matches))
         self.matched += len(matches)
         now = datetime.now(UTC)
@@ -244,10 +177,57 @@ class AlertWorker:
         self.recovered += len(taken)
         return await self._publish(taken)
 
+    async def alert_existing(self) -> int:
+        """Scan the existing matches of saved searches that ask for it (`notify_existing`)
+        and whose current fingerprint was not scanned yet; alert each once, through the
+        same ledger claims as the change feed (a match seen both ways alerts once)."""
+        owed = [s for s in await self.store.all() if s.existing_scan == "pending"]
+        published = 0
+        for search in owed:
+            matches = 0
+            try:
+                async for page in self.evaluator.scan(search, self.settings.existing_scan_max):
+                    now = datetime.now(UTC)
+                    stamp = format_timestamp(now)
+                    messages = [alert_message(m, search, stamp) for m in page]
+                    matches += len(page)
+                    claimed = await self.ledger.claim(messages, to_micros(now))
+                    published += await self._publish(claimed)
+            except (BadRequestError, TranslationError) as exc:  # this search, not the cluster
+                metrics.SEARCH_ERRORS.inc()
+                log.error("saved search %s: existing matches cannot be scanned: %s", search.id, exc)
+            if matches >= self.settings.existing_scan_max:
+                log.warning(
+                    "saved search %s: existing matches cut at ALERTS_EXISTING_SCAN_MAX (%d)",
+                    search.id,
+                    self.settings.existing_scan_max,
+                )
+            if await self.store.mark_scanned(search.id, search.fingerprint):
+                log.info("saved search %s: %d existing matches scanned", search.id, matches)
+        self.existing += published
+        return published
+
+    async def prune(self) -> int:
+        """Delete ledger entries of deleted saved searches, and published entries older
+        than `ALERTS_LEDGER_RETENTION_DAYS` (when set)."""
+        live = await self.store.ids()
+        now_us = to_micros(datetime.now(UTC))
+        if len(live) >= MAX_SAVED_SEARCHES:  # the list may be cut short: no orphans
+            orphans_before = 0
+        else:  # a search created after the list was read may already have claims
+            orphans_before = now_us - int(max(self.settings.claim_timeout_s, 60.0) * 1e6)
+        days = self.settings.ledger_retention_days
+        older_than = now_us - int(days * 86_400e6) if days > 0 else None
+        deleted = await self.ledger.prune(live, orphans_before, older_than)
+        if deleted:
+            log.info("pruned %d ledger entries", deleted)
+        metrics.PRUNED.inc(deleted)
+        self.pruned += deleted
+        return deleted
+
     async def _publish(self, messages: Sequence[AlertMessage]) -> int:
         """Publish claimed alerts, wait for Kafka, then mark them published."""
-        producer = self.producer
-        assert producer is not None
+        producer = self.io.producer
         futures = [
             await producer.send(
                 self.kafka.alerts_topic,
@@ -279,17 +259,6 @@ class AlertWorker:
 
 _RETRIED = (TransientError, BackendUnavailableError, ApiError, TransportError, KafkaError, OSError)
 """Failures a retry of the batch may overcome; anything else is a bug and stops the worker."""
-
-
-async def commit(consumer: AIOKafkaConsumer) -> None:
-    """Commit what was consumed. A refused commit (the group rebalanced meanwhile) is not an
-    error: the new owner is redelivered the batch and the ledger announces nothing twice."""
-    try:
-        await consumer.commit()
-    except CommitFailedError:
-        log.info("offset commit refused after a rebalance; the batch will be redelivered")
-    except KafkaError as exc:
-        log.warning("offset commit failed (%s); the batch will be redelivered", exc)
 
 
 def _log_retry(state: Any) -> None:

@@ -114,7 +114,9 @@ class Indexer:
         self._owns_store = store is None
         self.outputs = KafkaOutputs(kafka)
         self.changes = (
-            ChangePublisher(kafka, self.names.artifacts) if settings.publish_changes else None
+            ChangePublisher(kafka, self.names.artifacts, self.names.collections)
+            if settings.publish_changes
+            else None
         )
         self.parents: Parents | None = None
         self._pump: asyncio.Task[None] | None = None

@@ -2,9 +2,9 @@
 `INDEXER_PUBLISH_CHANGES`.
 
 `publish` runs in a step's effects after Elasticsearch accepted the step's writes and
-before the step is committed (indexer/runtime.py), so every artifact document a committed
-step wrote is announced at least once; Kafka errors are transient (the processor retries
-the whole set, which readers tolerate).
+before the step is committed (indexer/runtime.py), so every artifact and collection
+document a committed step wrote is announced at least once; Kafka errors are transient
+(the processor retries the whole set, which readers tolerate).
 """
 
 from __future__ import annotations
@@ -24,12 +24,13 @@ from services.topics import ensure_topics
 
 
 class ChangePublisher:
-    """Publishes (artifact id, document version) of written artifact documents."""
+    """Publishes (id, document version) of written artifact and collection documents."""
 
-    def __init__(self, kafka: KafkaSettings, artifact_index: str) -> None:
+    def __init__(self, kafka: KafkaSettings, artifact_index: str, collection_index: str) -> None:
         self.kafka = kafka
         self.topic = kafka.changes_topic
         self.artifact_index = artifact_index
+        self.collection_index = collection_index
         self._producer: AIOKafkaProducer | None = None
 
     async def start(self) -> None:
@@ -47,15 +48,16 @@ class ChangePublisher:
             self._producer = None
 
     async def publish(self, writes: Sequence[Versioned]) -> None:
-        """Announce the artifact documents among `writes`."""
+        """Announce the artifact and collection documents among `writes`."""
         pairs = [(w.doc_id, w.version) for w in writes if w.index == self.artifact_index]
-        if not pairs:
+        collections = [(w.doc_id, w.version) for w in writes if w.index == self.collection_index]
+        if not pairs and not collections:
             return
         assert self._producer is not None, "the change publisher is not started"
         try:
             futures = [
                 await self._producer.send(self.topic, value=value)
-                for value in encode_changes(pairs)
+                for value in encode_changes(pairs, collections)
             ]
             await asyncio.gather(*futures)
         except KafkaError as exc:

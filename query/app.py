@@ -27,6 +27,8 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
+from alerts.egress import parse_allowed_hosts
+from alerts.ledger import Ledger
 from alerts.searches import SavedSearchStore
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
@@ -311,7 +313,13 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         return response
 
     app.include_router(  # /ext/v1/saved-searches (query/saved_searches.py)
-        saved_search_router(SavedSearchStore(es, names.saved_searches), repo, body_within_limit)
+        saved_search_router(
+            SavedSearchStore(es, names.saved_searches),
+            Ledger(es, names.alert_ledger),
+            repo,
+            body_within_limit,
+            parse_allowed_hosts(query.webhook_allowed_hosts),
+        )
     )
 
     page = _search_page(query.prefect_ui_url)

@@ -4,24 +4,31 @@ Create, list, read, replace and delete saved searches. A saved search holds the 
 `POST /ext/v1/artifacts/search` request, validated by the same model and then *run once*
 (no hits asked) so that a query Elasticsearch cannot parse is a 422 now, not an error in
 the alerts worker later. Errors: an invalid body is FastAPI's 422 list; a search a saved
-search cannot hold, or one Elasticsearch refuses, a 422 with a sentence; an unknown or
+search cannot hold, one Elasticsearch refuses, or a webhook whose host
+`ALERTS_WEBHOOK_ALLOWED_HOSTS` does not allow, a 422 with a sentence; an unknown or
 malformed id a 404; a concurrent replace a 409; Elasticsearch unavailable a 503.
 """
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
+from elasticsearch import ApiError, TransportError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
+from alerts.egress import AllowedHosts, webhook_refusal
+from alerts.ledger import Ledger, LedgerError
 from alerts.model import SavedSearch, SavedSearchIn, SavedSearchList, check_saved_search
 from alerts.searches import SavedSearchConflictError, SavedSearchStore
 from query.repository import Repository
 from services.errors import BackendUnavailableError, TranslationError
+
+log = logging.getLogger("query.saved_searches")
 
 PREFIX = "/ext/v1/saved-searches"
 
@@ -49,14 +56,21 @@ def _valid_id(search_id: str) -> bool:
 
 def saved_search_router(
     store: SavedSearchStore,
+    ledger: Ledger,
     repo: Repository,
     body_within_limit: Callable[[Request], Awaitable[None]],
+    webhook_hosts: AllowedHosts,
 ) -> APIRouter:
-    """The routes, over a saved-search store and the search repository (to try a search)."""
+    """The routes, over a saved-search store, the alert ledger (purged on delete), the
+    search repository (to try a search) and the hosts webhooks may be sent to."""
     router = APIRouter(prefix=PREFIX, tags=["saved searches"])
 
     async def checked(body: SavedSearchIn) -> Response | None:
         """None when the search can be saved, else the 422."""
+        if body.webhook is not None:
+            refused = webhook_refusal(str(body.webhook.url), webhook_hosts)
+            if refused is not None:
+                return _detail(422, refused)
         try:
             check_saved_search(body)
             probe = body.search.model_copy(
@@ -157,12 +171,21 @@ def saved_search_router(
         responses={404: _NOT_FOUND, 503: _ERRORS[503]},
     )
     async def delete(search_id: str) -> Response:
-        """Delete a saved search: it raises no more alerts."""
+        """Delete a saved search: it raises no more alerts, and its ledger entries are
+        deleted (what the API could not delete, the alerts worker's prune does)."""
 
         async def run() -> Response:
-            if _valid_id(search_id) and await store.delete(search_id):
-                return Response(status_code=204)
-            return _detail(404, "Saved search not found.")
+            if not (_valid_id(search_id) and await store.delete(search_id)):
+                return _detail(404, "Saved search not found.")
+            try:
+                await ledger.delete_search(search_id)
+            except (ApiError, TransportError, LedgerError) as exc:
+                log.warning(
+                    "ledger entries of deleted saved search %s left to the worker's prune: %r",
+                    search_id,
+                    exc,
+                )
+            return Response(status_code=204)
 
         return await guarded(run)
 

@@ -180,12 +180,20 @@ class AlertsSettings(BaseSettings):
     retry_max_s: float = Field(default=10.0, gt=0)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9465, ge=0, le=65535)
+    # hosts, `*.domain` wildcards, IPs and CIDRs webhooks may be sent to (alerts/egress.py);
+    # empty (the default): no webhook is accepted or sent. Read by the query API too.
+    webhook_allowed_hosts: str = ""
+    # ledger entries claimed longer ago than this are deleted (0: kept for ever; ADR 0008)
+    ledger_retention_days: float = Field(default=0.0, ge=0)
+    ledger_prune_interval_s: float = Field(default=3600.0, gt=0)
+    # a saved search with `notify_existing` alerts at most this many existing matches
+    existing_scan_max: int = Field(default=10_000, ge=1)
 
 
 class QuerySettings(BaseSettings):
     """The query API's own knobs; defaults mirror Prefect server's."""
 
-    model_config = SettingsConfigDict(env_prefix="QUERY_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="QUERY_", extra="ignore", populate_by_name=True)
 
     host: str = "127.0.0.1"
     port: int = Field(default=4200, ge=1, le=65535)
@@ -198,6 +206,9 @@ class QuerySettings(BaseSettings):
     api_keys: list[SecretStr] = Field(default_factory=list)
     # where the search page links runs to (the Prefect UI's base URL)
     prefect_ui_url: str = Field(default="http://127.0.0.1:4200", pattern=r"^https?://")
+    # where saved searches may send webhooks: the alerts worker's setting, read by the API
+    # so a URL the worker would refuse is a 422 when the search is saved (alerts/egress.py)
+    webhook_allowed_hosts: str = Field(default="", validation_alias="ALERTS_WEBHOOK_ALLOWED_HOSTS")
 
 
 class BackfillSettings(BaseSettings):

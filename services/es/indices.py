@@ -122,6 +122,8 @@ SAVED_SEARCHES_MAPPING: dict[str, Any] = {
         "created": _STORED_ONLY,
         "updated": _STORED_ONLY,
         "created_us": _LONG,
+        "notify_existing": _BOOL,
+        "scanned_fingerprint": _KW,  # the fingerprint whose existing matches were alerted
     },
 }
 """Saved searches (alerts/model.py): user data, not derived from the topics."""

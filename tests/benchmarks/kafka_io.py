@@ -100,14 +100,14 @@ async def end_offsets(topics: list[str]) -> dict[Any, int]:
         tps = [
             TopicPartition(t, p)
             for t in topics
-            for p in sorted(consumer.partitions_for_topic(t) or await _partitions(consumer, t))
+            for p in sorted(consumer.partitions_for_topic(t) or await partitions(consumer, t))
         ]
         return dict(await consumer.end_offsets(tps))
     finally:
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
+async def partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     for _ in range(50):
         await consumer._client.force_metadata_update()  # no public way to wait for metadata
         parts = consumer.partitions_for_topic(topic)

@@ -15,7 +15,9 @@ PostgreSQL over HTTP (1 worker, ``tests/benchmarks/prefect_server.py``). Then:
    interleaved per iteration; then concurrent throughput for (a) and (c);
 3. freshness at a steady event rate, and fan-out propagation of one flow run's
    state change to 1,000 (and 10,000) artifacts;
-4. peak RSS of the processes.
+4. peak RSS of the processes;
+5. once per run (not per scale): alert latency, artifact event produced -> alert on the
+   alert topic, at a steady rate (``tests/benchmarks/alert_latency.py``, its own stack).
 
 Results go to ``docs/benchmarks`` (RESULTS.md, SIZING.md, PNG plots, raw JSON).
 Every loop is bounded in count and time; traffic goes to 127.0.0.1 only.
@@ -27,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import itertools
 import json
 import os
@@ -67,7 +68,6 @@ from services.prefect.requests import (
 from tests.benchmarks.kafka_io import (
     KAFKA,
     create_topics,
-    delete_topics,
     end_offsets,
     kafka_settings,
     lag,
@@ -83,6 +83,7 @@ from tests.benchmarks.side import (
     run_side_load,
     stack_env,
     state_size,
+    tear_down,
     wait_consuming,
     writes_per_document,
 )
@@ -123,6 +124,8 @@ class Options:
     """(events/s, seconds) of each freshness run: a light one, then the target rate."""
     idle_timeout_s: float = 120.0
     propagation: tuple[int, ...] = (1000,)
+    alerts: tuple[int, float] = (200, 10.0)
+    """(events/s, seconds) of the alert-latency run (tests/benchmarks/alert_latency.py)."""
     load_timeout_s: float = 600.0
     prefect_timeout_s: float = 600.0
     profile: str | None = None
@@ -168,6 +171,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         opts.throughput_s, opts.fresh = 30.0, ((200, 30.0), (1000, 60.0))
         opts.idle_timeout_s = 900.0
         opts.propagation = (1000, 10_000)
+        opts.alerts = (1000, 60.0)
         opts.load_timeout_s, opts.prefect_timeout_s = 3600.0, 3600.0
     return opts
 
@@ -490,17 +494,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             )
             children.append(stack.indexer)
     finally:
-        for child in reversed(children):
-            child.stop()
-        with contextlib.suppress(Exception):
-            if topics:
-                await delete_topics(topics)
-        async with httpx.AsyncClient(timeout=60) as http:
-            with contextlib.suppress(httpx.HTTPError):
-                await http.delete(
-                    f"{ES_URL}/{names.prefix}*",
-                    params={"ignore_unavailable": "true", "allow_no_indices": "true"},
-                )
+        await tear_down(children, topics, names.prefix)
         if opts.drop_prefect_db:
             Child(
                 "prefect-drop",
@@ -1130,6 +1124,14 @@ async def amain(opts: Options) -> dict[str, Any]:
     }
     for n in opts.scales:
         results["scales"][str(n)] = await run_scale(opts, n, machine)
+    from tests.benchmarks.alert_latency import alert_latency  # it imports `pct` from here
+
+    rate, seconds = opts.alerts
+    _log(f"alert latency: {rate} events/s for {seconds:.0f}s, 20 saved searches")
+    results["alerts"] = await alert_latency(
+        rate, seconds, 20, REPO_ROOT / ".local" / "bench" / "alert-latency"
+    )
+    _log(f"  alert latency {results['alerts']}")
     machine["load_avg_end"] = os.getloadavg()
     results["total_s"] = round(time.perf_counter() - started, 1)
     opts.out.mkdir(parents=True, exist_ok=True)

@@ -47,6 +47,22 @@ def _log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
+async def tear_down(children: Sequence[Child], topics: list[str], index_prefix: str) -> None:
+    """Stop the children (last started first), delete the topics and the indices of a stack
+    (best effort: a benchmark's result must not be lost to its cleanup)."""
+    for child in reversed(children):
+        child.stop()
+    with contextlib.suppress(Exception):
+        if topics:
+            await delete_topics(topics)
+    async with httpx.AsyncClient(timeout=60) as http:
+        with contextlib.suppress(httpx.HTTPError):
+            await http.delete(
+                f"{ES_URL}/{index_prefix}*",
+                params={"ignore_unavailable": "true", "allow_no_indices": "true"},
+            )
+
+
 def stack_env(kafka: KafkaSettings, names: IndexNames, es_url: str = ES_URL) -> dict[str, str]:
     """Environment of the API and indexer processes of one stack."""
     return {
@@ -252,15 +268,7 @@ async def side_load(
         _log(f"    {label}: {seconds:.1f}s, {out['events_per_s']:,} events/s")
         return out
     finally:
-        for child in children:
-            child.stop()
-        with contextlib.suppress(Exception):
-            await delete_topics(topics)
-        with contextlib.suppress(httpx.HTTPError):
-            await http.delete(
-                f"{ES_URL}/{names.prefix}*",
-                params={"ignore_unavailable": "true", "allow_no_indices": "true"},
-            )
+        await tear_down(children, topics, names.prefix)
 
 
 async def restart_after_kill(

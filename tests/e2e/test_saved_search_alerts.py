@@ -8,8 +8,12 @@ some matching, then a flow run that turns FAILED (an existing artifact starts ma
 S1), then a new version of a matching artifact. Expected alerts are written down by hand.
 Then the worker's group is rewound to the start of the change feed and the worker
 restarted: nothing is announced again, except a claim abandoned by a dead worker (written
-into the ledger by the test), which is published once. Waits are bounded and driven by progress
-(alerts seen, committed offsets), never by the clock.
+into the ledger by the test), which is published once. S4, stored around the API, has a
+webhook host ALERTS_WEBHOOK_ALLOWED_HOSTS does not allow: its alert is dead-lettered
+unsent. Further tests: latest_per_key searches, `notify_existing` scans, and the CRUD
+errors (including a disallowed webhook host and the ledger entries a delete removes).
+Waits are bounded and driven by progress (alerts seen, committed offsets), never by the
+clock (tests/waiting.py).
 """
 
 from __future__ import annotations
@@ -17,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import json
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -48,9 +51,12 @@ from services.contract import ENTITIES, encode_event
 from services.documents import to_micros
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
+from tests.waiting import wait_for
 
 SAVED = "/ext/v1/saved-searches"
 ATTEMPTS = 3
+ALLOWED = "127.0.0.1"
+"""ALERTS_WEBHOOK_ALLOWED_HOSTS of the tests: the receiver's address only."""
 TS = "2026-01-01T00:00:00Z"
 
 
@@ -142,7 +148,7 @@ async def stack(
         ),
     )
     await indexer.start()
-    app = create_app(QuerySettings(), es_settings)
+    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
@@ -155,6 +161,7 @@ async def stack(
         retry_max_s=0.5,
         metrics_port=0,
         claim_timeout_s=600,  # the recent claim below stays live however slow the machine
+        webhook_allowed_hosts=ALLOWED,
     )
     try:
         yield Stack(kafka, es_settings, alerts, indexer, api, admin, producer)
@@ -230,38 +237,35 @@ async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
     raise AssertionError(f"topic {topic} has no partitions")
 
 
-async def _caught_up(stack: Stack, group: str, topic: str, seconds: float = 60) -> None:
-    """Wait until `group` has committed the end of every partition of `topic`."""
+async def _lag(stack: Stack, group: str, topic: str) -> dict[TopicPartition, tuple[Any, int]]:
+    """The partitions of `topic` whose end `group` has not committed yet."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka.bootstrap_servers)
     await consumer.start()
     try:
         tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
-        deadline = time.monotonic() + seconds
-        while True:
-            ends = await consumer.end_offsets(tps)
-            committed = await stack.admin.list_consumer_group_offsets(group)
-            lagging = {
-                tp: (committed.get(tp).offset if committed.get(tp) else None, end)
-                for tp, end in ends.items()
-                if end and (committed.get(tp) is None or committed[tp].offset < end)
-            }
-            if not lagging:
-                return
-            assert time.monotonic() < deadline, f"{group} lags on {lagging}"
-            await asyncio.sleep(0.2)
+        ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
+    committed = await stack.admin.list_consumer_group_offsets(group)
+    return {
+        tp: (committed.get(tp).offset if committed.get(tp) else None, end)
+        for tp, end in ends.items()
+        if end and (committed.get(tp) is None or committed[tp].offset < end)
+    }
+
+
+async def _caught_up(stack: Stack, group: str, topic: str, seconds: float = 60) -> None:
+    """Wait until `group` has committed the end of every partition of `topic`."""
+    lagging = await wait_for(lambda: _lag(stack, group, topic), lambda lag: not lag, seconds)
+    assert not lagging, f"{group} lags on {lagging}"
+
+
+async def _alerts(kafka: KafkaSettings) -> list[dict[str, Any]]:
+    return [json.loads(r.value) for r in await _read_topic(kafka, kafka.alerts_topic)]
 
 
 async def _alerts_when(stack: Stack, want: int, seconds: float = 60) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + seconds
-    while True:
-        got = [
-            json.loads(r.value) for r in await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-        ]
-        if len(got) >= want or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.3)
+    return await wait_for(lambda: _alerts(stack.kafka), lambda got: len(got) >= want, seconds)
 
 
 async def _quiet(stack: Stack) -> None:
@@ -297,7 +301,7 @@ async def api_only(elasticsearch_url: str, unique_name: str) -> AsyncIterator[ht
     es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
     es = AsyncElasticsearch(elasticsearch_url)
     await ensure_indices(es, IndexNames(es_settings.index_prefix))
-    app = create_app(QuerySettings(), es_settings)
+    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     try:
         yield api
@@ -307,7 +311,9 @@ async def api_only(elasticsearch_url: str, unique_name: str) -> AsyncIterator[ht
         await es.close()
 
 
-async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> None:
+async def test_saved_search_crud_and_its_errors(
+    api_only: httpx.AsyncClient, elasticsearch_url: str, unique_name: str
+) -> None:
     api = api_only
     bad_query = await api.post(SAVED, json={"name": "x", "search": {"q": "revenue AND ("}})
     assert bad_query.status_code == 422 and isinstance(bad_query.json()["detail"], str)
@@ -318,6 +324,10 @@ async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> 
         "body",
         "search",
     ]
+    for url in ("http://169.254.169.254/latest", "http://localhost:9/x"):
+        refused = await api.post(SAVED, json={"name": "x", "search": {}, "webhook": {"url": url}})
+        assert refused.status_code == 422
+        assert "ALERTS_WEBHOOK_ALLOWED_HOSTS" in refused.json()["detail"]
     assert (await api.get(f"{SAVED}/{uuid.uuid4()}")).status_code == 404
     assert (await api.get(f"{SAVED}/not-a-uuid")).status_code == 404
     assert (await api.delete(f"{SAVED}/{uuid.uuid4()}")).status_code == 404
@@ -338,9 +348,26 @@ async def test_saved_search_crud_and_its_errors(api_only: httpx.AsyncClient) -> 
     renamed = changed.json()
     assert renamed["name"] == "renamed" and renamed["created"] == one["created"]
     assert renamed["fingerprint"] == one["fingerprint"]  # limit is presentation
+    moved = await api.put(
+        f"{SAVED}/{one['id']}",
+        json={"name": "x", "search": {"q": "revenue"}, "webhook": {"url": "http://10.0.0.1/"}},
+    )
+    assert moved.status_code == 422 and "'10.0.0.1' is not allowed" in moved.json()["detail"]
     listed = (await api.get(SAVED)).json()["saved_searches"]
     assert [s["id"] for s in listed] == [one["id"]]
-    assert (await api.delete(f"{SAVED}/{one['id']}")).status_code == 204
+    # deleting a saved search deletes its ledger entries (and no other search's)
+    ledger = IndexNames(f"{unique_name}-").alert_ledger
+    es = AsyncElasticsearch(elasticsearch_url)
+    try:
+        for n, owner in enumerate([one["id"], one["id"], "another"]):
+            entry = {"search_id": owner, "state": "published", "claimed_us": n, "message": {}}
+            await es.index(index=ledger, id=f"alert-{n}", document=entry, refresh=True)
+        assert (await api.delete(f"{SAVED}/{one['id']}")).status_code == 204
+        await es.indices.refresh(index=ledger)
+        left = await es.search(index=ledger, source_includes=["search_id"])
+        assert [h["_source"]["search_id"] for h in left["hits"]["hits"]] == ["another"]
+    finally:
+        await es.close()
     assert (await api.get(SAVED)).json() == {"saved_searches": []}
     schema = (await api.get("/openapi.json")).json()
     assert "SavedSearchIn" in schema["components"]["schemas"]
@@ -376,7 +403,19 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         json={"name": "S3", "webhook": {"url": f"{base}/flaky"}, "search": {"q": "costs"}},
     )
     assert s1.status_code == s2.status_code == s3.status_code == 201
-    await _store_unparsable_search(stack)  # as if an older release had accepted it
+    # a query Elasticsearch refuses, and a webhook host the worker does not allow
+    await _store_around_api(stack, SavedSearchIn(name="broken", search=SearchRequest(q="a AND (")))
+    port = base.rsplit(":", 1)[1]
+    await _store_around_api(
+        stack,
+        SavedSearchIn.model_validate(
+            {
+                "name": "S4",
+                "search": {"q": "costs"},
+                "webhook": {"url": f"http://localhost:{port}/ok"},
+            }
+        ),
+    )
     errors_before = metrics.SEARCH_ERRORS._value.get()
     service, task = await _running(stack)
     try:
@@ -392,22 +431,29 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         await _publish(
             stack, "artifact", A5, 1, _artifact("model", "low", R1, metadata_={"accuracy": "0.5"})
         )
-        first = await _alerts_when(stack, 3)
+        first = await _alerts_when(stack, 4)
         # the unparsable one is refused by Elasticsearch at every batch; the others alert
         assert metrics.SEARCH_ERRORS._value.get() > errors_before
-        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1)]
+        assert _pairs(first) == [("S1", A1, 1), ("S2", A4, 1), ("S3", A3, 1), ("S4", A3, 1)]
 
         # R2 turns FAILED: A2 now matches S1; A4 (rewritten too) must not alert again
         await _publish(stack, "flow_run", R2, 2, _run("FAILED"))
         # a new version of A1 that still matches: a new alert (once per artifact version)
         await _publish(stack, "artifact", A1, 2, _artifact("sales", "Revenue grew more", R1))
-        await _alerts_when(stack, 5)
+        await _alerts_when(stack, 6)
         await _quiet(stack)
         alerts = await _read_topic(stack.kafka, stack.kafka.alerts_topic)
-        want = [("S1", A1, 1), ("S1", A1, 2), ("S1", A2, 1), ("S2", A4, 1), ("S3", A3, 1)]
+        want = [
+            ("S1", A1, 1),
+            ("S1", A1, 2),
+            ("S1", A2, 1),
+            ("S2", A4, 1),
+            ("S3", A3, 1),
+            ("S4", A3, 1),
+        ]
         assert _pairs([json.loads(r.value) for r in alerts]) == want
         by_id = {json.loads(r.value)["alert_id"]: r for r in alerts}
-        assert len(by_id) == 5
+        assert len(by_id) == 6
         for record in alerts:
             body = json.loads(record.value)
             assert dict(record.headers)["alert_id"] == body["alert_id"].encode()
@@ -432,11 +478,19 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
         # the one that answers 500 was tried ATTEMPTS times, then dead-lettered
         failing = got.bodies("/fail")
         assert len(failing) == ATTEMPTS and {b["artifact_id"] for b in failing} == {A4}
-        dead = await _read_topic(stack.kafka, stack.kafka.alerts_dlq_topic)
-        assert len(dead) == 1
-        headers = dict(dead[0].headers)
-        assert headers["dlq.reason"] == b"webhook" and headers["dlq.detail"] == b"HTTP 500"
-        assert json.loads(dead[0].value)["artifact_id"] == A4
+        # S4's host is not allowed: never called, dead-lettered at once with the reason
+        dead = {
+            dict(r.headers)["dlq.reason"]: r
+            for r in await _read_topic(stack.kafka, stack.kafka.alerts_dlq_topic)
+        }
+        assert set(dead) == {b"webhook", b"webhook-not-allowed"}
+        headers = dict(dead[b"webhook"].headers)
+        assert headers["dlq.detail"] == b"HTTP 500"
+        assert json.loads(dead[b"webhook"].value)["artifact_id"] == A4
+        refused = dict(dead[b"webhook-not-allowed"].headers)
+        assert b"'localhost' is not allowed" in refused["dlq.detail"]
+        assert refused["dlq.attempts"] == b"0"
+        assert json.loads(dead[b"webhook-not-allowed"].value)["saved_search"]["name"] == "S4"
     finally:
         await _stop(service, task)
 
@@ -466,9 +520,8 @@ async def test_alerts_once_per_artifact_version_through_kafka_and_webhooks(
     assert states[alert_id(s1_id, fingerprint, held, 1)] == "pending"
 
 
-async def _store_unparsable_search(stack: Stack) -> None:
-    """A saved search whose query Elasticsearch refuses, written around the API's check."""
-    body = SavedSearchIn(name="broken", search=SearchRequest(q="revenue AND ("))
+async def _store_around_api(stack: Stack, body: SavedSearchIn) -> str:
+    """Store a saved search the API would refuse (as if an older release had accepted it)."""
     saved = saved_search_doc(str(uuid.uuid4()), body, TS, TS)
     es = AsyncElasticsearch(stack.es_settings.url)
     try:
@@ -480,6 +533,7 @@ async def _store_unparsable_search(stack: Stack) -> None:
         )
     finally:
         await es.close()
+    return saved.id
 
 
 async def _claims(stack: Stack, search_id: str) -> tuple[str, str]:
@@ -548,3 +602,175 @@ async def _rewind(stack: Stack, group: str, topic: str) -> None:
         await consumer.stop()
     committed = await stack.admin.list_consumer_group_offsets(group)
     assert all(committed[tp].offset == 0 for tp in committed if tp.topic == topic)
+
+
+B1, B2, B3 = (_id(30 + i) for i in range(3))
+
+
+async def test_latest_per_key_alerts_once_per_latest_artifact_version(stack: Stack) -> None:
+    """L: the latest artifact of a key mentions revenue; LF: the latest artifact of a key is
+    in a FAILED flow run. Three artifacts of one key, each the latest in turn, then a new
+    version of the last, then its run fails; a rewound change feed repeats nothing."""
+    api = stack.api
+    latest = await api.post(
+        SAVED, json={"name": "L", "search": {"latest_per_key": True, "q": "revenue"}}
+    )
+    failed = await api.post(
+        SAVED,
+        json={
+            "name": "LF",
+            "search": {
+                "latest_per_key": True,
+                "prefect_latest_filter": {"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}},
+                "fields": ["key", "latest_id"],
+            },
+        },
+    )
+    assert latest.status_code == failed.status_code == 201, failed.text
+    bad = await api.post(
+        SAVED, json={"name": "x", "search": {"latest_per_key": True, "prefect_filter": {}}}
+    )
+    assert bad.status_code == 422 and "prefect_latest_filter" in bad.json()["detail"]
+    service, task = await _running(stack)
+    try:
+        await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
+        await _publish(stack, "flow_run", R2, 1, _run("COMPLETED"))
+        when = "2026-01-0{}T00:00:00Z".format
+        # B1 is the latest of `report` and matches L
+        await _publish(
+            stack, "artifact", B1, 1, _artifact("report", "Revenue up", R2, created=when(1))
+        )
+        await _alerts_when(stack, 1)
+        # B2 is now the latest and does not match; B3 then does
+        await _publish(
+            stack, "artifact", B2, 1, _artifact("report", "costs only", R2, created=when(2))
+        )
+        await _publish(
+            stack, "artifact", B3, 1, _artifact("report", "Revenue again", R2, created=when(3))
+        )
+        await _alerts_when(stack, 2)
+        # a new version of the latest: alerts again; then its run fails: LF alerts once
+        await _publish(
+            stack, "artifact", B3, 2, _artifact("report", "Revenue more", R2, created=when(3))
+        )
+        await _alerts_when(stack, 3)
+        await _publish(stack, "flow_run", R2, 2, _run("FAILED"))
+        await _alerts_when(stack, 4)
+        await _quiet(stack)
+        got = await _alerts(stack.kafka)
+    finally:
+        await _stop(service, task)
+    want = [("L", B1, 1), ("L", B3, 1), ("L", B3, 2), ("LF", B3, 2)]
+    assert _pairs(got) == want
+    assert all(a["latest_per_key"] for a in got)
+    lf = next(a for a in got if a["saved_search"]["name"] == "LF")
+    assert lf["artifact"] == {"key": "report", "latest_id": B3}
+    assert all(a["artifact"]["latest_id"] == a["artifact_id"] for a in got)
+
+    await _rewind(stack, stack.alerts.group_id, stack.kafka.changes_topic)
+    service, task = await _running(stack)
+    try:
+        await _quiet(stack)
+        assert service.worker.batches > 0 and service.worker.matched >= 2
+        assert service.worker.published == 0
+    finally:
+        await _stop(service, task)
+    assert _pairs(await _alerts(stack.kafka)) == want
+
+
+E1, E2, E3 = (_id(40 + i) for i in range(3))
+
+
+async def _search(api: httpx.AsyncClient, search_id: str) -> dict[str, Any]:
+    return dict((await api.get(f"{SAVED}/{search_id}")).json())
+
+
+async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) -> None:
+    """Artifacts indexed before any saved search; N (notify_existing) and L (the same in
+    latest_per_key mode) alert them, P (default) does not; later changes alert all three
+    once; a rename rescans nothing, a new query rescans under its new fingerprint."""
+    api = stack.api
+    await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
+    await _publish(stack, "flow_run", R1, 1, _run("COMPLETED"))
+    await _publish(stack, "artifact", E1, 1, _artifact("old", "Revenue old", R1))
+    await _publish(stack, "artifact", E2, 1, _artifact("c", "costs", R1))
+
+    async def indexed() -> Any:
+        return (await api.post("/api/artifacts/count", json={})).json()
+
+    assert await wait_for(indexed, lambda n: n == 2, 60) == 2
+    # its scan fails in Elasticsearch: logged and counted, the other scans go on
+    broken = SavedSearchIn(name="broken", search=SearchRequest(q="a AND ("), notify_existing=True)
+    broken_id = await _store_around_api(stack, broken)
+    errors_before = metrics.SEARCH_ERRORS._value.get()
+    service, task = await _running(stack)
+    try:
+        # the feed's records of E1 and E2 are consumed before the searches exist: only a
+        # scan can alert them (P, without notify_existing, must not)
+        await _caught_up(stack, stack.alerts.group_id, stack.kafka.changes_topic)
+        n = (
+            await api.post(
+                SAVED, json={"name": "N", "search": {"q": "revenue"}, "notify_existing": True}
+            )
+        ).json()
+        latest = {"latest_per_key": True, "q": "revenue"}
+        lat = (
+            await api.post(SAVED, json={"name": "L", "search": latest, "notify_existing": True})
+        ).json()
+        p = (await api.post(SAVED, json={"name": "P", "search": {"q": "revenue"}})).json()
+        assert n["existing_scan"] == lat["existing_scan"] == "pending"
+        assert n["notify_existing"] and p["existing_scan"] is None and not p["notify_existing"]
+        await _alerts_when(stack, 2)
+        for saved in (n, lat):
+            done = await wait_for(
+                lambda s=saved: _search(api, s["id"]), lambda s: s["existing_scan"] == "done", 30
+            )
+            assert done["existing_scan"] == "done"
+
+        assert (await _search(api, broken_id))["existing_scan"] == "done"
+        assert metrics.SEARCH_ERRORS._value.get() > errors_before
+        await _publish(stack, "artifact", E3, 1, _artifact("new", "Revenue new", R1))
+        await _alerts_when(stack, 5)
+        await _publish(stack, "artifact", E1, 2, _artifact("old", "Revenue old again", R1))
+        await _alerts_when(stack, 8)
+
+        described = {
+            "name": "N",
+            "search": {"q": "revenue"},
+            "notify_existing": True,
+            "description": "d",
+        }
+        kept = (await api.put(f"{SAVED}/{n['id']}", json=described)).json()
+        assert kept["existing_scan"] == "done" and kept["fingerprint"] == n["fingerprint"]
+        widened = {"name": "N", "search": {"q": "revenue OR costs"}, "notify_existing": True}
+        changed = (await api.put(f"{SAVED}/{n['id']}", json=widened)).json()
+        assert changed["existing_scan"] == "pending"
+        assert changed["fingerprint"] != n["fingerprint"]
+        await _alerts_when(stack, 11)
+        rescanned = await wait_for(
+            lambda: _search(api, n["id"]), lambda s: s["existing_scan"] == "done", 30
+        )
+        assert rescanned["existing_scan"] == "done"
+        await _quiet(stack)
+        got = await _alerts(stack.kafka)
+    finally:
+        await _stop(service, task)
+    assert _pairs(got) == sorted(
+        [
+            ("N", E1, 1),
+            ("L", E1, 1),
+            ("N", E3, 1),
+            ("P", E3, 1),
+            ("L", E3, 1),
+            ("N", E1, 2),
+            ("P", E1, 2),
+            ("L", E1, 2),
+            ("N", E1, 2),  # the new query: what matches it now, once more
+            ("N", E2, 1),
+            ("N", E3, 1),
+        ]
+    )
+    fingerprints = {
+        a["saved_search"]["fingerprint"] for a in got if a["saved_search"]["name"] == "N"
+    }
+    assert fingerprints == {n["fingerprint"], changed["fingerprint"]}

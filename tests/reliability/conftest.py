@@ -7,7 +7,6 @@ transport. Every fixture uses its own topic and index prefix and removes them af
 
 from __future__ import annotations
 
-import asyncio
 import os
 import time
 import uuid
@@ -27,6 +26,7 @@ from services.config import ElasticsearchSettings, IndexerSettings, KafkaSetting
 from services.contract import ENTITIES
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
+from tests.waiting import wait_for
 
 MAX_EVENT_BYTES = 65_536
 """INDEXER_MAX_EVENT_BYTES of the poison stack: large enough for a 40 KB artifact key."""
@@ -109,15 +109,11 @@ async def wait_until(
     client: httpx.AsyncClient, path: str, body: dict[str, Any], want: Any, seconds: float
 ) -> Any:
     """Poll an endpoint until it answers `want` or time runs out; return the last answer."""
-    deadline = time.monotonic() + seconds
-    got: Any = None
-    while time.monotonic() < deadline:
-        resp = await client.post(path, json=body)
-        got = resp.json()
-        if got == want:
-            return got
-        await asyncio.sleep(0.5)
-    return got
+
+    async def answer() -> Any:
+        return (await client.post(path, json=body)).json()
+
+    return await wait_for(answer, lambda got: bool(got == want), seconds, interval=0.5)
 
 
 @pytest.fixture

@@ -16,6 +16,7 @@ from alerts.model import (
     check_saved_search,
     evaluation_body,
     index_source,
+    latest_ids,
     not_visible,
     query_fingerprint,
     read_matches,
@@ -53,7 +54,8 @@ def test_a_saved_search_holds_a_search_body_validated_by_the_search_model() -> N
     ("search", "words"),
     [
         ({"cursor": "abc"}, "cursor"),
-        ({"latest_per_key": True}, "latest_per_key"),
+        ({"latest_per_key": True, "prefect_filter": {}}, "prefect_latest_filter"),
+        ({"prefect_latest_filter": {}}, "needs latest_per_key"),
         ({"q": "nosuchfield:x"}, "Unknown field"),
         ({"fields": ["latest_id"]}, "Not a field"),
         ({"where": [{"field": "metadata.a", "op": "in", "value": []}]}, "non-empty list"),
@@ -62,6 +64,28 @@ def test_a_saved_search_holds_a_search_body_validated_by_the_search_model() -> N
 def test_what_a_saved_search_cannot_hold_is_refused(search: dict[str, object], words: str) -> None:
     with pytest.raises(TranslationError, match=words):
         check_saved_search(_saved(search))
+
+
+def test_the_existing_scan_is_owed_per_fingerprint_and_kept_across_a_rename() -> None:
+    body = _saved({"q": "revenue"}, notify_existing=True)
+    fresh = saved_search_doc("s", body, "t", "t")
+    assert fresh.existing_scan == "pending"
+    source = index_source(fresh, 1)
+    assert "existing_scan" not in source and "scanned_fingerprint" not in source
+    assert read_saved_search(source).existing_scan == "pending"
+    scanned = index_source(fresh, 1, scanned=fresh.fingerprint)
+    assert read_saved_search(scanned).existing_scan == "done"
+    renamed = saved_search_doc(
+        "s", _saved({"q": "revenue"}, notify_existing=True, name="m"), "t", "u", fresh.fingerprint
+    )
+    assert renamed.existing_scan == "done"
+    requery = saved_search_doc(
+        "s", _saved({"q": "costs"}, notify_existing=True), "t", "u", fresh.fingerprint
+    )
+    assert requery.existing_scan == "pending"
+    quiet = saved_search_doc("s", _saved({"q": "revenue"}), "t", "t")
+    assert quiet.existing_scan is None and not quiet.notify_existing
+    assert read_saved_search(index_source(quiet, 1)).existing_scan is None
 
 
 def test_the_fingerprint_follows_what_matches_not_the_presentation() -> None:
@@ -79,6 +103,23 @@ def test_the_fingerprint_follows_what_matches_not_the_presentation() -> None:
     assert query_fingerprint(base) == query_fingerprint(same)
     assert query_fingerprint(base) != query_fingerprint(other)
     assert query_fingerprint(base) != query_fingerprint(selected)
+
+
+def test_latest_per_key_is_part_of_the_fingerprint_only_when_set() -> None:
+    artifacts = SearchRequest(q="revenue")
+    latest = SearchRequest(q="revenue", latest_per_key=True)
+    assert query_fingerprint(artifacts) != query_fingerprint(latest)
+    # artifacts-mode fingerprints are what they were before latest_per_key could be saved
+    # (stored searches keep alerting under the same identity)
+    assert query_fingerprint(artifacts) == "2e42dc17e4cff3b67538b84e"
+    keyed = SearchRequest.model_validate(
+        {
+            "q": "revenue",
+            "latest_per_key": True,
+            "prefect_latest_filter": {"artifacts": {"key": {"any_": ["k"]}}},
+        }
+    )
+    assert query_fingerprint(keyed) != query_fingerprint(latest)
 
 
 def test_alert_ids_are_deterministic_and_distinguish_every_part() -> None:
@@ -115,12 +156,24 @@ def test_stored_form_round_trips() -> None:
 
 def test_change_records_round_trip_in_bounded_chunks_and_merge_to_the_highest_version() -> None:
     pairs = [(f"id-{i}", i) for i in range(1_201)]
-    values = encode_changes(pairs, per_record=500)
-    assert len(values) == 3
-    decoded = [p for v in values for p in decode_changes(v)]
-    assert decoded == pairs
+    collections = [(f"c-{i}", i) for i in range(501)]
+    values = encode_changes(pairs, collections, per_record=500)
+    assert len(values) == 5
+    decoded = [decode_changes(v) for v in values]
+    assert [p for a, _ in decoded for p in a] == pairs
+    assert [p for _, c in decoded for p in c] == collections
+    # a record of a release before collections were announced
+    assert decode_changes(b'{"a": [["x", 2]]}') == ([("x", 2)], [])
     assert merge_changes([("a", 3), ("b", 1), ("a", 7), ("a", 5)]) == {"a": 7, "b": 1}
-    for bad in (b"", b"[]", b'{"a": [["x"]]}', b'{"a": [["x", "nan"]]}', None, b"\xff"):
+    for bad in (
+        b"",
+        b"[]",
+        b'{"a": [["x"]]}',
+        b'{"a": [["x", "nan"]]}',
+        b'{"a": [], "c": [["x"]]}',
+        None,
+        b"\xff",
+    ):
         with pytest.raises(BadChangeRecordError):
             decode_changes(bad)
 
@@ -164,8 +217,28 @@ def test_matches_carry_the_selected_fields_and_the_artifact_version() -> None:
     assert message.saved_search.id == "s1" and message.alert_id == match.alert_id
 
 
+def test_latest_per_key_matches_are_the_latest_artifact_at_its_version() -> None:
+    saved = saved_search_doc(
+        "s1", _saved({"latest_per_key": True, "q": "revenue", "fields": ["key"]}), "t", "t"
+    )
+    req = evaluation_body(saved, ["c1", "c2"])
+    assert req["query"]["bool"]["filter"][0] == {"ids": {"values": ["c1", "c2"]}}
+    assert set(req["_source"]["includes"]) == {"id", "key", "latest_id"}
+    hit = {"_id": "c1", "_version": 40, "_source": {"id": "c1", "key": "k", "latest_id": "a9"}}
+    gone = {"_id": "c2", "_version": 3, "_source": {"id": "c2", "key": "j", "latest_id": "a8"}}
+    resp = {"hits": {"hits": [hit, gone]}}
+    assert latest_ids(saved, resp) == ["a9", "a8"]
+    # a8's version is unknown (deleted meanwhile): no match for it
+    (match,) = read_matches(saved, resp, {"a9": 12})
+    assert (match.artifact_id, match.artifact_version, match.document_version) == ("a9", 12, 40)
+    assert match.alert_id == alert_id("s1", saved.fingerprint, "a9", 12)
+    assert match.artifact == {"key": "k"} and match.latest_per_key
+    message = alert_message(match, saved, "2026-01-01T00:00:00Z")
+    assert message.latest_per_key and message.artifact_id == "a9"
+
+
 def test_pure_modules_import_no_io_library() -> None:
-    for path in ("alerts/model.py", "services/changes.py"):
+    for path in ("alerts/model.py", "alerts/egress.py", "services/changes.py"):
         tree = ast.parse((ROOT / path).read_text())
         names = {
             (node.module or "") if isinstance(node, ast.ImportFrom) else alias.name

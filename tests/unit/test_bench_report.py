@@ -154,3 +154,31 @@ def test_missing_kinds_and_sections(tmp_path: Path) -> None:
     report.write_all(new, tmp_path)
     assert report.NOT_MEASURED in (tmp_path / "RESULTS.md").read_text()
     assert report.NOT_MEASURED in (tmp_path / "SIZING.md").read_text()
+
+
+def test_alert_latency_target_and_section() -> None:
+    from tests.benchmarks.report import MET, MISSED, NA, alert_section, alert_targets
+
+    run = {
+        "rate_target": 1000,
+        "rate_achieved": 998.0,
+        "seconds": 60.0,
+        "saved_searches": 20,
+        "sent": 60_000,
+        "alerted": 60_000,
+        "missing_after_drain": 0,
+        "p50_s": 0.9,
+        "p95_s": 1.5,
+        "p99_s": 1.8,
+        "max_s": 2.4,
+    }
+    assert alert_targets({"scales": {}, "alerts": run})[0][3] == MET
+    slow = {**run, "p99_s": 2.5}
+    assert alert_targets({"scales": {}, "alerts": slow})[0][3] == MISSED
+    lossy = {**run, "alerted": 59_990, "missing_after_drain": 10}
+    assert alert_targets({"scales": {}, "alerts": lossy})[0][3] == MISSED
+    tiny = {**run, "rate_target": 100, "rate_achieved": 100.0}
+    assert alert_targets({"scales": {}, "alerts": tiny})[0][3] == NA
+    assert alert_targets({"scales": {}}) == [] and alert_section({"scales": {}}) == []
+    lines = alert_section({"alerts": run})
+    assert "## Alert latency" in lines and any("| 1.80 s |" in line for line in lines)

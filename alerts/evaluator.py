@@ -1,0 +1,207 @@
+"""Elasticsearch adapter of the alerts worker: which saved searches match what changed.
+
+`wait_visible` waits until searches see the versions the change feed announced (the
+indexer's writes become searchable at the next refresh; see alerts/worker.py, step 2);
+`evaluate` runs every saved search restricted to the changed ids in `_msearch` requests
+(artifacts-mode searches over changed artifacts, latest_per_key searches over changed
+collections, whose latest artifact's version is then read from the artifact index); `scan`
+walks what already matches a saved search (`notify_existing`). Every search carries the
+same `preference`, so it reads the shard copies the visibility check read.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+from elasticsearch import AsyncElasticsearch
+
+from alerts import metrics
+from alerts.model import (
+    Match,
+    SavedSearch,
+    evaluation_body,
+    evaluation_query,
+    latest_ids,
+    not_visible,
+    read_matches,
+    source_fields,
+    visibility_body,
+)
+from services.errors import TransientError, TranslationError
+
+log = logging.getLogger("alerts.evaluator")
+
+PREFERENCE = "prefect-artifact-alerts"
+"""Every search of the worker reads the same shard copies."""
+
+IDS_PER_SEARCH = 1_000
+SEARCHES_PER_MSEARCH = 100
+SCAN_PAGE = 500
+SCAN_KEEP_ALIVE = "2m"
+
+
+class EvaluationError(TransientError):
+    """Elasticsearch could not evaluate a batch now (retried)."""
+
+
+class Evaluator:
+    """Changed artifact and collection ids in, matches of every saved search out
+    (Elasticsearch adapter)."""
+
+    def __init__(
+        self,
+        es: AsyncElasticsearch,
+        artifacts: str,
+        collections: str,
+        visibility_wait_s: float,
+    ) -> None:
+        self.es = es
+        self.artifacts = artifacts
+        self.collections = collections
+        self.visibility_wait_s = visibility_wait_s
+
+    async def wait_visible(self, changed: dict[str, int], index: str | None = None) -> None:
+        """Return once searches of `index` (default: the artifacts) see at least these
+        versions (or after a forced refresh)."""
+        index = index or self.artifacts
+        ids = list(changed)
+        deadline = time.monotonic() + self.visibility_wait_s
+        delay = 0.05
+        while True:
+            missing: set[str] = set()
+            for i in range(0, len(ids), IDS_PER_SEARCH):
+                chunk = ids[i : i + IDS_PER_SEARCH]
+                resp = await self.es.search(
+                    index=index, body=visibility_body(chunk), preference=PREFERENCE
+                )
+                missing |= not_visible({k: changed[k] for k in chunk}, resp.body)
+            if not missing:
+                return
+            if time.monotonic() >= deadline:
+                # bounded: after a refresh every acknowledged write is searchable; versions
+                # still missing were superseded by an index rebuilt meanwhile (replay)
+                metrics.FORCED_REFRESHES.inc()
+                await self.es.indices.refresh(index=index)
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 0.5)
+
+    async def evaluate(
+        self,
+        searches: Sequence[SavedSearch],
+        ids: Sequence[str],
+        collection_ids: Sequence[str] = (),
+    ) -> list[Match]:
+        """Every (saved search, artifact) match among the changed artifacts `ids` (searches
+        in artifacts mode) and the changed collections `collection_ids` (latest_per_key)."""
+        by_artifact = [s for s in searches if not s.search.latest_per_key]
+        by_collection = [s for s in searches if s.search.latest_per_key]
+        answers = await self._run(by_artifact, ids, self.artifacts)
+        matches = [m for search, answer in answers for m in read_matches(search, answer)]
+        latest = await self._run(by_collection, collection_ids, self.collections)
+        if latest:
+            versions = await self.artifact_versions(
+                sorted({i for search, answer in latest for i in latest_ids(search, answer)})
+            )
+            for search, answer in latest:
+                matches.extend(read_matches(search, answer, versions))
+        return matches
+
+    async def evaluate_page(self, search: SavedSearch, resp: dict[str, Any]) -> list[Match]:
+        """The matches of one page of a scan of existing documents (`notify_existing`)."""
+        ids = latest_ids(search, resp)
+        versions = await self.artifact_versions(ids) if ids else None
+        return read_matches(search, resp, versions)
+
+    async def scan(self, search: SavedSearch, max_matches: int) -> AsyncIterator[list[Match]]:
+        """The documents that match `search` now, newest first, a page at a time, at most
+        `max_matches` (a point in time: stable while the scan runs)."""
+        index = self.collections if search.search.latest_per_key else self.artifacts
+        opened = await self.es.open_point_in_time(index=index, keep_alive=SCAN_KEEP_ALIVE)
+        pit_id = str(opened["id"])
+        seen = 0
+        after: list[Any] | None = None
+        try:
+            while seen < max_matches:
+                body: dict[str, Any] = {
+                    "query": evaluation_query(search),
+                    "size": min(SCAN_PAGE, max_matches - seen),
+                    "sort": [{"created_us": {"order": "desc"}}, {"_shard_doc": "desc"}],
+                    "version": True,
+                    "_source": {"includes": source_fields(search)},
+                    "track_total_hits": False,
+                    "pit": {"id": pit_id, "keep_alive": SCAN_KEEP_ALIVE},
+                }
+                if after is not None:
+                    body["search_after"] = after
+                resp = (await self.es.search(body=body)).body
+                pit_id = str(resp.get("pit_id", pit_id))
+                hits = resp["hits"]["hits"]
+                if not hits:
+                    return
+                seen += len(hits)
+                after = hits[-1]["sort"]
+                yield await self.evaluate_page(search, resp)
+        finally:
+            await self.es.close_point_in_time(id=pit_id)
+
+    async def artifact_versions(self, ids: Sequence[str]) -> dict[str, int]:
+        """The searchable event version of each artifact (absent: not found)."""
+        out: dict[str, int] = {}
+        for i in range(0, len(ids), IDS_PER_SEARCH):
+            chunk = list(ids[i : i + IDS_PER_SEARCH])
+            resp = await self.es.search(
+                index=self.artifacts,
+                query={"ids": {"values": chunk}},
+                size=len(chunk),
+                source_includes=["version"],
+                track_total_hits=False,
+                preference=PREFERENCE,
+            )
+            for hit in resp["hits"]["hits"]:
+                out[hit["_id"]] = int(hit["_source"].get("version", 0))
+        return out
+
+    async def _run(
+        self, searches: Sequence[SavedSearch], ids: Sequence[str], index: str
+    ) -> list[tuple[SavedSearch, dict[str, Any]]]:
+        """Each search ANDed with `ids`, in `_msearch` requests; the answers of those that
+        ran (a search Elasticsearch refuses is logged and counted, not retried)."""
+        out: list[tuple[SavedSearch, dict[str, Any]]] = []
+        for i in range(0, len(ids), IDS_PER_SEARCH):
+            chunk = ids[i : i + IDS_PER_SEARCH]
+            for j in range(0, len(searches), SEARCHES_PER_MSEARCH):
+                group = searches[j : j + SEARCHES_PER_MSEARCH]
+                body: list[dict[str, Any]] = []
+                runnable: list[SavedSearch] = []
+                for search in group:
+                    try:
+                        request = evaluation_body(search, chunk)
+                    except TranslationError as exc:  # stored by a release that allowed it
+                        metrics.SEARCH_ERRORS.inc()
+                        log.error("saved search %s cannot be translated: %s", search.id, exc)
+                        continue
+                    runnable.append(search)
+                    body.append({"index": index, "preference": PREFERENCE})
+                    body.append(request)
+                if not runnable:
+                    continue
+                resp = await self.es.msearch(searches=body)
+                for search, answer in zip(runnable, resp["responses"], strict=True):
+                    if "error" in answer:
+                        status = int(answer.get("status", 500))
+                        if status == 400:  # this search's query, not the cluster
+                            metrics.SEARCH_ERRORS.inc()
+                            log.error(
+                                "saved search %s could not be evaluated: %s",
+                                search.id,
+                                answer["error"],
+                            )
+                            continue
+                        raise EvaluationError(f"evaluation failed (HTTP {status})")
+                    out.append((search, answer))
+        return out

@@ -1,0 +1,29 @@
+"""Test helper: poll for a condition with a bounded timeout (never a fixed sleep).
+
+`wait_for` returns the last value it saw, met or not, so the caller's assertion shows what
+the system looked like when time ran out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+T = TypeVar("T")
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]],
+    done: Callable[[T], bool],
+    seconds: float,
+    interval: float = 0.3,
+) -> T:
+    """Call `probe` until `done(value)` holds or `seconds` passed; return the last value."""
+    deadline = time.monotonic() + seconds
+    while True:
+        value = await probe()
+        if done(value) or time.monotonic() >= deadline:
+            return value
+        await asyncio.sleep(interval)
