@@ -69,6 +69,7 @@ class HealthServer:
             lifespan="off",
             access_log=False,
             log_config=None,  # uvicorn's loggers propagate to the worker's JSON handler
+            log_level="warning",  # its start-up lines would repeat ours (and say Ctrl+C)
             timeout_graceful_shutdown=5,
         )
         server = _Server(config)
