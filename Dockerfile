@@ -3,6 +3,7 @@
 # Without a public registry (deploy/docker/build.sh does both):
 #   --build-arg BASE=<a local image with Python 3.11>   (deploy/docker/build-base.sh makes one)
 #   wheels in deploy/docker/wheelhouse/                  -> pip installs offline from them only
+# Either way the versions and hashes are those of requirements/runtime.txt and build.txt.
 # Runs as uid 10001 and on a read-only root filesystem: the only writable path it needs is the
 # indexer's state store, INDEXER_STATE_DIR=/var/lib/indexer/state (a volume).
 ARG BASE=python:3.11-slim
@@ -14,19 +15,18 @@ RUN python3 -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 WORKDIR /src
 COPY deploy/docker/wheelhouse/ /wheels/
-# dependencies first (cached while only the code changes); every dependency has a binary wheel
+# dependencies first (cached while only the code changes): exactly the lock's versions, each
+# checked against its hashes (requirements/*.txt, written by `make lock`)
+COPY requirements/runtime.txt requirements/build.txt ./requirements/
+RUN if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
+ && pip install $OFFLINE --require-hashes -r requirements/runtime.txt -r requirements/build.txt
 COPY pyproject.toml README.md ./
-RUN mkdir -p services indexer query alerts \
- && touch services/__init__.py indexer/__init__.py query/__init__.py alerts/__init__.py \
- && if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
- && pip install $OFFLINE . \
- && pip uninstall -y prefect-artifact-search
 COPY services ./services
 COPY indexer ./indexer
 COPY query ./query
 COPY alerts ./alerts
-RUN if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
- && pip install $OFFLINE --no-deps . && python -m compileall -q /opt/venv
+# the project alone, built with the locked setuptools already in the venv
+RUN pip install --no-index --no-deps --no-build-isolation . && python -m compileall -q /opt/venv
 
 # ---- final stage: runtime only, non-root -------------------------------------------------------
 FROM ${BASE}

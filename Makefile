@@ -1,12 +1,14 @@
 # Makefile — developer entry points.
 #
-#   make venv         create .venv (python3.11) and install the project with its test+dev extras
+#   make venv         create .venv (python3.11), install requirements/dev.txt, then the project
 #   make servers      fetch and start Kafka, Elasticsearch and PostgreSQL (deploy/local/servers.sh)
 #   make up           venv + Kafka and Elasticsearch + the app (bootstrap, API, indexer, alerts, demo data)
 #   make down         stop the app processes started by `up`, then all servers
 #   make reset        down + wipe all server data
 #   make test         servers + lint + pytest over tests/ (benchmarks excluded)
 #   make lint         ruff format --check, ruff check, mypy
+#   make lock         re-resolve requirements/*.txt from pyproject.toml (uv; pins kept, hashes)
+#   make test-pythons the unit tier on Python 3.12 and 3.13 too (PYTHON_VERSIONS; venvs in .local/)
 #   make bench        benchmarks (tests.benchmarks.run); bench-quick: the short variant
 #   make profile-engine  where the indexer's CPU goes, without Kafka or Elasticsearch
 #   make status       one line per server and app process
@@ -43,18 +45,19 @@ COMPOSE_ARGS := -p prefect-artifact-search -f deploy/compose.yaml
 LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search-elasticsearch:local \
   BASE_IMAGE=artifact-search-base:bookworm
 
-.PHONY: help venv servers servers-app up down reset test lint bench bench-quick status \
+.PHONY: help venv servers servers-app up down reset test lint lock test-pythons bench bench-quick status \
   image compose-up compose-down compose-smoke profile-engine
 
 help:
-	@sed -n '3,16p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
 
 venv:
 	@if [ ! -x $(PY) ]; then \
 	  command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }; \
 	  echo "creating .venv with $(PYTHON)"; $(PYTHON) -m venv .venv; \
 	fi
-	$(PY) -m pip install -q -e '.[test,dev]'
+	$(PY) -m pip install -q -r requirements/dev.txt
+	$(PY) -m pip install -q --no-deps -e .
 
 servers:
 	$(SERVERS) fetch all
@@ -135,6 +138,32 @@ lint:
 profile-engine: venv
 	$(PY) -m tests.benchmarks.profile_engine --artifacts 20000 \
 	  --profile docs/benchmarks/profile-engine-20k.txt
+
+# requirements/*.txt: every pin with its hashes, for Python 3.11-3.13 on any platform. Existing
+# pins are kept (UV_ARGS=--upgrade to move them); tests/unit/test_lock.py fails when a lock and
+# pyproject.toml disagree. No index URL is written into the files.
+UV_COMPILE = $(PY) -m uv pip compile --quiet --universal --generate-hashes --custom-compile-command "make lock" $(UV_ARGS)
+lock:
+	$(UV_COMPILE) pyproject.toml -o requirements/runtime.txt
+	$(UV_COMPILE) pyproject.toml --all-extras -o requirements/dev.txt
+	$(UV_COMPILE) --python-version 3.11 requirements/build.in -o requirements/build.txt
+
+# The unit tier on each other supported Python: an interpreter from pyenv's versions or PATH, a
+# venv in .local/py<version> synced to requirements/dev.txt. A version not found is reported
+# and skipped; a failing test fails the target.
+PYTHON_VERSIONS ?= 3.12 3.13
+test-pythons:
+	@for v in $(PYTHON_VERSIONS); do \
+	  py=$$(ls -d $${PYENV_ROOT:-$$HOME/.pyenv}/versions/$$v.*/bin/python 2>/dev/null | sort -V | tail -n1); \
+	  if [ -z "$$py" ] && command -v python$$v >/dev/null && python$$v -V >/dev/null 2>&1; then \
+	    py=$$(command -v python$$v); fi; \
+	  if [ -z "$$py" ]; then echo "Python $$v: no interpreter found here, skipped"; continue; fi; \
+	  venv=.local/py$$v; \
+	  [ -x $$venv/bin/python ] || $(PY) -m uv venv -q -p "$$py" $$venv; \
+	  $(PY) -m uv pip sync -q --python $$venv/bin/python requirements/dev.txt; \
+	  echo "== tests/unit on $$($$venv/bin/python -V)"; \
+	  $$venv/bin/python -m pytest tests/unit $(PYTEST_ARGS); \
+	done
 
 bench bench-quick:
 	@if [ ! -f tests/benchmarks/run.py ] && [ ! -f tests/benchmarks/run/__main__.py ]; then \

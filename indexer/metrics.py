@@ -37,6 +37,7 @@ FANOUT_DOCUMENTS = Histogram(
 ACTIVE_PARTITIONS = Gauge(
     "indexer_active_partitions", "Group partitions this replica owns and writes"
 )
+READY = Gauge("indexer_ready", "1 while the consumer runs: what /readyz answers")
 REWRITING = Gauge("indexer_rewriting", "1 while a newly owned partition is being rewritten whole")
 ARTIFACTS_HELD = Gauge(
     "indexer_artifacts_held",

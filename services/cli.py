@@ -88,6 +88,7 @@ def _cmd_api(args: argparse.Namespace) -> None:
 
 
 def _cmd_indexer(_: argparse.Namespace) -> None:
+    from indexer import metrics
     from indexer.app import Indexer
     from indexer.health import HealthServer
 
@@ -106,9 +107,11 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
     async def ready() -> None:
         gc.freeze()
         health.ready = True
+        metrics.READY.set(1)
 
     async def not_ready() -> None:
         health.ready = False
+        metrics.READY.set(0)
 
     app.after_startup(ready)
     app.on_shutdown(not_ready)

@@ -8,8 +8,8 @@
 #
 # The app: the base image (deploy/docker/build-base.sh, reused when present), then a wheelhouse
 # downloaded on the host (whose TLS proxy the host trusts and a container does not) into
-# deploy/docker/wheelhouse/ with the versions of .venv as constraints, then `docker build` with
-# --build-arg BASE. Kafka and Elasticsearch: deploy/local/servers.sh fetch (Maven, ~/.m2), a Java
+# deploy/docker/wheelhouse/ from the lock files requirements/runtime.txt and build.txt (every
+# version pinned, every wheel checked against its hash), then `docker build` with --build-arg BASE. Kafka and Elasticsearch: deploy/local/servers.sh fetch (Maven, ~/.m2), a Java
 # runtime cut with jlink from a JDK of the host (17+ for Kafka, 21+ for Elasticsearch), and a
 # small Dockerfile per server under deploy/docker/ whose entry point reads the same environment
 # variables as the public images (so deploy/compose.yaml configures either).
@@ -46,21 +46,21 @@ docker_build() {
 }
 
 build_app() {
-  local t0 wh="$SCRIPT_DIR/wheelhouse"
+  local t0 wh="$SCRIPT_DIR/wheelhouse" req="$REPO_ROOT/requirements"
   "$SCRIPT_DIR/build-base.sh"
   t0=$(date +%s)
-  [[ -x "$PYTHON" ]] || die "$PYTHON is missing: run make venv (its versions pin the wheelhouse)"
+  [[ -x "$PYTHON" ]] || die "$PYTHON is missing: run make venv (its pip downloads the wheelhouse)"
   mkdir -p "$wh"
-  "$PYTHON" -m pip freeze --exclude-editable >"$wh/constraints.txt"
-  # the same dependencies and pins as last time: the wheelhouse is complete already
-  local stamp; stamp="$(cat "$wh/constraints.txt" "$REPO_ROOT/pyproject.toml" | sha256sum | cut -c1-16)"
+  # the locks decide every version and hash: the same locks as last time, the same wheelhouse
+  local stamp; stamp="$(cat "$req/runtime.txt" "$req/build.txt" | sha256sum | cut -c1-16)"
   if [[ "$(cat "$wh/.stamp" 2>/dev/null)" == "$stamp" ]]; then
     info "wheelhouse: up to date ($(find "$wh" -name '*.whl' | wc -l) wheels)"
   else
     rm -f "$wh"/*.whl "$wh/.stamp"
-    # binary wheels only: the build stage has no compiler and no network
-    (cd "$REPO_ROOT" && "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: \
-      -c "$wh/constraints.txt" -d "$wh" . setuptools wheel)
+    # binary wheels only (the build stage has no compiler and no network), each checked
+    # against the lock's hashes
+    "$PYTHON" -m pip download -q --disable-pip-version-check --only-binary=:all: --require-hashes \
+      -r "$req/runtime.txt" -r "$req/build.txt" -d "$wh"
     echo "$stamp" >"$wh/.stamp"
     info "wheelhouse: $(find "$wh" -name '*.whl' | wc -l) wheels ($(elapsed "$t0"))"
   fi

@@ -17,7 +17,6 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
 from indexer.app import Indexer
@@ -32,6 +31,7 @@ from services.events import HARD, dataset_records
 from tests.conformance.bodies import ENDPOINTS, generate_bodies
 from tests.conformance.oracle import PrefectOracle
 from tests.conformance.test_differential import Service, compare
+from tests.ops.cleanup import drop_test_names
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_PREFIXES = ("KAFKA_", "ELASTICSEARCH_", "INDEXER_", "QUERY_", "BACKFILL_", "LOG_")
@@ -93,20 +93,7 @@ async def stack(
     try:
         yield Stack(unique_name, kafka, es, env)
     finally:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-        await admin.start()
-        try:
-            mine = [t for t in await admin.list_topics() if t.startswith(kafka.topic_prefix)]
-            if mine:
-                await admin.delete_topics(mine)
-        finally:
-            await admin.close()
-        client = AsyncElasticsearch(elasticsearch_url)
-        with contextlib.suppress(Exception):
-            resp = await client.indices.get(index=f"{es.index_prefix}*", allow_no_indices=True)
-            if resp.body:
-                await client.indices.delete(index=",".join(resp.body))
-        await client.close()
+        await drop_test_names(kafka_bootstrap, elasticsearch_url, unique_name)
 
 
 async def _aliases(es_settings: ElasticsearchSettings) -> dict[str, list[str]]:

@@ -62,6 +62,8 @@ def test_dockerignore_keeps_the_context_small() -> None:
     assert allowed == {
         "pyproject.toml",
         "README.md",
+        "requirements/runtime.txt",
+        "requirements/build.txt",
         "services",
         "indexer",
         "query",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from indexer.health import HealthServer
 
@@ -22,3 +23,19 @@ async def test_health_server_routes() -> None:
             assert (await http.get("/")).status_code == 404
     finally:
         await server.stop()
+
+
+async def test_a_taken_port_raises_and_stop_closes_the_port() -> None:
+    first = HealthServer("127.0.0.1", 0)
+    await first.start()
+    port = first.bound_port
+    try:
+        with pytest.raises(OSError, match=f"127.0.0.1:{port}"):
+            await HealthServer("127.0.0.1", port).start()
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+            assert "python_info" in (await http.get("/metrics")).text  # the default registry
+    finally:
+        await first.stop()
+    async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
+        with pytest.raises(httpx.ConnectError):
+            await http.get("/livez")

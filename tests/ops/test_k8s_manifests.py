@@ -8,6 +8,7 @@ the pods that read the config. kube-score lints the rendered overlays
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from tests.ops.k8s_tools import Obj, kustomize_build
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
 OVERLAYS = ("dev", "prod")
 K8S_VERSIONS = ("1.30.0", "1.33.0")
-CRDS = {"ServiceMonitor"}
+CRDS = {"ServiceMonitor", "PrometheusRule"}
 CONFIG = "artifact-search-config"
 WORKLOADS = ("Deployment", "StatefulSet", "Job", "CronJob")
 
@@ -438,6 +439,34 @@ def test_service_monitors_scrape_with_the_credential_metrics_needs(
     settings = QuerySettings.model_validate({"api_keys": yaml.safe_load(secret["QUERY_API_KEYS"])})
     assert asyncio.run(_metrics_status(settings, scrape_key)) == 200
     assert asyncio.run(_metrics_status(settings, None)) == 401
+
+
+def test_prod_ships_the_alerting_rules_and_the_dashboard(rendered: tuple[str, list[Obj]]) -> None:
+    """The rules and the dashboard go with the ServiceMonitors (prod); the ConfigMap holds
+    deploy/grafana/artifact-search.json unchanged, under the label Grafana's sidecar loads
+    (their metric names: tests/ops/test_dashboard_metrics.py)."""
+    overlay, objs = rendered
+    rules = [o for o in objs if o["kind"] == "PrometheusRule"]
+    dashboards = [o for o in objs if o["metadata"].get("labels", {}).get("grafana_dashboard")]
+    if overlay != "prod":
+        assert not rules and not dashboards
+        return
+    (rule,) = rules
+    alerts = {r["alert"] for g in rule["spec"]["groups"] for r in g["rules"]}
+    assert alerts == {
+        "ArtifactSearchConsumerLag",
+        "ArtifactSearchDeadLetters",
+        "ArtifactSearchQuery5xx",
+        "ArtifactSearchIndexerNotReady",
+    }
+    (dashboard,) = dashboards
+    assert (
+        dashboard["kind"] == "ConfigMap"
+        and dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    )
+    shipped = dashboard["data"]["artifact-search.json"]
+    assert shipped == (K8S.parent / "grafana" / "artifact-search.json").read_text()
+    assert json.loads(shipped)["uid"] == "prefect-artifact-search"
 
 
 async def _metrics_status(settings: QuerySettings, key: str | None) -> int:

@@ -1,0 +1,275 @@
+"""Every command the README shows refers to something that exists, so the README cannot drift.
+
+The commands come from README.md's ```bash blocks and from its inline code spans that start
+with a command this test knows (`make ...`, `artifact-search ...`, `kubectl ...`, ...). Each
+is checked against the thing it names, without running it:
+
+- `make T VAR=...`: `make -n T VAR=...` succeeds (the target exists; `-n` runs no recipe);
+- `artifact-search SUB --flag` / `python -m services.cli SUB`: SUB is a subcommand, each flag
+  one of its options, and `python -m services.cli SUB --help` exits 0;
+- `curl [-X METHOD] http://127.0.0.1:4200/PATH`: the API serves METHOD on PATH (`<id>`-style
+  placeholders stand for path parameters);
+- `kubectl ... kind/name`, `--from=cronjob/name`: the base manifests define that object;
+  `kubectl apply -k DIR`: DIR has a kustomization;
+- `docker build ... .`, `docker compose -f FILE`: the Dockerfile and compose files exist;
+- `deploy/.../x.sh SUB`: SUB is a case of the script; `python -m MODULE`: the module imports.
+
+A command of any other program fails the test until a check for it is written here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import re
+import shlex
+import subprocess
+import sys
+from functools import cache
+from pathlib import Path
+
+import pytest
+import yaml
+from fastapi.routing import APIRoute
+
+from query.app import create_app
+from services.cli import build_parser
+from services.config import ElasticsearchSettings, QuerySettings
+
+REPO = Path(__file__).resolve().parents[2]
+README = REPO / "README.md"
+API = "http://127.0.0.1:4200"
+# inline spans worth checking start with one of these
+INLINE = re.compile(
+    r"^(make|artifact-search|python -m|kubectl|docker (build|compose)|deploy/\S+\.sh) "
+)
+
+
+def _commands(text: str) -> list[list[str]]:
+    """Shell text -> commands as token lists (continuations joined, comments dropped, split
+    on ; && || | &, leading VAR=value assignments removed)."""
+    text = text.replace("\\\n", " ")
+    # one pass over the whole text: a quoted argument may span lines; a newline outside
+    # quotes ends a command like ; does
+    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|\n")
+    lexer.whitespace = " \t\r"
+    lexer.whitespace_split = True
+    lexer.commenters = ""  # shlex's comments would swallow the newline that ends a command
+    commands: list[list[str]] = [[]]
+    comment = False
+    for token in lexer:
+        if set(token) <= set(";&|\n"):
+            comment = comment and "\n" not in token
+            if not comment:
+                commands.append([])
+        elif comment or token.startswith("#"):
+            comment = True
+        else:
+            commands[-1].append(token)
+    result = []
+    for cmd in commands:
+        while cmd and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", cmd[0]):
+            cmd = cmd[1:]
+        if cmd:
+            result.append(cmd)
+    return result
+
+
+def readme_commands() -> list[list[str]]:
+    """The README's commands: its bash blocks whole, its inline spans that look like one."""
+    text = README.read_text()
+    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S)
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    spans = [s for s in re.findall(r"`([^`\n]+)`", prose) if INLINE.match(s)]
+    return [cmd for chunk in [*blocks, *spans] for cmd in _commands(chunk)]
+
+
+COMMANDS = readme_commands()
+
+
+def _id(cmd: list[str]) -> str:
+    return " ".join(cmd)[:60]
+
+
+# --- the checks, one per program ---------------------------------------------------------------
+
+
+def _check_make(args: list[str]) -> None:
+    assert args, "make without a target"
+    proc = subprocess.run(
+        ["make", "-n", "--no-print-directory", *args],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "MAKEFLAGS": ""},
+    )
+    assert proc.returncode == 0, f"make -n {' '.join(args)}: {proc.stderr[-1000:]}"
+
+
+@cache
+def _subcommands() -> dict[str, argparse.ArgumentParser]:
+    parser = build_parser()
+    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    return dict(action.choices)
+
+
+@cache
+def _help_exits_0(args: tuple[str, ...]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "services.cli", *args, "--help"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 0, f"services.cli {' '.join(args)} --help: {proc.stderr[-1000:]}"
+
+
+def _check_cli(args: list[str]) -> None:
+    if args in ([], ["--help"]):
+        _help_exits_0(())
+        return
+    sub, *rest = args
+    assert sub in _subcommands(), f"artifact-search has no subcommand {sub!r}"
+    options = {s for a in _subcommands()[sub]._actions for s in a.option_strings}
+    for token in rest:
+        if token.startswith("-"):
+            assert token.split("=")[0] in options, f"artifact-search {sub} has no {token}"
+    _help_exits_0((sub,))
+
+
+@cache
+def _routes() -> list[tuple[str, re.Pattern[str]]]:
+    """(method, path pattern) of every operation the API serves: its OpenAPI document (routers
+    included) and the routes left out of it (the search page, /metrics)."""
+    app = create_app(QuerySettings(), ElasticsearchSettings())
+    ops = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
+    ops += [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods]
+    return [(m, re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$")) for m, p in ops]
+
+
+def _check_curl(args: list[str]) -> None:
+    method = args[args.index("-X") + 1] if "-X" in args else None
+    if method is None:
+        method = "POST" if any(a in ("-d", "--data") for a in args) else "GET"
+    urls = [a.replace("$API", f"{API}/api") for a in args if "127.0.0.1:4200" in a or "$API" in a]
+    assert len(urls) == 1, f"one URL of the API expected in {args}"
+    path = re.sub(r"<[^>]+>", "x", urls[0].removeprefix(API))
+    assert any(method == m and regex.match(path) for m, regex in _routes()), (
+        f"the API serves no {method} {path}"
+    )
+
+
+@cache
+def _k8s_objects() -> set[tuple[str, str]]:
+    objs = set()
+    for path in (REPO / "deploy" / "k8s" / "base").glob("*.yaml"):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc and "kind" in doc and doc["kind"] != "Kustomization":
+                objs.add((doc["kind"].lower(), doc["metadata"]["name"]))
+    return objs
+
+
+def _check_kubectl(args: list[str]) -> None:
+    if "-k" in args[:-1]:  # (a bare `kubectl apply -k` is prose)
+        directory = REPO / args[args.index("-k") + 1]
+        assert (directory / "kustomization.yaml").is_file(), f"no kustomization in {directory}"
+    refs = [a.split("=", 1)[1] if a.startswith("--from=") else a for a in args if "/" in a]
+    for ref in refs:
+        if ref.startswith("deploy/"):
+            continue
+        kind, name = ref.split("/", 1)
+        assert (kind, name) in _k8s_objects(), f"the manifests define no {kind}/{name}"
+
+
+def _check_docker(args: list[str]) -> None:
+    if args[0] == "build":
+        assert args[-1] == "." and (REPO / "Dockerfile").is_file()
+    elif args[0] == "compose":
+        files = [args[i + 1] for i, a in enumerate(args) if a == "-f"]
+        assert files, f"docker compose without -f: {args}"
+        for file in files:
+            assert "services" in yaml.safe_load((REPO / file).read_text()), file
+    else:
+        pytest.fail(f"no check for docker {args[0]}")
+
+
+def _check_script(script: str, args: list[str]) -> None:
+    path = REPO / script
+    assert path.is_file() and os.access(path, os.X_OK), f"{script} is not an executable file"
+    if args:
+        labels = re.compile(rf"^\s*(?:[\w-]+\|)*{re.escape(args[0])}(?:\|[\w-]+)*\)", re.M)
+        assert labels.search(path.read_text()), f"{script} has no command {args[0]!r}"
+
+
+def _check_python(args: list[str]) -> None:
+    if args[:1] == ["-c"]:
+        return  # a program of the reader's
+    assert args[0] == "-m", f"no check for python {args}"
+    if args[1] == "services.cli":
+        _check_cli(args[2:])
+    else:
+        assert importlib.util.find_spec(args[1]) is not None, f"no module {args[1]}"
+
+
+def check(cmd: list[str]) -> None:
+    """Check one command against what it names."""
+    program, args = cmd[0], cmd[1:]
+    if program == "make":
+        _check_make(args)
+    elif program == "artifact-search":
+        _check_cli(args)
+    elif program in ("python", "python3", ".venv/bin/python"):
+        _check_python(args)
+    elif program == "curl":
+        _check_curl(args)
+    elif program == "kubectl":
+        _check_kubectl(args)
+    elif program == "docker":
+        _check_docker(args)
+    elif program.startswith("deploy/") and program.endswith(".sh"):
+        _check_script(program, args)
+    else:
+        pytest.fail(f"no check for {program!r} (from the README): add one to {__name__}")
+
+
+def test_the_readme_has_commands_of_each_kind() -> None:
+    """Guards the extraction: a format change that hid the commands would pass vacuously."""
+    programs = {cmd[0] for cmd in COMMANDS}
+    assert {"make", "artifact-search", "curl", "kubectl", "docker"} <= programs, programs
+    assert ["make", "up"] in COMMANDS and len(COMMANDS) >= 40
+    # a comment ends at its line, a quoted body spanning lines stays one argument
+    assert _commands("make up  # a comment\nmake test") == [["make", "up"], ["make", "test"]]
+    assert _commands("A=1 curl -d '{\n}' x; make lint") == [
+        ["curl", "-d", "{\n}", "x"],
+        ["make", "lint"],
+    ]
+
+
+@pytest.mark.parametrize("cmd", COMMANDS, ids=_id)
+def test_readme_command_refers_to_what_exists(cmd: list[str]) -> None:
+    check(cmd)
+
+
+@pytest.mark.parametrize(
+    "cmd",
+    [
+        ["make", "no-such-target"],
+        ["artifact-search", "replay", "--no-such-flag"],
+        ["artifact-search", "no-such-command"],
+        ["curl", "-s", f"{API}/api/no-such-path"],
+        ["curl", "-s", "-X", "DELETE", f"{API}/api/artifacts/filter"],
+        ["kubectl", "scale", "statefulset/no-such-indexer", "--replicas=0"],
+        ["deploy/docker/build.sh", "no-such-image"],
+        ["python", "-m", "no_such_module"],
+        ["terraform", "apply"],
+    ],
+    ids=_id,
+)
+def test_a_drifted_command_fails(cmd: list[str]) -> None:
+    with pytest.raises((AssertionError, pytest.fail.Exception)):
+        check(cmd)
