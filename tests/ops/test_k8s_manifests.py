@@ -112,6 +112,9 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
         ("NetworkPolicy", "artifact-search-backfill-egress"),
         ("Ingress", "artifact-search"),
         ("Service", "prefect-server"),
+        ("Deployment", "artifact-search-alerts"),
+        ("PodDisruptionBudget", "artifact-search-alerts"),
+        ("NetworkPolicy", "artifact-search-alerts-webhooks"),
     ]:
         assert want in kinds
     assert _config_map(objs)["metadata"]["name"] != CONFIG  # generated, with a hash suffix
@@ -213,6 +216,29 @@ def test_probes_ports_and_paths_are_what_the_code_serves(
 _PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
 
 
+def test_alerts_worker_gets_the_change_feed_and_probes_what_it_serves(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """The alerts worker runs where the indexer publishes its change feed; its probes and
+    metrics port are the health server's, on ALERTS_METRICS_PORT; scraped in prod."""
+    overlay, objs = rendered
+    config = _config(objs)
+    assert config["INDEXER_PUBLISH_CHANGES"] == "true"  # else the worker never sees a change
+    assert config["ALERTS_METRICS_HOST"] == "0.0.0.0"
+    alerts = _one(objs, "Deployment", "artifact-search-alerts")
+    (worker,) = _pod_spec(alerts)["containers"]
+    assert worker["args"] == ["alerts"]
+    port = int(config["ALERTS_METRICS_PORT"])
+    assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"metrics": port}
+    served = asyncio.run(_indexer_paths([worker[p]["httpGet"]["path"] for p in _PROBES]))
+    assert served == {"/livez": 200, "/readyz": 200}
+    assert all(worker[p]["httpGet"]["port"] == "metrics" for p in _PROBES)
+    metrics = _one(objs, "Service", "artifact-search-alerts-metrics")
+    assert [(p["name"], p["port"]) for p in metrics["spec"]["ports"]] == [("metrics", port)]
+    monitors = {o["metadata"]["name"] for o in objs if o["kind"] == "ServiceMonitor"}
+    assert ("artifact-search-alerts" in monitors) == (overlay == "prod")
+
+
 async def _indexer_paths(paths: list[str]) -> dict[str, int]:
     """Status of each path on the indexer's real health server (ready, as when running)."""
     server = HealthServer("127.0.0.1", 0)
@@ -230,6 +256,7 @@ def test_long_running_pods_spread(rendered: tuple[str, list[Obj]]) -> None:
     for kind, name in [
         ("Deployment", "artifact-search-query"),
         ("StatefulSet", "artifact-search-indexer"),
+        ("Deployment", "artifact-search-alerts"),
     ]:
         dep = _one(objs, kind, name)
         pod = _pod_spec(dep)
