@@ -91,13 +91,14 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
     from indexer import metrics
     from indexer.app import Indexer
     from indexer.health import HealthServer
+    from indexer.runtime import GC_THRESHOLDS
 
     settings: IndexerSettings = _settings(IndexerSettings)
     indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
     # A step allocates tens of thousands of short-lived objects: with the default thresholds
     # the cyclic GC runs hundreds of times a second and rescans everything alive (about 20 %
     # of a step's CPU, measured). Objects alive after start-up are frozen out of its scans.
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(*GC_THRESHOLDS)
     if not settings.metrics_port:
         asyncio.run(indexer.app().run())
         return

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import shutil
 import tempfile
@@ -30,7 +31,7 @@ import orjson
 
 from indexer.collections import Member
 from indexer.local import LocalRecord
-from indexer.runtime import Processor
+from indexer.runtime import GC_THRESHOLDS, Processor
 from indexer.step import Poison, Topology
 from indexer.store import RocksStore
 from indexer.writer import BulkWriter
@@ -147,6 +148,7 @@ async def run(records: list[LocalRecord], state: Path, batch: int) -> tuple[floa
 
 
 def main() -> None:
+    gc.set_threshold(*GC_THRESHOLDS)  # as the indexer command runs
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--artifacts", type=int, default=20_000)
     parser.add_argument("--seed", type=int, default=7)
