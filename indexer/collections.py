@@ -8,8 +8,6 @@ artifact) by source offset — all of one artifact's records come from one sourc
 partition, so offsets order them, and a re-sent or re-emitted record is a no-op — and
 rebuilds the collection from its ranked live members: the latest is the greatest
 (`created`, `id`), `created` the smallest `created` (exact integers, no float aggregate).
-A live member record also carries the searchable text and typed values its owner computed
-from those fields (`"s"`), so the collection's copy is not computed a second time.
 
 This is Kafka Streams' repartition-and-aggregate shape; the member stream is compacted on
 (key, artifact), so the latest record of every membership is kept for rebuilding.
@@ -42,20 +40,16 @@ class Member:
     offset: int
     live: bool
     doc: Doc | None
-    text: list[Any] | None = None  # searchable(doc) as [x, v]; absent: computed when needed
 
     def encode(self) -> Doc:
         """The JSON value published on the member topic."""
-        out = {
+        return {
             "k": self.key,
             "a": self.artifact_id,
             "o": self.offset,
             "l": self.live,
             "p": self.doc,
         }
-        if self.text is not None:
-            out["s"] = self.text
-        return out
 
     @classmethod
     def decode(cls, value: Any) -> Member:
@@ -75,13 +69,8 @@ class Member:
             raise ValueError("member record without offset or liveness")
         if live and not isinstance(doc, dict):
             raise ValueError("a live member record needs its artifact's fields")
-        text = value.get("s")
-        if text is not None and not (
-            isinstance(text, list) and len(text) == 2 and all(isinstance(t, dict) for t in text)
-        ):
-            raise ValueError("a member record's searchable text is [text, values]")
         uuid.UUID(artifact_id)
-        return cls(key, artifact_id, offset, live, doc if live else None, text if live else None)
+        return cls(key, artifact_id, offset, live, doc if live else None)
 
     def record_key(self) -> bytes:
         """The Kafka key: compaction keeps the latest record per (collection, artifact)."""
@@ -98,12 +87,10 @@ def memberships(
     changes: Sequence[tuple[int, Doc | None]],
     artifact_id: str,
     offset: int,
-    text: list[Any] | None = None,
 ) -> list[Member]:
     """The member records of one step of an artifact whose own fields went from `old`
     through `changes` — (offset, own fields after it, None when deleted), in partition
-    order — where `offset` is the artifact's last offset in the step; `text`: the
-    searchable text of the final fields, carried by the join.
+    order — where `offset` is the artifact's last offset in the step.
 
     Every move away from a key leaves it at the offset of that move, not only the step's
     net change: a run that dies after publishing may have published an intermediate key
@@ -120,7 +107,7 @@ def memberships(
         key = now
     final = changes[-1][1] if changes else old
     if key is not None and final is not None:
-        out.append(Member(key, artifact_id, offset, True, final, text))
+        out.append(Member(key, artifact_id, offset, True, final))
     return out
 
 
@@ -146,10 +133,9 @@ def apply_member(tx: Tx, q: int, member: Member) -> str | None:
         if summary.get("e") == aid:
             summary["e"], summary["de"] = None, True
     created = None if member.doc is None else member.doc["created_us"]
-    value = {"o": member.offset, "l": member.live, "k": member.key, "c": created, "p": member.doc}
-    if member.text is not None:
-        value["s"] = member.text
-    tx.put(key, value)
+    tx.put(
+        key, {"o": member.offset, "l": member.live, "k": member.key, "c": created, "p": member.doc}
+    )
     if member.live:
         assert created is not None
         tx.put_raw(keys.ranked(q, cid, created, aid), True)
@@ -234,13 +220,9 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
         "live": True,
     }
     if text:
-        carried = latest_member.get("s")  # absent in members written before it was carried
-        if carried is not None:
-            doc["x"], doc["v"] = carried
-        else:
-            # the fields a member record carries are fixed by its artifact and source offset
-            memo = (latest_id, latest_member["o"], latest["version"], latest["updated_us"])
-            doc["x"], doc["v"] = refs.searchable(memo, latest)
+        # the fields a member record carries are fixed by its artifact and source offset
+        memo = (latest_id, latest_member["o"], latest["version"], latest["updated_us"])
+        doc["x"], doc["v"] = refs.searchable(memo, latest)
     return refs.attach(doc, fr_id, tr_id)
 
 

@@ -60,11 +60,6 @@ class MemberRecord(BaseModel):
     o: int = Field(description="offset of the artifact record this state follows")
     l: bool = Field(description="whether the artifact is a live member of the key")  # noqa: E741
     p: dict[str, Any] | None = Field(description="the artifact's own fields when live")
-    s: list[dict[str, Any]] | None = Field(
-        None,
-        description="when live: the searchable text and typed values of `p` ([x, v], "
-        "docs/search.md); absent from records of older indexers",
-    )
 
 
 class KafkaOutputs:

@@ -303,7 +303,7 @@ class Step:
         self.dirty.artifacts[artifact_id] = partition
         self.folded.add(artifact_id)
         last_offset = numbered[-1][0]
-        for member in memberships(before, changes, artifact_id, last_offset, new.get("s")):
+        for member in memberships(before, changes, artifact_id, last_offset):
             q = partition_of(member.key, self.topo.member_partitions)
             if self.topo.local_members:
                 self._fold_member(q, member)

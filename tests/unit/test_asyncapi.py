@@ -35,8 +35,6 @@ def test_member_record_schema_names_every_field_the_indexer_writes() -> None:
     from indexer.app import MemberRecord
     from indexer.collections import Member
 
-    encoded = Member("k", "a", 1, True, {"x": 1}, [{"key": "k"}, {}]).encode()
+    encoded = Member("k", "a", 1, True, {"x": 1}).encode()
     assert set(MemberRecord.model_fields) == set(encoded)
     assert MemberRecord.model_validate(encoded).p == {"x": 1}
-    assert MemberRecord.model_validate(encoded).s == [{"key": "k"}, {}]
-    assert "s" not in Member("k", "a", 2, False, None).encode()  # a leave carries no text

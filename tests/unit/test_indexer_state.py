@@ -754,38 +754,3 @@ async def test_marks_a_dead_run_drained_are_written_again_even_if_unchanged_sinc
     await restarted.feed([])  # drains the marks
     arts, cols = index.sources("artifacts"), index.sources("collections")
     assert "fr" not in arts[art] and "fr" not in cols[cid], cols[cid].get("fr")
-
-
-@pytest.mark.parametrize("carried", [True, False])
-async def test_a_collection_has_its_latest_artifacts_text_carried_or_computed(
-    carried: bool,
-) -> None:
-    """A collection's searchable text and typed values are its latest artifact's, whether
-    its member records carry them (`s`) or not (records of an older indexer)."""
-    dataset = generate_dataset(11, DatasetScale.tiny())
-    r = replica(local_members=False)
-    await r.feed(number(dataset_records(dataset, 11, MOVING)))
-    members = member_records(r.published)
-    if not carried:
-        stripped = []
-        for record in members:
-            value = orjson.loads(record.value) if record.value else None
-            if value is not None:
-                value.pop("s", None)
-            stripped.append(
-                LocalRecord(
-                    record.topic,
-                    record.partition,
-                    record.offset,
-                    record.key,
-                    orjson.dumps(value) if value is not None else None,
-                )
-            )
-        members = stripped
-    assert any(b'"s":' in (m.value or b"") for m in members) == carried
-    await r.feed(members)
-    arts, cols = r.index.sources("artifacts"), r.index.sources("collections")
-    assert cols
-    for cid, col in cols.items():
-        latest = arts[col["latest_id"]]
-        assert (col.get("x"), col.get("v")) == (latest.get("x"), latest.get("v")), cid
