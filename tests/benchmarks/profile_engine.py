@@ -94,8 +94,9 @@ def numbered(records: Sequence[Record]) -> list[LocalRecord]:
     return out
 
 
-async def run(records: list[LocalRecord], state: Path, batch: int) -> tuple[float, Sink, int]:
-    """(CPU seconds of every step, the sink, records applied including member records)."""
+async def run(records: list[LocalRecord], state: Path, batch: int) -> tuple[float, Sink, int, int]:
+    """(CPU seconds of every step, the sink, records applied including member records,
+    bytes of the keys and values in the state store at the end)."""
     sink = Sink()
     members = Members()
     store = RocksStore(state, sync=False)
@@ -143,8 +144,9 @@ async def run(records: list[LocalRecord], state: Path, batch: int) -> tuple[floa
     while await processor.drain() is not None:
         pass
     cpu = time.process_time() - started
+    state_bytes = sum(len(key) + len(value) for key, value in store.scan(b""))
     store.close()
-    return cpu, sink, applied
+    return cpu, sink, applied, state_bytes
 
 
 def main() -> None:
@@ -162,12 +164,12 @@ def main() -> None:
     state = Path(tempfile.mkdtemp(prefix="profile-engine-"))
     try:
         if args.profile is None:
-            cpu, sink, applied = asyncio.run(run(records, state, args.batch))
+            cpu, sink, applied, state_bytes = asyncio.run(run(records, state, args.batch))
         else:
             from pyinstrument import Profiler
 
             with Profiler(async_mode="disabled") as profiler:
-                cpu, sink, applied = asyncio.run(run(records, state, args.batch))
+                cpu, sink, applied, state_bytes = asyncio.run(run(records, state, args.batch))
             args.profile.write_text(profiler.output_text(unicode=True, show_all=False))
     finally:
         shutil.rmtree(state, ignore_errors=True)
@@ -186,6 +188,7 @@ def main() -> None:
                 "cpu_s": round(cpu, 2),
                 "cpu_ms_per_1000_records": round(cpu / len(records) * 1e6, 1),
                 "records_per_cpu_s": round(len(records) / cpu),
+                "state_bytes_per_final_document": round(state_bytes / final),
             }
         )
     )
