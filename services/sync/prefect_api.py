@@ -113,11 +113,13 @@ class PrefectAPI:
         requests_per_second: float = 20.0,
         timeout_s: float = 30.0,
         attempts: int = 5,
+        retry_wait_s: float = 0.5,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.api_url = api_url.rstrip("/")
         self.auth = auth
         self.attempts = attempts
+        self.retry_wait_s = retry_wait_s
         self._limiter = AsyncLimiter(requests_per_second, 1.0)
         self._client = httpx.AsyncClient(
             base_url=self.api_url,
@@ -136,7 +138,7 @@ class PrefectAPI:
     ) -> httpx.Response:
         retrying = AsyncRetrying(
             retry=retry_if_exception_type((httpx.TransportError, _RetryableStatusError)),
-            wait=wait_exponential_jitter(initial=0.5, max=10),
+            wait=wait_exponential_jitter(initial=self.retry_wait_s, max=10),
             stop=stop_after_attempt(self.attempts),
             reraise=False,
         )
