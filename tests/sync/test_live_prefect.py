@@ -105,8 +105,10 @@ async def compare_latest(oracle: PrefectHTTP, service: Service, body: dict[str, 
 
 
 @contextlib.contextmanager
-def prefect_server(dsn: str, home: Path, port: int, log: Path) -> Any:
-    env = {**prefect_env(dsn, str(home)), **QUIET_SERVICES}
+def prefect_server(
+    dsn: str, home: Path, port: int, log: Path, extra_env: dict[str, str] | None = None
+) -> Any:
+    env = {**prefect_env(dsn, str(home)), **QUIET_SERVICES, **(extra_env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -144,16 +146,19 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes],
     pytest.fail(f"the Prefect server did not answer in time:\n{tail(log)}")
 
 
-def run_flows(phase: str, api_url: str, home: Path) -> dict[str, Any]:
+def run_flows(
+    phase: str, api_url: str, home: Path, extra_env: dict[str, str] | None = None, *args: str
+) -> dict[str, Any]:
     env = {
         **clean_env(),
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(home),
         "PREFECT_LOGGING_LEVEL": "ERROR",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(extra_env or {}),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.sync.flows", phase],
+        [sys.executable, "-m", "tests.sync.flows", phase, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
