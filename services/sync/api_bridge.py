@@ -228,6 +228,26 @@ class _Session:
     # ---- events -> queue -------------------------------------------------------------------
 
     async def events(self, stop: asyncio.Event, subscribed: asyncio.Event) -> None:
+        """Follow the event stream; a dropped connection (load balancers close idle ones)
+        subscribes again from the saved position, within the session: Prefect replays the
+        gap, and the session's passes cover what it cannot replay."""
+
+        def dropped(state: RetryCallState) -> None:
+            metrics.RECONNECTS.inc()
+            exc = state.outcome.exception() if state.outcome is not None else None
+            log.warning("event stream lost, subscribing again: %s", exc)
+
+        retrying = AsyncRetrying(
+            retry=retry_if_exception_type(BackendUnavailableError),
+            wait=wait_exponential_jitter(
+                initial=self.options.retry_initial_s, max=self.options.retry_max_s
+            ),
+            before_sleep=dropped,
+            reraise=True,
+        )
+        await retrying(self._subscribe, stop, subscribed)
+
+    async def _subscribe(self, stop: asyncio.Event, subscribed: asyncio.Event) -> None:
         opts, queue = self.options, self.queue
         now = datetime.now(UTC)
         since = (self.position or now) - timedelta(seconds=opts.event_overlap_s)

@@ -164,9 +164,12 @@ def decide(
     """What to publish for `ref`, given what the API gave (None: 404) and what was
     published last; None when nothing changes.
 
-    A `listing` snapshot older than the last published one (by `updated`) is skipped: a
-    page read before an event's fresher read was applied must not take it back.
+    A `listing` snapshot older than the last published one (by `updated`), or of an entity
+    published as deleted, is skipped: a page read before an event's fresher read (or its
+    404) was applied must not take it back.
     """
+    if source == "listing" and last is not None and last.deleted:
+        return None  # a page read before the 404 that deleted it (Prefect never reuses ids)
     if body is None:
         if last is None or last.deleted:
             return None  # never published, or already deleted

@@ -138,6 +138,10 @@ def test_a_404_deletes_what_was_published_once() -> None:
     assert (event.op, event.version, event.data) == ("delete", micros(now), None)
     assert published.deleted
     assert decide(ref, None, published, now) is None  # already deleted
+    # a listing page read before that 404 does not bring it back; a read would
+    assert decide(ref, artifact(T0), published, now, source="listing") is None
+    back = decide(ref, artifact(now, data="# back"), published, now)
+    assert back is not None and back[0].version == published.version + 1
     # a clock behind the last version still gives a greater one
     early = decide(ref, None, Published(micros(now) + 10, 0, "d"), T0)
     assert early is not None and early[0].version == micros(now) + 11
