@@ -110,6 +110,7 @@ class ApiBridge:
         self._lock = asyncio.Lock()
         self._newest_seen: datetime | None = None
         self._last_delay = 0.0
+        self._reached = False  # Prefect answered once: an outage later is transient
         metrics.LAG.set_function(self._lag)
 
     # ---- the session loop ----------------------------------------------------------------
@@ -151,7 +152,8 @@ class ApiBridge:
         store: ApiSyncStore | None = None
         producer: AIOKafkaProducer | None = None
         try:
-            await api.check()
+            await api.check(unreachable_is_fatal=not self._reached)
+            self._reached = True
             store = ApiSyncStore(opts.state_path, opts.api_url)
             producer = AIOKafkaProducer(
                 **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5

@@ -20,7 +20,7 @@ from datetime import datetime
 from pathlib import Path
 
 from services.sync.api_plan import Published, Ref, parse_time
-from services.sync.postgres import SyncSetupError
+from services.sync.errors import SyncSetupError
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS published (

@@ -42,7 +42,7 @@ from websockets.typing import Subprotocol
 
 from services.errors import BackendUnavailableError
 from services.sync.api_plan import API_COLLECTIONS, EVENT_PREFIXES, LISTING_SORT, Ref
-from services.sync.postgres import SyncSetupError
+from services.sync.errors import SyncSetupError
 
 EXCLUDED_EVENTS = ("prefect.flow-run.heartbeat",)
 """Sent every few seconds while a flow runs and changes nothing we index."""
@@ -171,11 +171,16 @@ class PrefectAPI:
             return "the auth string was rejected"
         return "it needs credentials"
 
-    async def check(self) -> None:
-        """Fail with a clear message unless `api_url` is a Prefect API that takes the key."""
+    async def check(self, unreachable_is_fatal: bool = True) -> None:
+        """Fail with a clear message unless `api_url` is a Prefect API that takes the key.
+
+        An unreachable Prefect is a setup error at the first start (a wrong URL, most
+        likely) and a transient one afterwards (Prefect restarting)."""
         try:
             response = await self._request("POST", "/flows/filter", {"limit": 1})
         except BackendUnavailableError as exc:
+            if not unreachable_is_fatal:
+                raise
             raise SyncSetupError(
                 f"cannot reach Prefect at {self.api_url} ({exc.__cause__ or exc}): check "
                 "--api-url (Prefect Cloud: https://api.prefect.cloud/api/accounts/<account>/"

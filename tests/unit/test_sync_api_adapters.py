@@ -13,7 +13,7 @@ import pytest
 from services.errors import BackendUnavailableError
 from services.sync.api_plan import Published, Ref
 from services.sync.api_state import ApiSyncStore
-from services.sync.postgres import SyncSetupError
+from services.sync.errors import SyncSetupError
 from services.sync.prefect_api import (
     PrefectAPI,
     PrefectAuth,
@@ -109,6 +109,9 @@ async def test_an_unreachable_url_is_a_setup_error_at_start() -> None:
     with pytest.raises(SyncSetupError, match=r"cannot reach Prefect.*check --api-url"):
         await client.check()
     assert client.requests == 3  # retried, then given up
+    # once it has answered, an outage is transient: the session loop retries
+    with pytest.raises(BackendUnavailableError):
+        await client.check(unreachable_is_fatal=False)
     await client.close()
 
 
