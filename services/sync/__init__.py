@@ -18,5 +18,6 @@ Prefect's API, for a Prefect without database access (docs/adr/0009-prefect-api-
                  vanished ids; the read queue
 - `prefect_api`  adapter: the REST API (paced, retried) and the `/events/out` websocket
 - `api_state`    the checkpoint: what was published per entity (SQLite), event position
-- `api_bridge`   the loop: events -> reads -> Kafka, reconcile passes, sessions
+- `api_session`  one session's tasks: events -> reads -> Kafka, reconcile passes
+- `api_bridge`   the session loop: checks, checkpoint, producer, backoff
 """
