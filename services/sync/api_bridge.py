@@ -20,19 +20,13 @@ from typing import Any, TextIO
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
-from tenacity import (
-    AsyncRetrying,
-    RetryCallState,
-    retry_if_exception_type,
-    wait_exponential_jitter,
-)
 
 from services.config import KafkaSettings
 from services.errors import BackendUnavailableError
 from services.kafka import producer_kwargs
 from services.sync import metrics
 from services.sync.api_plan import TouchQueue
-from services.sync.api_session import ApiSession, Shared
+from services.sync.api_session import ApiSession, Shared, with_backoff
 from services.sync.api_state import ApiSyncStore
 from services.sync.prefect_api import PrefectAPI, PrefectAuth
 
@@ -100,21 +94,13 @@ class ApiBridge:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), seconds)
 
-        def failed(state: RetryCallState) -> None:
-            self.on_ready(False)
-            metrics.RECONNECTS.inc()
-            exc = state.outcome.exception() if state.outcome is not None else None
-            log.warning("sync session failed, starting again: %s", exc)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(TRANSIENT),
-            wait=wait_exponential_jitter(
-                initial=self.options.retry_initial_s, max=self.options.retry_max_s
-            ),
+        retrying = with_backoff(
+            self.options,
+            TRANSIENT,
+            "sync session failed, starting again",
+            on_retry=lambda: self.on_ready(False),
             stop=lambda _: stop.is_set(),
             sleep=pause,
-            before_sleep=failed,
-            reraise=True,
         )
         with contextlib.suppress(*TRANSIENT):  # only when stopped while failing
             await retrying(self._session, stop)

@@ -86,6 +86,31 @@ class Shared:
         return max(0.0, (datetime.now(UTC) - oldest).total_seconds())
 
 
+def with_backoff(
+    options: ApiSyncOptions,
+    kinds: tuple[type[BaseException], ...],
+    what: str,
+    on_retry: Callable[[], None] = lambda: None,
+    **extra: Any,
+) -> AsyncRetrying:
+    """Retry on `kinds` with capped exponential backoff and jitter, counting and logging
+    each retry (tenacity; `extra`: its stop and sleep)."""
+
+    def before_sleep(state: RetryCallState) -> None:
+        on_retry()
+        metrics.RECONNECTS.inc()
+        exc = state.outcome.exception() if state.outcome is not None else None
+        log.warning("%s: %s", what, exc)
+
+    return AsyncRetrying(
+        retry=retry_if_exception_type(kinds),
+        wait=wait_exponential_jitter(initial=options.retry_initial_s, max=options.retry_max_s),
+        before_sleep=before_sleep,
+        reraise=True,
+        **extra,
+    )
+
+
 def _as_reads(
     refs: list[Ref], bodies: list[dict[str, Any] | None]
 ) -> list[tuple[Ref, Mapping[str, Any] | None, Source]]:
@@ -120,18 +145,8 @@ class ApiSession:
         subscribes again from the saved position, within the session: Prefect replays the
         gap, and the session's passes cover what it cannot replay."""
 
-        def dropped(state: RetryCallState) -> None:
-            metrics.RECONNECTS.inc()
-            exc = state.outcome.exception() if state.outcome is not None else None
-            log.warning("event stream lost, subscribing again: %s", exc)
-
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(BackendUnavailableError),
-            wait=wait_exponential_jitter(
-                initial=self.options.retry_initial_s, max=self.options.retry_max_s
-            ),
-            before_sleep=dropped,
-            reraise=True,
+        retrying = with_backoff(
+            self.options, (BackendUnavailableError,), "event stream lost, subscribing again"
         )
         await retrying(self._subscribe, stop, subscribed)
 
@@ -322,4 +337,4 @@ class ApiSession:
         await asyncio.Event().wait()  # ends with the session
 
 
-__all__ = ["ApiSession", "Shared"]
+__all__ = ["ApiSession", "Shared", "with_backoff"]

@@ -214,6 +214,33 @@ async def wait_converged(oracle: PrefectHTTP, service: Service, dsn: str, second
     pytest.fail(f"the service did not catch up with Prefect in {seconds}s: {problems[:3]}")
 
 
+async def assert_same_answers(
+    oracle: PrefectHTTP, service: Service, api: httpx.AsyncClient, dataset: Dataset
+) -> None:
+    """The differential bodies of the conformance generator over `dataset`, and every
+    artifact and key read by id: the service answers exactly as the Prefect server."""
+    failures, total = [], 0
+    for endpoint in ENDPOINTS:
+        n = coverage_size(dataset, endpoint) + RANDOM_PER_ENDPOINT
+        for body in generate_bodies(13, dataset, n, endpoint):
+            total += 1
+            if endpoint == "/artifacts/latest/filter":
+                problem = await compare_latest(oracle, service, body)
+            else:
+                problem = await compare(oracle, service, endpoint, body)  # type: ignore[arg-type]
+            if problem:
+                failures.append((endpoint, body, problem))
+    assert not failures, f"{len(failures)}/{total} disagreements: {failures[:3]}"
+    for artifact in dataset.artifacts:
+        want = await oracle.get(f"/artifacts/{artifact['id']}")
+        got = await api.get(f"/api/artifacts/{artifact['id']}")
+        assert (got.status_code, got.json()) == want
+    for key in {a["key"] for a in dataset.artifacts if a["key"]}:
+        want = await oracle.get(f"/artifacts/{key}/latest")
+        got = await api.get(f"/api/artifacts/{key}/latest")
+        assert (got.status_code, got.json()) == want
+
+
 @pytest.mark.timeout(600)  # about 3 minutes on 2 cores, most of it Prefect's own start and flows
 async def test_live_prefect_flows_give_prefects_answers(
     prefect_db: str, kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
@@ -259,26 +286,7 @@ async def test_live_prefect_flows_give_prefects_answers(
                     "table",
                     "progress",
                 }
-                failures, total = [], 0
-                for endpoint in ENDPOINTS:
-                    n = coverage_size(dataset, endpoint) + RANDOM_PER_ENDPOINT
-                    for body in generate_bodies(13, dataset, n, endpoint):
-                        total += 1
-                        if endpoint == "/artifacts/latest/filter":
-                            problem = await compare_latest(oracle, service, body)
-                        else:
-                            problem = await compare(oracle, service, endpoint, body)  # type: ignore[arg-type]
-                        if problem:
-                            failures.append((endpoint, body, problem))
-                assert not failures, f"{len(failures)}/{total} disagreements: {failures[:3]}"
-                for artifact in dataset.artifacts:
-                    want = await oracle.get(f"/artifacts/{artifact['id']}")
-                    got = await api.get(f"/api/artifacts/{artifact['id']}")
-                    assert (got.status_code, got.json()) == want
-                for key in {a["key"] for a in dataset.artifacts if a["key"]}:
-                    want = await oracle.get(f"/artifacts/{key}/latest")
-                    got = await api.get(f"/api/artifacts/{key}/latest")
-                    assert (got.status_code, got.json()) == want
+                await assert_same_answers(oracle, service, api, dataset)
             finally:
                 code, err = stop(bridge)
             assert code == 0, err[-2000:]

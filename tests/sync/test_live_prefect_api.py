@@ -26,16 +26,14 @@ import pytest
 
 from services.config import IndexerSettings, KafkaSettings
 from services.datagen import compute_collections
-from tests.conformance.bodies import ENDPOINTS, coverage_size, generate_bodies
-from tests.conformance.test_differential import Service, compare
+from tests.conformance.test_differential import Service
 from tests.e2e.test_pipeline import running
 from tests.sync.conftest import TopicLog, clean_env
 from tests.sync.test_cdc_bridge import free_port, stop, wait_ready
 from tests.sync.test_live_prefect import (
-    RANDOM_PER_ENDPOINT,
     REPO,
     PrefectHTTP,
-    compare_latest,
+    assert_same_answers,
     dataset_of,
     prefect_server,
     run_flows,
@@ -180,26 +178,7 @@ async def test_api_mode_gives_prefects_answers(
                 }
                 assert {a["type"] for a in dataset.artifacts} >= {"markdown", "table", "progress"}
                 assert any(r["parent_task_run_id"] for r in dataset.flow_runs)  # a subflow
-                failures, total = [], 0
-                for endpoint in ENDPOINTS:
-                    n = coverage_size(dataset, endpoint) + RANDOM_PER_ENDPOINT
-                    for body in generate_bodies(13, dataset, n, endpoint):
-                        total += 1
-                        if endpoint == "/artifacts/latest/filter":
-                            problem = await compare_latest(oracle, service, body)
-                        else:
-                            problem = await compare(oracle, service, endpoint, body)  # type: ignore[arg-type]
-                        if problem:
-                            failures.append((endpoint, body, problem))
-                assert not failures, f"{len(failures)}/{total} disagreements: {failures[:3]}"
-                for artifact in dataset.artifacts:
-                    want = await oracle.get(f"/artifacts/{artifact['id']}")
-                    got = await api.get(f"/api/artifacts/{artifact['id']}")
-                    assert (got.status_code, got.json()) == want
-                for key in {a["key"] for a in dataset.artifacts if a["key"]}:
-                    want = await oracle.get(f"/artifacts/{key}/latest")
-                    got = await api.get(f"/api/artifacts/{key}/latest")
-                    assert (got.status_code, got.json()) == want
+                await assert_same_answers(oracle, service, api, dataset)
 
                 # what went through Kafka: per entity, versions never go back (a re-sent
                 # tail repeats a version already sent), and every entity Prefect holds
