@@ -36,7 +36,7 @@ from services.config import (
     QuerySettings,
     SyncSettings,
 )
-from services.logging import configure_logging, correlation
+from services.logging import configure_logging, correlation, quiet_clients
 
 log = logging.getLogger("artifact-search")
 
@@ -520,7 +520,7 @@ def build_parser() -> argparse.ArgumentParser:
     sync = _sub(
         sub,
         "sync-prefect",
-        "keep the topics in step with a live Prefect database (change data capture)",
+        "keep the topics in step with a live Prefect (its database, or its API)",
         "Change data capture from Prefect 3.x's PostgreSQL database (wal_level=logical; a "
         "role with REPLICATION and SELECT on the tables): creates the publication and the "
         "replication slot when missing, publishes a snapshot taken consistently with the "
@@ -529,8 +529,43 @@ def build_parser() -> argparse.ArgumentParser:
         "2^62 + the commit LSN). The slot's position advances only after Kafka acknowledged "
         "(acks=all, idempotent): a restart resumes with no loss. Runs until SIGTERM. "
         "Metrics (lag, events/s) on SYNC_METRICS_HOST:SYNC_METRICS_PORT/metrics. "
-        "Only database mode is implemented: Prefect Cloud (API mode) is not supported.",
+        "API mode, for a Prefect without database access (Prefect Cloud): --api-url "
+        "instead of --dsn; subscribes to Prefect's event stream, reads the changed "
+        "entities from the REST API, and reconciles with a paged listing every "
+        "--reconcile-interval seconds (catching missed events and deleted artifacts); "
+        "its checkpoint is a SQLite file (--state-file, default SYNC_API_STATE_FILE, "
+        "prefect-sync-api.sqlite).",
         _cmd_sync,
+    )
+    sync.add_argument(
+        "--api-url",
+        default=None,
+        help="Prefect's API URL, e.g. https://api.prefect.cloud/api/accounts/<a>/workspaces/<w> "
+        "or http://host:4200/api (default SYNC_API_URL): selects the API mode",
+    )
+    sync.add_argument(
+        "--api-key",
+        default=None,
+        help="Prefect Cloud API key (default SYNC_API_KEY; prefer the variable: arguments "
+        "are visible in ps)",
+    )
+    sync.add_argument(
+        "--auth-string",
+        default=None,
+        help="user:password of a self-hosted server's PREFECT_SERVER_API_AUTH_STRING "
+        "(default SYNC_API_AUTH_STRING; prefer the variable)",
+    )
+    sync.add_argument(
+        "--requests-per-second",
+        type=_bounded(float, 0.1, 10_000),
+        default=None,
+        help="API mode: most requests per second to Prefect's API (default 20)",
+    )
+    sync.add_argument(
+        "--reconcile-interval",
+        type=_bounded(float, 1, 86_400),
+        default=None,
+        help="API mode: seconds between reconcile passes (default 300)",
     )
     sync.add_argument(
         "--dsn",
@@ -589,6 +624,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         configure_logging(logs.level)
     else:
         logging.basicConfig(level=logs.level, format="%(levelname)s %(name)s: %(message)s")
+        quiet_clients()
     with correlation():
         args.func(args)
 

@@ -226,7 +226,7 @@ class BackfillSettings(BaseSettings):
 
 
 class SyncSettings(BaseSettings):
-    """`sync-prefect`: the Prefect database, the replication names, pacing and metrics.
+    """`sync-prefect`: the Prefect database (CDC mode) or API (API mode), pacing, metrics.
 
     Every field can also be given as a command-line option, which wins.
     """
@@ -242,6 +242,13 @@ class SyncSettings(BaseSettings):
     snapshot_chunk: int = Field(default=1000, ge=1, le=100_000)
     metrics_host: str = "127.0.0.1"
     metrics_port: int = Field(default=9465, ge=0, le=65535)
+    # the API mode (Prefect Cloud, or a server without database access)
+    api_url: str | None = None
+    api_key: SecretStr | None = None
+    api_auth_string: SecretStr | None = None
+    api_state_file: str = "prefect-sync-api.sqlite"
+    api_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
+    reconcile_interval_s: float = Field(default=300.0, ge=1, le=86_400)
 
 
 class LoggingSettings(BaseSettings):

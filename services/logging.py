@@ -79,6 +79,12 @@ def configure_logging(level: str | int = "INFO", stream: TextIO | None = None) -
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level)
-    # the clients are chatty at INFO (every connection, every HTTP request)
-    for chatty in ("aiokafka", "elastic_transport"):
+    quiet_clients()
+
+
+def quiet_clients() -> None:
+    """The clients are chatty at INFO (every connection, every HTTP request): WARNING and
+    up only, unless the root logger asks for less."""
+    root = logging.getLogger()
+    for chatty in ("aiokafka", "elastic_transport", "httpx", "websockets"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -1,7 +1,9 @@
 """The `sync-prefect` command: settings and options -> a running bridge, until SIGTERM/SIGINT.
 
 The composition root of the bridge: the CLI parses, this module builds the settings
-once, serves /metrics, /livez and /readyz (ready while streaming) and runs the bridge.
+once, serves /metrics, /livez and /readyz (ready while streaming) and runs the bridge of
+the mode asked for: change data capture with a DSN (`services/sync/bridge.py`), Prefect's
+API with an API URL (`services/sync/api_bridge.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,9 @@ from typing import Any
 
 from services.config import KafkaSettings, SyncSettings
 from services.errors import PermanentError
+from services.sync.api_bridge import ApiBridge, ApiSyncOptions
 from services.sync.bridge import Bridge, SyncOptions, drop_sync_slot
+from services.sync.prefect_api import PrefectAuth
 
 log = logging.getLogger("sync")
 
@@ -35,7 +39,31 @@ def options_from(args: Any, settings: SyncSettings) -> SyncOptions:
     )
 
 
-async def _serve(kafka: KafkaSettings, dsn: str, options: SyncOptions, port: int, host: str) -> int:
+def api_options_from(args: Any, settings: SyncSettings) -> ApiSyncOptions:
+    """The API mode's options: command line over SYNC_* settings."""
+    api_url = args.api_url or settings.api_url
+    assert api_url
+    key = args.api_key or _secret(settings.api_key)
+    auth_string = args.auth_string or _secret(settings.api_auth_string)
+    if key and auth_string:
+        sys.exit("sync-prefect: give --api-key (Prefect Cloud) or --auth-string, not both")
+    state_file = args.state_file if args.state_file is not None else settings.api_state_file
+    return ApiSyncOptions(
+        api_url=api_url.rstrip("/"),
+        auth=PrefectAuth(api_key=key or None, auth_string=auth_string or None),
+        state_path=Path(state_file) if state_file else None,
+        requests_per_second=args.requests_per_second or settings.api_requests_per_second,
+        reconcile_interval_s=args.reconcile_interval or settings.reconcile_interval_s,
+    )
+
+
+def _secret(value: Any) -> str | None:
+    return value.get_secret_value() if value is not None else None
+
+
+async def _serve(
+    kafka: KafkaSettings, mode: str | ApiSyncOptions, options: SyncOptions, port: int, host: str
+) -> int:
     from indexer.health import HealthServer
 
     stop = asyncio.Event()
@@ -50,7 +78,11 @@ async def _serve(kafka: KafkaSettings, dsn: str, options: SyncOptions, port: int
 
     if health is not None:
         await health.start()
-    bridge = Bridge(kafka, dsn, options, on_ready=ready)
+    bridge: Bridge | ApiBridge
+    if isinstance(mode, ApiSyncOptions):
+        bridge = ApiBridge(kafka, mode, on_ready=ready)
+    else:
+        bridge = Bridge(kafka, mode, options, on_ready=ready)
     try:
         await bridge.run(stop)
     finally:
@@ -61,14 +93,21 @@ async def _serve(kafka: KafkaSettings, dsn: str, options: SyncOptions, port: int
 
 def run_sync(args: Any, kafka: KafkaSettings, settings: SyncSettings) -> None:
     """Run `sync-prefect` with parsed arguments; exits with a message on a setup error."""
-    dsn = args.dsn or (
-        settings.postgres_dsn.get_secret_value() if settings.postgres_dsn is not None else None
-    )
-    if not dsn:
-        sys.exit("sync-prefect needs --dsn or SYNC_POSTGRES_DSN")
+    dsn = args.dsn or _secret(settings.postgres_dsn)
+    api_url = args.api_url or settings.api_url
+    if dsn and api_url:
+        sys.exit("sync-prefect: give a database DSN (CDC mode) or an API URL, not both")
+    if not dsn and not api_url:
+        sys.exit(
+            "sync-prefect needs --dsn / SYNC_POSTGRES_DSN (a self-hosted Prefect's database) "
+            "or --api-url / SYNC_API_URL (Prefect's API, e.g. Prefect Cloud)"
+        )
     options = options_from(args, settings)
+    mode: str | ApiSyncOptions = api_options_from(args, settings) if api_url else str(dsn)
+    if args.drop_slot and not dsn:
+        sys.exit("sync-prefect: --drop-slot belongs to the CDC mode (--dsn)")
     if args.drop_slot:
-        dropped = asyncio.run(drop_sync_slot(dsn, options.slot))
+        dropped = asyncio.run(drop_sync_slot(str(dsn), options.slot))
         if options.state_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 options.state_path.unlink()
@@ -76,7 +115,7 @@ def run_sync(args: Any, kafka: KafkaSettings, settings: SyncSettings) -> None:
         return
     port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     try:
-        published = asyncio.run(_serve(kafka, dsn, options, port, settings.metrics_host))
+        published = asyncio.run(_serve(kafka, mode, options, port, settings.metrics_host))
     except PermanentError as exc:
         log.error("sync-prefect stopped: %s", exc)
         sys.exit(f"sync-prefect: {exc}")

@@ -1,4 +1,8 @@
-"""Prometheus metrics of `sync-prefect` (served on its /metrics with /livez and /readyz)."""
+"""Prometheus metrics of `sync-prefect` (served on its /metrics with /livez and /readyz).
+
+Both modes share the events, lag, phase and reconnect metrics; `sync_prefect_api_*` are
+the API mode's own.
+"""
 
 from __future__ import annotations
 
@@ -34,4 +38,23 @@ TRUNCATES = Counter(
 )
 RECONNECTS = Counter(
     "sync_prefect_reconnects_total", "Restarts of the session after a transient failure"
+)
+
+# ---- the API mode (sync-prefect --api-url) ---------------------------------------------------
+API_EVENTS = Counter(
+    "sync_prefect_api_events_received_total", "Prefect events received on the event stream"
+)
+API_READS = Counter(
+    "sync_prefect_api_reads_total", "Entities read again from Prefect's REST API after events"
+)
+QUEUED = Gauge("sync_prefect_api_queued", "Entities waiting to be read from Prefect's API")
+RECONCILE_PASSES = Counter(
+    "sync_prefect_api_reconcile_passes_total", "Reconcile passes (paged listings) completed"
+)
+RECONCILE_SECONDS = Gauge(
+    "sync_prefect_api_reconcile_seconds", "Duration of the last completed reconcile pass"
+)
+DELETES_FOUND = Counter(
+    "sync_prefect_api_vanished_total",
+    "Entities a reconcile pass found gone from Prefect (404) and published as deleted",
 )

@@ -20,8 +20,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.backfill import asyncpg_dsn, connect, read_chunks
-from services.errors import BackendUnavailableError, PermanentError
+from services.errors import BackendUnavailableError
 from services.prefect.tables import TABLES, select_list
+from services.sync.errors import SyncSetupError as SyncSetupError  # re-exported
 from services.sync.pgoutput import str_to_lsn
 
 log = logging.getLogger("sync.postgres")
@@ -30,10 +31,6 @@ log = logging.getLogger("sync.postgres")
 SESSION_OPTIONS = "-c DateStyle=ISO -c TimeZone=UTC -c IntervalStyle=postgres"
 #: how the bridge's connections show in pg_stat_activity (unless the DSN names one)
 APPLICATION_NAME = "artifact-search-sync"
-
-
-class SyncSetupError(PermanentError):
-    """PostgreSQL refuses what the bridge needs; the message says how to fix it."""
 
 
 class SlotMissingError(SyncSetupError):

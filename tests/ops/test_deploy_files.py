@@ -82,6 +82,7 @@ def test_compose_services_commands_ports_and_order() -> None:
         "indexer",
         "api",
         "sync-prefect",
+        "sync-prefect-api",
     }
     es_env = services["elasticsearch"]["environment"]
     assert es_env["discovery.type"] == "single-node"
@@ -93,6 +94,10 @@ def test_compose_services_commands_ports_and_order() -> None:
     sync = services["sync-prefect"]
     assert sync["command"][0] == "sync-prefect" and sync["profiles"] == ["sync"]
     assert sync["volumes"][0].split(":")[0] in compose["volumes"]
+    api_sync = services["sync-prefect-api"]
+    assert api_sync["command"][0] == "sync-prefect" and api_sync["profiles"] == ["sync-api"]
+    assert api_sync["volumes"][0].split(":")[0] in compose["volumes"]
+    assert set(api_sync["environment"]) >= {"SYNC_API_URL", "SYNC_API_KEY"}
     for name in ("bootstrap", "indexer", "api"):
         service = services[name]
         assert service["command"][0] in subcommands

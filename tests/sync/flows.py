@@ -5,7 +5,8 @@ flows with tasks, a subflow, markdown / table / link / progress artifacts with a
 without keys, a task that fails once and succeeds on its retry, a flow that fails.
 `second`: a deployment (paused afterwards), a flow run created from it with an artifact,
 another flow run, and the latest `etl-report` artifact deleted through Prefect's client.
-Prints one JSON line of what it did.
+`delete <id>`: that artifact deleted through Prefect's client. Prints one JSON line of
+what it did.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import asyncio
 import json
 import sys
 from typing import Any
+from uuid import UUID
 
 from prefect import flow, task
 from prefect.artifacts import (
@@ -122,9 +124,22 @@ async def second() -> dict[str, Any]:
     return {"deployment": str(deployment_id), "deleted": str(reports[0].id)}
 
 
+async def delete(artifact_id: str) -> dict[str, Any]:
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        await client.delete_artifact(UUID(artifact_id))
+    return {"deleted": artifact_id}
+
+
 def main() -> None:
     phase = sys.argv[1]
-    result = first() if phase == "first" else asyncio.run(second())
+    if phase == "first":
+        result = first()
+    elif phase == "delete":
+        result = asyncio.run(delete(sys.argv[2]))
+    else:
+        result = asyncio.run(second())
     sys.stdout.write(json.dumps(result) + "\n")
 
 

@@ -105,8 +105,10 @@ async def compare_latest(oracle: PrefectHTTP, service: Service, body: dict[str, 
 
 
 @contextlib.contextmanager
-def prefect_server(dsn: str, home: Path, port: int, log: Path) -> Any:
-    env = {**prefect_env(dsn, str(home)), **QUIET_SERVICES}
+def prefect_server(
+    dsn: str, home: Path, port: int, log: Path, extra_env: dict[str, str] | None = None
+) -> Any:
+    env = {**prefect_env(dsn, str(home)), **QUIET_SERVICES, **(extra_env or {})}
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [prefect_cli(), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
@@ -144,16 +146,19 @@ async def wait_healthy(client: httpx.AsyncClient, proc: subprocess.Popen[bytes],
     pytest.fail(f"the Prefect server did not answer in time:\n{tail(log)}")
 
 
-def run_flows(phase: str, api_url: str, home: Path) -> dict[str, Any]:
+def run_flows(
+    phase: str, api_url: str, home: Path, extra_env: dict[str, str] | None = None, *args: str
+) -> dict[str, Any]:
     env = {
         **clean_env(),
         "PREFECT_API_URL": api_url,
         "PREFECT_HOME": str(home),
         "PREFECT_LOGGING_LEVEL": "ERROR",
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        **(extra_env or {}),
     }
     proc = subprocess.run(
-        [sys.executable, "-m", "tests.sync.flows", phase],
+        [sys.executable, "-m", "tests.sync.flows", phase, *args],
         cwd=REPO,
         env=env,
         capture_output=True,
@@ -209,6 +214,33 @@ async def wait_converged(oracle: PrefectHTTP, service: Service, dsn: str, second
     pytest.fail(f"the service did not catch up with Prefect in {seconds}s: {problems[:3]}")
 
 
+async def assert_same_answers(
+    oracle: PrefectHTTP, service: Service, api: httpx.AsyncClient, dataset: Dataset
+) -> None:
+    """The differential bodies of the conformance generator over `dataset`, and every
+    artifact and key read by id: the service answers exactly as the Prefect server."""
+    failures, total = [], 0
+    for endpoint in ENDPOINTS:
+        n = coverage_size(dataset, endpoint) + RANDOM_PER_ENDPOINT
+        for body in generate_bodies(13, dataset, n, endpoint):
+            total += 1
+            if endpoint == "/artifacts/latest/filter":
+                problem = await compare_latest(oracle, service, body)
+            else:
+                problem = await compare(oracle, service, endpoint, body)  # type: ignore[arg-type]
+            if problem:
+                failures.append((endpoint, body, problem))
+    assert not failures, f"{len(failures)}/{total} disagreements: {failures[:3]}"
+    for artifact in dataset.artifacts:
+        want = await oracle.get(f"/artifacts/{artifact['id']}")
+        got = await api.get(f"/api/artifacts/{artifact['id']}")
+        assert (got.status_code, got.json()) == want
+    for key in {a["key"] for a in dataset.artifacts if a["key"]}:
+        want = await oracle.get(f"/artifacts/{key}/latest")
+        got = await api.get(f"/api/artifacts/{key}/latest")
+        assert (got.status_code, got.json()) == want
+
+
 @pytest.mark.timeout(600)  # about 3 minutes on 2 cores, most of it Prefect's own start and flows
 async def test_live_prefect_flows_give_prefects_answers(
     prefect_db: str, kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
@@ -254,26 +286,7 @@ async def test_live_prefect_flows_give_prefects_answers(
                     "table",
                     "progress",
                 }
-                failures, total = [], 0
-                for endpoint in ENDPOINTS:
-                    n = coverage_size(dataset, endpoint) + RANDOM_PER_ENDPOINT
-                    for body in generate_bodies(13, dataset, n, endpoint):
-                        total += 1
-                        if endpoint == "/artifacts/latest/filter":
-                            problem = await compare_latest(oracle, service, body)
-                        else:
-                            problem = await compare(oracle, service, endpoint, body)  # type: ignore[arg-type]
-                        if problem:
-                            failures.append((endpoint, body, problem))
-                assert not failures, f"{len(failures)}/{total} disagreements: {failures[:3]}"
-                for artifact in dataset.artifacts:
-                    want = await oracle.get(f"/artifacts/{artifact['id']}")
-                    got = await api.get(f"/api/artifacts/{artifact['id']}")
-                    assert (got.status_code, got.json()) == want
-                for key in {a["key"] for a in dataset.artifacts if a["key"]}:
-                    want = await oracle.get(f"/artifacts/{key}/latest")
-                    got = await api.get(f"/api/artifacts/{key}/latest")
-                    assert (got.status_code, got.json()) == want
+                await assert_same_answers(oracle, service, api, dataset)
             finally:
                 code, err = stop(bridge)
             assert code == 0, err[-2000:]

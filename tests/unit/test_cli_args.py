@@ -28,6 +28,8 @@ from services.cli import build_parser
         (["sync-prefect", "--snapshot-chunk", "100001"], "at most 100000"),
         (["sync-prefect", "--metrics-port", "-1"], "must be at least 0"),
         (["sync-prefect", "--slot", "Bad-Name"], "lowercase letters, digits"),
+        (["sync-prefect", "--requests-per-second", "0"], "must be at least 0.1"),
+        (["sync-prefect", "--reconcile-interval", "0.5"], "must be at least 1"),
     ],
 )
 def test_out_of_range_values_are_usage_errors(
