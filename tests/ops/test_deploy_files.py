@@ -81,6 +81,7 @@ def test_compose_services_commands_ports_and_order() -> None:
         "bootstrap",
         "indexer",
         "api",
+        "alerts",
         "sync-prefect",
         "sync-prefect-api",
     }
@@ -98,7 +99,7 @@ def test_compose_services_commands_ports_and_order() -> None:
     assert api_sync["command"][0] == "sync-prefect" and api_sync["profiles"] == ["sync-api"]
     assert api_sync["volumes"][0].split(":")[0] in compose["volumes"]
     assert set(api_sync["environment"]) >= {"SYNC_API_URL", "SYNC_API_KEY"}
-    for name in ("bootstrap", "indexer", "api"):
+    for name in ("bootstrap", "indexer", "api", "alerts"):
         service = services[name]
         assert service["command"][0] in subcommands
         assert service["command"][0] == name
@@ -112,7 +113,7 @@ def test_compose_services_commands_ports_and_order() -> None:
         "kafka": {"condition": "service_healthy"},
         "elasticsearch": {"condition": "service_healthy"},
     }
-    for name in ("indexer", "api"):
+    for name in ("indexer", "api", "alerts"):
         assert services[name]["depends_on"]["bootstrap"] == {
             "condition": "service_completed_successfully"
         }
@@ -128,6 +129,15 @@ def test_compose_services_commands_ports_and_order() -> None:
     volume, path = mount.split(":")
     assert state.startswith(path + "/") and volume in compose["volumes"]
     assert "/api/ready" in " ".join(services["api"]["healthcheck"]["test"])
+    # the alerts worker evaluates the indexer's change feed; host ports never collide
+    assert services["indexer"]["environment"]["INDEXER_PUBLISH_CHANGES"] == "true"
+    assert "/livez" in " ".join(services["alerts"]["healthcheck"]["test"])
+    host_ports = [  # "127.0.0.1:${VAR:-9467}:9465" -> 9467, the default host port
+        re.sub(r"\$\{\w+:-(\d+)\}", r"\1", port).split(":")[1]
+        for service in services.values()
+        for port in service.get("ports", [])
+    ]
+    assert len(host_ports) == len(set(host_ports)), host_ports
     # public images by default; KAFKA_IMAGE / ES_IMAGE / BASE_IMAGE select images built here
     assert services["elasticsearch"]["image"] == "${ES_IMAGE:-elasticsearch:9.2.4}"
     assert services["kafka"]["image"] == "${KAFKA_IMAGE:-apache/kafka:4.1.0}"

@@ -20,7 +20,7 @@ import yaml
 
 from indexer.health import HealthServer
 from query.app import create_app
-from services.config import ElasticsearchSettings, QuerySettings
+from services.config import ElasticsearchSettings, QuerySettings, SyncSettings
 from tests.ops.k8s_tools import Obj, kustomize_build
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
@@ -115,6 +115,8 @@ def test_expected_objects_and_namespace(rendered: tuple[str, list[Obj]]) -> None
         ("Deployment", "artifact-search-alerts"),
         ("PodDisruptionBudget", "artifact-search-alerts"),
         ("NetworkPolicy", "artifact-search-alerts-webhooks"),
+        ("StatefulSet", "artifact-search-sync-prefect"),
+        ("NetworkPolicy", "artifact-search-sync-prefect-egress"),
     ]:
         assert want in kinds
     assert _config_map(objs)["metadata"]["name"] != CONFIG  # generated, with a hash suffix
@@ -214,6 +216,36 @@ def test_probes_ports_and_paths_are_what_the_code_serves(
 
 
 _PROBES = ("startupProbe", "livenessProbe", "readinessProbe")
+
+
+def test_sync_bridge_is_off_until_enabled_and_configured_by_real_settings(
+    rendered: tuple[str, list[Obj]],
+) -> None:
+    """sync-prefect: 0 replicas until a Prefect database or API is configured, never a
+    second bridge; its settings are SyncSettings fields; the checkpoint files live on the
+    volume; probes and port are the health server's."""
+    overlay, objs = rendered
+    sync = _one(objs, "StatefulSet", "artifact-search-sync-prefect")
+    assert sync["spec"]["replicas"] == 0
+    (bridge,) = _pod_spec(sync)["containers"]
+    assert bridge["args"] == ["sync-prefect"]
+    env = {e["name"]: e["value"] for e in bridge["env"]}
+    fields = set(SyncSettings.model_fields)
+    assert {name.removeprefix("SYNC_").lower() for name in env} <= fields, env
+    (volume,) = [m for m in bridge["volumeMounts"] if m["name"] == "state"]
+    for name in ("SYNC_STATE_FILE", "SYNC_API_STATE_FILE"):
+        assert os.path.dirname(env[name]) == volume["mountPath"], name
+    assert [t["metadata"]["name"] for t in sync["spec"]["volumeClaimTemplates"]] == ["state"]
+    port = int(env["SYNC_METRICS_PORT"])
+    assert env["SYNC_METRICS_HOST"] == "0.0.0.0"
+    assert {p["name"]: p["containerPort"] for p in bridge["ports"]} == {"metrics": port}
+    served = asyncio.run(_indexer_paths([bridge[p]["httpGet"]["path"] for p in _PROBES]))
+    assert served == {"/livez": 200, "/readyz": 200}
+    egress = _one(objs, "NetworkPolicy", "artifact-search-sync-prefect-egress")
+    ports = {p["port"] for rule in egress["spec"]["egress"] for p in rule["ports"]}
+    assert ports == {5432, 4200, 443}  # Prefect's PostgreSQL, a server's API, Prefect Cloud
+    monitors = {o["metadata"]["name"] for o in objs if o["kind"] == "ServiceMonitor"}
+    assert ("artifact-search-sync-prefect" in monitors) == (overlay == "prod")
 
 
 def test_alerts_worker_gets_the_change_feed_and_probes_what_it_serves(
