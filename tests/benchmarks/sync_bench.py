@@ -70,7 +70,12 @@ from tests.benchmarks.kafka_io import (
 from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
 from tests.benchmarks.run import pct
 from tests.benchmarks.side import indexer_child, metric, stack_env, tear_down
-from tests.benchmarks.sync_report import net_of_idle, per_thousand
+from tests.benchmarks.sync_report import (
+    backfill_rows_s,
+    net_of_idle,
+    per_thousand,
+    snapshot_rows_s,
+)
 from tests.conformance.oracle import _with_database as with_database
 from tests.conformance.oracle import load_dataset
 from tests.sync.conftest import clone_database, drop_database, ensure_template
@@ -152,11 +157,15 @@ def _children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _rates(events: int, seconds: float, cpu_s: float | None) -> dict[str, Any]:
+def _rates(
+    events: int, seconds: float, cpu_s: float | None, rows_s: float | None
+) -> dict[str, Any]:
     return {
         "events": events,
         "seconds": round(seconds, 2),
         "events_per_s": round(events / seconds) if seconds else None,
+        "rows_s": rows_s,
+        "rows_events_per_s": round(events / rows_s) if rows_s else None,
         "cpu_s": round(cpu_s, 2) if cpu_s is not None else None,
         "cpu_ms_per_1000": per_thousand(cpu_s, events),
     }
@@ -182,7 +191,8 @@ async def run_backfill(dsn: str, prefix: str, events: int, log_dir: Path) -> dic
         child.stop()
         if code != 0:
             raise RuntimeError(f"backfill-prefect exited with {code}:\n{child.log_tail()}")
-        return _rates(events, seconds, _children_cpu_s() - cpu0)
+        rows_s = backfill_rows_s(child.log_path.read_text(errors="replace"))
+        return _rates(events, seconds, _children_cpu_s() - cpu0, rows_s)
     finally:
         with contextlib.suppress(Exception):
             await delete_topics(topics)
@@ -512,7 +522,10 @@ async def sync_bench(
                 t0 = time.perf_counter()
                 url = f"http://127.0.0.1:{bridge.metrics_port}/readyz"  # type: ignore[attr-defined]
                 await wait_http_ok(bridge, url, 3600)
-                snapshot = _rates(rows, time.perf_counter() - t0, proc_cpu_s(bridge.pid))
+                seconds_to_ready = time.perf_counter() - t0
+                await asyncio.sleep(0.5)  # the log line after the snapshot is flushed
+                rows_s = snapshot_rows_s(bridge.log_path.read_text(errors="replace"))
+                snapshot = _rates(rows, seconds_to_ready, proc_cpu_s(bridge.pid), rows_s)
                 _log(f"  {snapshot}")
                 out["snapshot"] = {
                     "bridge": snapshot,

@@ -186,7 +186,14 @@ def test_alert_latency_target_and_section() -> None:
 
 def _sync_run() -> dict[str, Any]:
     """The shape tests/benchmarks/sync_bench.py writes, plausible numbers."""
-    rates = {"events": 29_516, "seconds": 8.2, "events_per_s": 3_600, "cpu_s": 5.1}
+    rates = {
+        "events": 29_516,
+        "seconds": 8.2,
+        "events_per_s": 3_600,
+        "rows_s": 5.6,
+        "rows_events_per_s": 5_271,
+        "cpu_s": 5.1,
+    }
     return {
         "artifacts": 20_000,
         "started": "2026-11-30 21:53:45 UTC",
@@ -254,10 +261,11 @@ def test_sync_target_and_section() -> None:
     lines = sync_section({"sync": run})
     text = "\n".join(lines)
     assert "## Live sync from Prefect" in text and "2 shared CPUs" in text
-    assert "| sync-prefect snapshot | 29,516 | 8.20 | 3,600 |" in text
+    assert "| sync-prefect snapshot | 29,516 | 8.20 | 3,600 | 5.60 | 5,271 | 5.10 | 174 |" in text
     assert "| backfill-prefect | 29,516 | 9.80 | 3,014 |" in text
     assert "| 0.76 s | 1.44 s | 1.68 s |" in text and "600/600" in text
     assert "| 0.03 / 0.41 s | 1.76 / 3.46 s |" in text
+    assert "Target Prefect commit to searchable p99 <= 2 s (sync-prefect): met (p50" in text
     assert "| 1,000 (700) | 143 | 5.8 MiB | 7,252 B |" in text
 
 
@@ -267,3 +275,20 @@ def test_results_md_has_the_sync_section() -> None:
     text = report.results_md(res, [])
     assert "## Live sync from Prefect" in text
     assert "Prefect commit to searchable p99 <= 2 s" in text
+
+
+def test_snapshot_and_backfill_times_from_their_logs() -> None:
+    from tests.benchmarks.sync_report import backfill_rows_s, snapshot_rows_s
+
+    bridge = "\n".join(
+        [
+            '{"msg": "created replication slot s at 0/A0", "ts": "2026-11-30T22:01:51.2+00:00"}',
+            '{"msg": "snapshot 00000006-1 at 0/A0D8", "ts": "2026-11-30T22:01:51.25+00:00"}',
+            "snapshot [####] 100.0% 29,516/29,516 events  3,802 events/s  artifact",
+            '{"msg": "snapshot published: 29516 rows", "ts": "2026-11-30T22:01:59.08+00:00"}',
+        ]
+    )
+    assert snapshot_rows_s(bridge) == 7.83
+    assert snapshot_rows_s("no snapshot here") is None
+    backfill = "published 29516 events (flow 200, artifact 20000) in 5.6s; 29516 in total"
+    assert backfill_rows_s(backfill) == 5.6 and backfill_rows_s("") is None
