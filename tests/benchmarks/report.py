@@ -17,6 +17,7 @@ import asyncpg
 import httpx
 
 from tests.benchmarks.procs import REPO_ROOT
+from tests.benchmarks.sync_report import sync_section, sync_targets
 
 # ----------------------------------------------------------------------------- machine
 
@@ -271,6 +272,7 @@ def targets(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 )
             )
     rows += alert_targets(results)
+    rows += sync_targets(results)
     return rows
 
 
@@ -981,6 +983,7 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
                 f"{v['produce_ack_s']:.3f} s |"
             )
     lines += alert_section(results)
+    lines += sync_section(results)
     lines += [
         "",
         "## Memory and index size",

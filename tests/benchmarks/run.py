@@ -17,7 +17,10 @@ PostgreSQL over HTTP (1 worker, ``tests/benchmarks/prefect_server.py``). Then:
    state change to 1,000 (and 10,000) artifacts;
 4. peak RSS of the processes;
 5. once per run (not per scale): alert latency, artifact event produced -> alert on the
-   alert topic, at a steady rate (``tests/benchmarks/alert_latency.py``, its own stack).
+   alert topic, at a steady rate (``tests/benchmarks/alert_latency.py``, its own stack);
+6. once per run: live sync from Prefect (``sync-prefect``): its initial snapshot against
+   ``backfill-prefect``, Prefect commit -> searchable at a steady rate of flow runs with
+   artifacts, and the bridge's and PostgreSQL's costs (``tests/benchmarks/sync_bench.py``).
 
 Results go to ``docs/benchmarks`` (RESULTS.md, SIZING.md, PNG plots, raw JSON).
 Every loop is bounded in count and time; traffic goes to 127.0.0.1 only.
@@ -126,6 +129,8 @@ class Options:
     propagation: tuple[int, ...] = (1000,)
     alerts: tuple[int, float] = (200, 10.0)
     """(events/s, seconds) of the alert-latency run (tests/benchmarks/alert_latency.py)."""
+    sync: tuple[int, float, float] = (20_000, 10.0, 30.0)
+    """(artifacts in Prefect, artifacts/s, seconds) of the live-sync run (sync_bench.py)."""
     load_timeout_s: float = 600.0
     prefect_timeout_s: float = 600.0
     profile: str | None = None
@@ -172,6 +177,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         opts.idle_timeout_s = 900.0
         opts.propagation = (1000, 10_000)
         opts.alerts = (1000, 60.0)
+        opts.sync = (1_000_000, 20.0, 60.0)
         opts.load_timeout_s, opts.prefect_timeout_s = 3600.0, 3600.0
     return opts
 
@@ -1132,6 +1138,17 @@ async def amain(opts: Options) -> dict[str, Any]:
         rate, seconds, 20, REPO_ROOT / ".local" / "bench" / "alert-latency"
     )
     _log(f"  alert latency {results['alerts']}")
+    from tests.benchmarks.sync_bench import sync_bench  # it imports `pct` from here
+
+    artifacts, rate, seconds = opts.sync
+    _log(
+        f"live sync: {artifacts:,} artifacts in Prefect, "
+        f"then {rate:g} artifacts/s for {seconds:.0f}s"
+    )
+    results["sync"] = await sync_bench(
+        artifacts, rate, seconds, opts.seed, REPO_ROOT / ".local" / "bench" / "sync"
+    )
+    _log(f"  live sync {results['sync']}")
     machine["load_avg_end"] = os.getloadavg()
     results["total_s"] = round(time.perf_counter() - started, 1)
     opts.out.mkdir(parents=True, exist_ok=True)

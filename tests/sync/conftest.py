@@ -103,12 +103,12 @@ async def _migrated(dsn: str) -> bool:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-async def prefect_template(logical_dsn: str) -> str:
-    """A database migrated by Prefect 3.9.1 itself, to clone."""
-    if await _migrated(logical_dsn):
+async def ensure_template(dsn: str) -> str:
+    """The name of a database migrated by Prefect 3.9.1 itself on the server at `dsn`
+    (created the first time, about 40 s); `RuntimeError` when Prefect's migrations fail."""
+    if await _migrated(dsn):
         return TEMPLATE
-    admin = await asyncpg.connect(logical_dsn)
+    admin = await asyncpg.connect(dsn)
     try:
         await admin.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE}" WITH (FORCE)')
         await admin.execute(
@@ -124,14 +124,23 @@ async def prefect_template(logical_dsn: str) -> str:
             "database",
             "upgrade",
             "-y",
-            env=prefect_env(with_database(logical_dsn, TEMPLATE), home),
+            env=prefect_env(with_database(dsn, TEMPLATE), home),
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
         )
         out, _ = await proc.communicate()
     if proc.returncode != 0:
-        pytest.fail(f"Prefect's migrations failed:\n{out.decode()[-3000:]}", pytrace=False)
+        raise RuntimeError(f"Prefect's migrations failed:\n{out.decode()[-3000:]}")
     return TEMPLATE
+
+
+@pytest.fixture(scope="session")
+async def prefect_template(logical_dsn: str) -> str:
+    """A database migrated by Prefect 3.9.1 itself, to clone."""
+    try:
+        return await ensure_template(logical_dsn)
+    except RuntimeError as exc:
+        pytest.fail(str(exc), pytrace=False)
 
 
 async def drop_database(admin_dsn: str, name: str) -> None:
@@ -156,22 +165,28 @@ async def drop_database(admin_dsn: str, name: str) -> None:
         await admin.close()
 
 
-@pytest.fixture
-async def prefect_db(logical_dsn: str, prefect_template: str) -> AsyncIterator[str]:
-    """The DSN of a fresh, migrated, empty Prefect database."""
-    name = f"sync_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(logical_dsn)
+async def clone_database(admin_dsn: str, template: str, name: str) -> None:
+    """Create database `name` as a copy of `template` (retried while another session is
+    cloning the template)."""
+    admin = await asyncpg.connect(admin_dsn)
     try:
-        for attempt in range(20):  # another session may be cloning the template right now
+        for attempt in range(20):
             try:
-                await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{prefect_template}"')
-                break
+                await admin.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template}"')
+                return
             except asyncpg.ObjectInUseError:
                 if attempt == 19:
                     raise
                 await asyncio.sleep(0.5)
     finally:
         await admin.close()
+
+
+@pytest.fixture
+async def prefect_db(logical_dsn: str, prefect_template: str) -> AsyncIterator[str]:
+    """The DSN of a fresh, migrated, empty Prefect database."""
+    name = f"sync_{uuid.uuid4().hex[:10]}"
+    await clone_database(logical_dsn, prefect_template, name)
     try:
         yield with_database(logical_dsn, name)
     finally:

@@ -182,3 +182,113 @@ def test_alert_latency_target_and_section() -> None:
     assert alert_targets({"scales": {}}) == [] and alert_section({"scales": {}}) == []
     lines = alert_section({"alerts": run})
     assert "## Alert latency" in lines and any("| 1.80 s |" in line for line in lines)
+
+
+def _sync_run() -> dict[str, Any]:
+    """The shape tests/benchmarks/sync_bench.py writes, plausible numbers."""
+    rates = {
+        "events": 29_516,
+        "seconds": 8.2,
+        "events_per_s": 3_600,
+        "rows_s": 5.6,
+        "rows_events_per_s": 5_271,
+        "cpu_s": 5.1,
+    }
+    return {
+        "artifacts": 20_000,
+        "started": "2026-11-30 21:53:45 UTC",
+        "load_avg_start": [2.5, 2.6, 3.0],
+        "load_avg_end": [3.7, 2.7, 3.5],
+        "snapshot": {
+            "bridge": {**rates, "cpu_ms_per_1000": 174.1},
+            "backfill": {**rates, "seconds": 9.8, "events_per_s": 3_014, "cpu_ms_per_1000": 174.5},
+            "bridge_over_backfill": 1.2,
+        },
+        "latency": {
+            "rate_target": 20.0,
+            "rate_achieved": 14.6,
+            "seconds": 30.0,
+            "sent": 600,
+            "visible": 600,
+            "missing_after_drain": 0,
+            "p50_s": 0.755,
+            "p95_s": 1.443,
+            "p99_s": 1.678,
+            "max_s": 1.755,
+            "from_created": {"p50_s": 1.46, "p99_s": 2.41},
+            "prefect_call": {"p50_s": 1.762, "p99_s": 3.464},
+            "to_kafka": {"p50_s": 0.031, "p99_s": 0.412},
+            "poll_interval_s": 0.05,
+        },
+        "cost": {
+            "window_s": 43.4,
+            "changes": 840,
+            "bridge_cpu_s": 0.84,
+            "bridge_cpu_ms_per_1000": 1000.0,
+            "bridge_net_cpu_ms_per_1000": 700.0,
+            "walsender_cpu_ms_per_1000": 142.9,
+            "wal_sent_bytes": 6_091_752,
+            "wal_sent_bytes_per_change": 7_252,
+            "wal_written_bytes": 6_091_752,
+        },
+    }
+
+
+def test_sync_costs_per_thousand_changes() -> None:
+    from tests.benchmarks.sync_report import net_of_idle, per_thousand
+
+    assert per_thousand(0.84, 840) == 1000.0
+    assert per_thousand(0.5, 0) is None and per_thousand(None, 10) is None
+    assert net_of_idle(0.84, 0.004, 40.0) == pytest.approx(0.68)
+    assert net_of_idle(0.1, 0.01, 40.0) == 0.0  # never below zero
+    assert net_of_idle(None, 0.01, 40.0) is None and net_of_idle(0.1, None, 40.0) is None
+
+
+def test_sync_target_and_section() -> None:
+    from tests.benchmarks.sync_report import MET, MISSED, sync_section, sync_targets
+
+    run = _sync_run()
+    assert sync_targets({"scales": {}, "sync": run})[0][3] == MET
+    slow = copy.deepcopy(run)
+    slow["latency"]["p99_s"] = 2.4
+    assert sync_targets({"scales": {}, "sync": slow})[0][3] == MISSED
+    lossy = copy.deepcopy(run)
+    lossy["latency"].update(visible=590, missing_after_drain=10)
+    row = sync_targets({"scales": {}, "sync": lossy})[0]
+    assert row[3] == MISSED and "10 missing" in row[2]
+    assert sync_targets({"scales": {}}) == [] and sync_section({"scales": {}}) == []
+    assert sync_targets({"sync": {**run, "latency": None}}) == []
+    lines = sync_section({"sync": run})
+    text = "\n".join(lines)
+    assert "## Live sync from Prefect" in text and "2 shared CPUs" in text
+    assert "| sync-prefect snapshot | 29,516 | 8.20 | 3,600 | 5.60 | 5,271 | 5.10 | 174 |" in text
+    assert "| backfill-prefect | 29,516 | 9.80 | 3,014 |" in text
+    assert "| 0.76 s | 1.44 s | 1.68 s |" in text and "600/600" in text
+    assert "| 0.03 / 0.41 s | 1.76 / 3.46 s |" in text
+    assert "Target Prefect commit to searchable p99 <= 2 s (sync-prefect): met (p50" in text
+    assert "| 1,000 (700) | 143 | 5.8 MiB | 7,252 B |" in text
+
+
+def test_results_md_has_the_sync_section() -> None:
+    res = new_format(_old())
+    res["sync"] = _sync_run()
+    text = report.results_md(res, [])
+    assert "## Live sync from Prefect" in text
+    assert "Prefect commit to searchable p99 <= 2 s" in text
+
+
+def test_snapshot_and_backfill_times_from_their_logs() -> None:
+    from tests.benchmarks.sync_report import backfill_rows_s, snapshot_rows_s
+
+    bridge = "\n".join(
+        [
+            '{"msg": "created replication slot s at 0/A0", "ts": "2026-11-30T22:01:51.2+00:00"}',
+            '{"msg": "snapshot 00000006-1 at 0/A0D8", "ts": "2026-11-30T22:01:51.25+00:00"}',
+            "snapshot [####] 100.0% 29,516/29,516 events  3,802 events/s  artifact",
+            '{"msg": "snapshot published: 29516 rows", "ts": "2026-11-30T22:01:59.08+00:00"}',
+        ]
+    )
+    assert snapshot_rows_s(bridge) == 7.83
+    assert snapshot_rows_s("no snapshot here") is None
+    backfill = "published 29516 events (flow 200, artifact 20000) in 5.6s; 29516 in total"
+    assert backfill_rows_s(backfill) == 5.6 and backfill_rows_s("") is None
