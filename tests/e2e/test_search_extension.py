@@ -247,6 +247,79 @@ async def test_typed_conditions_on_metadata_and_table_values(stack: Stack) -> No
     assert [h["artifact"]["key"] for h in latest["hits"]] == ["model-metrics"]
 
 
+async def test_conditions_in_the_query_string_match_what_where_matches(stack: Stack) -> None:
+    cases: list[tuple[str, list[dict[str, Any]], set[str]]] = [
+        ("data.accuracy >= 0.9", [{"field": "data.accuracy", "op": "gte", "value": 0.9}], {"a3"}),
+        ("data.accuracy > 0.95", [{"field": "data.accuracy", "op": "gt", "value": 0.95}], set()),
+        ("data.accuracy < 0.9", [{"field": "data.accuracy", "op": "lt", "value": 0.9}], {"a3"}),
+        ("data.region:apac", [{"field": "data.region", "op": "eq", "value": "apac"}], {"a3"}),
+        ("data.region:APAC", [{"field": "data.region", "op": "eq", "value": "APAC"}], set()),
+        (
+            "metadata.threshold:>=0.9",
+            [{"field": "metadata.threshold", "op": "gte", "value": 0.9}],
+            {"a3"},
+        ),
+        (
+            "metadata.threshold <= 0.8",
+            [{"field": "metadata.threshold", "op": "lte", "value": 0.8}],
+            set(),
+        ),
+        (
+            "metadata.run_at >= 2024-03-01",
+            [{"field": "metadata.run_at", "op": "gte", "value": "2024-03-01"}],
+            {"a3"},
+        ),
+        (
+            "metadata.run_at > 2024-03-01T10:00:00Z",
+            [{"field": "metadata.run_at", "op": "gt", "value": "2024-03-01T10:00:00Z"}],
+            set(),
+        ),
+        ("data >= 40", [{"field": "data", "op": "gte", "value": 40}], {"a5"}),
+        (
+            "data:[40 TO 42.5}",
+            [
+                {"field": "data", "op": "gte", "value": 40},
+                {"field": "data", "op": "lt", "value": 42.5},
+            ],
+            set(),
+        ),
+        (
+            "data:[40 TO 42.5]",
+            [
+                {"field": "data", "op": "gte", "value": 40},
+                {"field": "data", "op": "lte", "value": 42.5},
+            ],
+            {"a5"},
+        ),
+        ("_exists_:metadata.owner", [{"field": "metadata.owner", "op": "exists"}], {"a3"}),
+        ("_exists_:data.nothing", [{"field": "data.nothing", "op": "exists"}], set()),
+    ]
+    everything = names_of(await search(stack, {"limit": 50}))
+    for q, where, want in cases:
+        by_q = names_of(await search(stack, {"q": q, "limit": 50}))
+        by_where = names_of(await search(stack, {"where": where, "limit": 50}))
+        assert by_q == by_where == want, (q, by_q, by_where)
+        negated = names_of(await search(stack, {"q": f"NOT ({q})", "limit": 50}))
+        assert negated == everything - want, q
+    # the example, with words and groups
+    for q, want in (
+        ("metadata.threshold >= 0.9 AND data.region:emea", {"a3"}),
+        ("(data >= 40 OR metadata.owner:ml-team) AND NOT type:progress", {"a3"}),
+        ("revenue OR data.accuracy >= 0.9", {"a1", "a2", "a3", "a6"}),
+        ("revenue AND data.accuracy >= 0.9", set()),
+    ):
+        assert names_of(await search(stack, {"q": q, "limit": 50})) == want, q
+    for q, says in (
+        ("metadata.threshold >= ", "a value is missing"),
+        ("metadata.threshold >= abc", "compares numbers or timestamps, not 'abc'"),
+        ("foo.bar >= 1", "Unknown field 'foo.bar'"),
+        ("metadata.x:[1 TO", "a range is written [low TO high]"),
+    ):
+        resp = await stack.client.post(PATH, json={"q": q})
+        assert resp.status_code == 422, (q, resp.text)
+        assert says in resp.json()["detail"], (q, resp.text)
+
+
 async def test_relevance_and_highlights(stack: Stack) -> None:
     result = await search(stack, {"q": "emea", "limit": 50})
     scores = [h["score"] for h in result["hits"]]
