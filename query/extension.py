@@ -18,9 +18,10 @@ import hashlib
 from typing import Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
 from query.conditions import Condition, condition_clause
+from query.histogram import MAX_BUCKETS, Width, check_range, histogram_agg, read_buckets
 from query.query_string import TEXT_FIELDS, text_query
 from query.translate import (
     Query,
@@ -31,7 +32,6 @@ from query.translate import (
 from services.documents import (
     ARTIFACT_RESPONSE_FIELDS,
     COLLECTION_RESPONSE_FIELDS,
-    format_micros,
 )
 from services.errors import TranslationError
 from services.prefect.requests import ArtifactCollectionCountRequest, ArtifactCountRequest
@@ -57,13 +57,6 @@ FACET_FIELDS: dict[str, str] = {
     "task_run_state": "tr.state_type",
     "tags": "fr.tags",
 }
-HISTOGRAM_US: dict[str, int] = {
-    "hour": 3_600_000_000,
-    "day": 86_400_000_000,
-    "week": 7 * 86_400_000_000,
-}
-_MONDAY_US = 4 * 86_400_000_000  # 1970-01-05, a Monday: weeks start on Mondays
-
 _SORT_FIELDS: dict[str, str] = {
     "created": "created_us",
     "updated": "updated_us",
@@ -80,6 +73,15 @@ class TimeRange(BaseModel):
     model_config = ConfigDict(extra="forbid")
     after: AwareDatetime | None = None
     before: AwareDatetime | None = None
+
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.after is not None and self.before is not None and self.after > self.before:
+            raise ValueError(
+                f"after ({self.after.isoformat()}) is later than before "
+                f"({self.before.isoformat()}): the range is empty"
+            )
+        return self
 
 
 class SortSpec(BaseModel):
@@ -150,8 +152,10 @@ class SearchRequest(BaseModel):
     highlight: bool = Field(True, description="Return highlighted snippets of the matches.")
     facets: list[FacetName] = Field(default_factory=list)
     facet_size: int = Field(10, ge=1, le=100)
-    histogram: Literal["hour", "day", "week"] = Field(
-        "day", description="Bucket width of the `created` facet (UTC; weeks from Monday)."
+    histogram: Width = Field(
+        "day",
+        description="Bucket width of the `created` facet (UTC; weeks from Monday; calendar "
+        f"months and years); at most {MAX_BUCKETS:,} buckets, else a 422.",
     )
     selected: dict[SelectableFacet, list[str]] = Field(
         default_factory=dict,
@@ -263,14 +267,9 @@ def _aggregations(req: SearchRequest) -> dict[str, Any]:
     aggs: dict[str, Any] = {}
     for name in dict.fromkeys(req.facets):
         if name == "created":
-            inner: dict[str, Any] = {
-                "histogram": {
-                    "field": "created_us",
-                    "interval": HISTOGRAM_US[req.histogram],
-                    "offset": _MONDAY_US if req.histogram == "week" else 0,
-                    "min_doc_count": 1,
-                }
-            }
+            if req.created is not None:
+                check_range(req.created.after, req.created.before, req.histogram)
+            inner: dict[str, Any] = histogram_agg(req.histogram)
             others = _selection(req)
         else:
             inner = {"terms": {"field": FACET_FIELDS[name], "size": req.facet_size}}
@@ -371,7 +370,8 @@ def read_facets(resp: dict[str, Any], req: SearchRequest) -> dict[str, list[Buck
         buckets = aggs[name]["v"]["buckets"]
         if name == "created":
             out[name] = [
-                Bucket(value=format_micros(int(b["key"])), count=b["doc_count"]) for b in buckets
+                Bucket(value=value, count=count)
+                for value, count in read_buckets(buckets, req.histogram)
             ]
         else:
             out[name] = [

@@ -405,6 +405,78 @@ async def test_ranges_orders_fields_and_totals(stack: Stack) -> None:
     assert (await search(stack, {"q": "revenue"}))["total"] is None
 
 
+EDGES = {  # created at the edges of months and years, leap days included
+    "e1": "2020-02-29T12:00:00Z",
+    "e2": "2023-12-31T23:59:59.999999Z",
+    "e3": "2024-01-31T23:59:59.999999Z",
+    "e4": "2024-02-01T00:00:00Z",
+    "e5": "2024-02-29T23:59:59.999999Z",
+    "e6": "2024-03-01T00:00:00Z",
+    "e7": "2024-12-31T23:59:59.999999Z",
+    "e8": "2025-01-01T00:00:00Z",
+}
+
+
+async def test_month_and_year_histograms_follow_the_calendar(stack: Stack) -> None:
+    records = []
+    for n, (name, created) in enumerate(EDGES.items()):
+        i = _id(100 + n)
+        body = {"id": i, "key": f"edge-{name}", "type": "markdown", "data": "edge"}
+        body |= {"created": created, "updated": created}
+        records.append(("artifact", i.encode(), encode_event("artifact", i, "upsert", 1, body)))
+    await stack.pipeline.load(records, batch=100)
+    await stack.es.indices.refresh(index=",".join(stack.names.all_aliases()))
+    only_edges = {"prefect_filter": {"artifacts": {"key": {"like_": "edge-%"}}}}
+
+    async def histogram(width: str, **more: Any) -> list[tuple[str, int]]:
+        body = {**only_edges, "facets": ["created"], "histogram": width, "limit": 0, **more}
+        return [(b["value"], b["count"]) for b in (await search(stack, body))["facets"]["created"]]
+
+    assert await histogram("month") == [
+        ("2020-02-01T00:00:00Z", 1),
+        ("2023-12-01T00:00:00Z", 1),
+        ("2024-01-01T00:00:00Z", 1),
+        ("2024-02-01T00:00:00Z", 2),  # the 1st and the leap day's last microsecond
+        ("2024-03-01T00:00:00Z", 1),
+        ("2024-12-01T00:00:00Z", 1),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    assert await histogram("year") == [
+        ("2020-01-01T00:00:00Z", 1),
+        ("2023-01-01T00:00:00Z", 1),
+        ("2024-01-01T00:00:00Z", 5),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    assert await histogram("day", created={"after": "2024-02-29T00:00:00Z"}) == [
+        ("2024-02-29T00:00:00Z", 1),
+        ("2024-03-01T00:00:00Z", 1),
+        ("2024-12-31T00:00:00Z", 1),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    # a month histogram over everything (the six artifacts of the stack too)
+    everything = await search(stack, {"facets": ["created"], "histogram": "month", "limit": 0})
+    assert sum(b["count"] for b in everything["facets"]["created"]) == len(ARTIFACTS) + len(EDGES)
+
+
+async def test_absurd_ranges_and_histograms_are_refused(stack: Stack) -> None:
+    backwards = {"after": "2024-02-01T00:00:00Z", "before": "2024-01-01T00:00:00Z"}
+    for field in ("created", "updated"):
+        resp = await stack.client.post(PATH, json={field: backwards})
+        assert resp.status_code == 422, resp.text
+        assert "is later than before" in resp.json()["detail"][0]["msg"]
+    year = {"after": "2020-01-01T00:00:00Z", "before": "2021-01-01T00:00:00Z"}
+    resp = await stack.client.post(
+        PATH, json={"facets": ["created"], "histogram": "hour", "created": year}
+    )
+    assert resp.status_code == 422, resp.text
+    assert "8,784 hour buckets (at most 2,000)" in resp.json()["detail"]
+    ok = await search(stack, {"facets": ["created"], "histogram": "day", "created": year})
+    assert ok["facets"]["created"] == []
+    for body in ({"facets": ["type"], "facet_size": 101}, {"histogram": "minute"}):
+        resp = await stack.client.post(PATH, json=body)
+        assert resp.status_code == 422, body
+
+
 async def test_multi_select_facets(stack: Stack) -> None:
     facets = ["type", "flow", "flow_run_state", "tags", "key", "created"]
 
