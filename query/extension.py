@@ -109,7 +109,8 @@ class SearchRequest(BaseModel):
             "or an ISO 8601 timestamp (`metadata.accuracy >= 0.9`, `metadata.run_at < "
             "2024-06-01`), `metadata.x:[1 TO 5}` (both bounds must hold; * for open), "
             '`data.region:emea` (eq: bare numbers and true/false are typed, "quoted" '
-            "text is a string), `_exists_:metadata.owner`. A malformed one is a 422."
+            "text is a string), `data.region:(emea OR apac)` (in, typed the same way), "
+            "`_exists_:metadata.owner`. A malformed one is a 422."
         ),
     )
     prefect_filter: ArtifactCountRequest | None = Field(

@@ -103,7 +103,9 @@ def _typed_value(token: _Token) -> str | float | bool:
     return token.text if number is None else number
 
 
-def _condition(field: str, op: ConditionOp, value: str | float | bool | None) -> str:
+def _condition(
+    field: str, op: ConditionOp, value: str | float | bool | list[str | float | bool] | None
+) -> str:
     try:
         cond = Condition(field=field, op=op, value=value)
     except ValidationError as exc:
@@ -145,6 +147,25 @@ def _span(q: str, field: str, i: int) -> tuple[str, int]:
     return "(" + " AND ".join(parts) + ")", close + 1
 
 
+def _any_of(q: str, field: str, i: int) -> tuple[str, int]:
+    """`field:(a OR b OR c)`: the `in` condition (values typed as in `field:value`)."""
+    values: list[str | float | bool] = []
+    while True:
+        token = _value(q, i, "()", f"{field}:(")
+        if token.text in ("AND", "NOT", "&&", "||") and not token.quoted:
+            raise TranslationError(f"{field}:( … ) lists values joined by OR only.")
+        if token.text != "OR" or token.quoted:
+            values.append(_typed_value(token))
+        i = _SPACE.match(q, token.end).end()  # type: ignore[union-attr]
+        if i < len(q) and q[i] == ")":
+            break
+        if i >= len(q):
+            raise TranslationError(f"{field}:( … ) is not closed.")
+    if not values:
+        raise TranslationError(f"{field}:( … ) lists no value.")
+    return "(" + _condition(field, "in", values) + ")", i + 1
+
+
 def _typed(q: str, i: int) -> tuple[str, int] | None:
     """A typed condition starting at `i`, as (query-string text, end), or None."""
     match = _TYPED.match(q, i)
@@ -164,6 +185,8 @@ def _typed(q: str, i: int) -> tuple[str, int] | None:
         return None  # `data:emea`: words
     if j < len(q) and q[j] in _CLOSE:
         return _span(q, field, j)
+    if j < len(q) and q[j] == "(":
+        return _any_of(q, field, j + 1)
     if j < len(q) and q[j].isspace():
         raise TranslationError(f"{field}: a value is missing.")
     token = _value(q, j, "()", f"{field}:")

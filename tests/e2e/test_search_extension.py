@@ -292,6 +292,11 @@ async def test_conditions_in_the_query_string_match_what_where_matches(stack: St
             {"a5"},
         ),
         ("_exists_:metadata.owner", [{"field": "metadata.owner", "op": "exists"}], {"a3"}),
+        (
+            "data.region:(mars OR emea)",
+            [{"field": "data.region", "op": "in", "value": ["mars", "emea"]}],
+            {"a3"},
+        ),
         ("_exists_:data.nothing", [{"field": "data.nothing", "op": "exists"}], set()),
     ]
     everything = names_of(await search(stack, {"limit": 50}))
@@ -593,5 +598,8 @@ async def test_the_openapi_document_describes_the_search(stack: Stack) -> None:
     assert ok.endswith("/SearchResponse")
     assert {"410", "422", "503"} <= set(op["responses"])
     props = doc["components"]["schemas"]["SearchRequest"]["properties"]
+    assert "metadata.accuracy >= 0.9" in props["q"]["description"]
+    widths = props["histogram"]["enum"]
+    assert {"month", "year"} <= set(widths)
     assert {"q", "prefect_filter", "cursor", "facets", "selected", "latest_per_key"} <= set(props)
     assert not any(path.startswith("/api/ext") for path in doc["paths"])

@@ -77,6 +77,15 @@ def test_a_range_is_both_where_conditions(
     )
 
 
+@given(
+    FIELDS.filter(lambda f: "." in f),
+    st.lists(NUMBERS | WORDS | st.booleans(), min_size=1, max_size=4),
+)
+def test_a_list_of_alternatives_is_the_in_condition(field: str, values: list[Any]) -> None:
+    q = f"{field}:(" + " OR ".join(_spelled(v) for v in values) + ")"
+    assert _q_text(q) == _where_text(Condition(field=field, op="in", value=values))
+
+
 @pytest.mark.parametrize(
     ("q", "want"),
     [
@@ -122,6 +131,11 @@ def test_grouped_conditions_keep_their_parentheses() -> None:
         ('metadata.x:"open', "unclosed quote"),
         ("metadata." + "k" * 300 + ":1", "not a value's field"),
         ("_exists_:foo.bar", "Unknown field 'foo.bar'"),
+        ("data.region:(a AND b)", "joined by OR only"),
+        ("data.region:(a OR b", "is not closed"),
+        ("data.region:(OR)", "lists no value"),
+        ("data.region:()", "a value is missing"),
+        ("metadata." + "k" * 300 + ":(1 OR 2)", "not a value's field"),
     ],
 )
 def test_malformed_conditions_are_refused_with_the_reason(q: str, says: str) -> None:
