@@ -176,11 +176,21 @@ def test_typed_conditions_date_ranges_and_the_histogram(page_url: str, browser: 
     WebDriverWait(browser, 20).until(
         lambda d: buckets() == ["2024\n2"], "the year histogram never showed"
     )
+    # an hour histogram over three months has too many buckets (2,208 > 2,000): the page
+    # widens it to days instead of showing no results
+    to = browser.find_element(By.ID, "created-to")
+    to.send_keys("05312024", Keys.ENTER)
+    _wait_status(browser, "3 results")  # a3, a4, a5
+    browser.find_element(By.ID, "histogram").send_keys("H")  # Hour
+    _wait_status(browser, "histogram widened to day")
+    assert browser.find_element(By.ID, "histogram").get_attribute("value") == "day"
+    assert "3 results" in browser.find_element(By.ID, "status").text
     browser.find_element(By.ID, "created-from").clear()
     browser.find_element(By.ID, "created-to").clear()
     box.send_keys(Keys.ENTER)
     _wait_status(browser, "6 results")
-    WebDriverWait(browser, 20).until(lambda d: buckets() == ["2024\n6"])
+    months = [f"2024-0{m}-01\n1" for m in range(1, 7)]  # day buckets: the widened width
+    WebDriverWait(browser, 20).until(lambda d: buckets() == months, "the day buckets")
 
 
 def test_errors_are_shown(page_url: str, browser: WebDriver) -> None:
