@@ -15,14 +15,14 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import math
-import re
-from datetime import datetime
 from typing import Any, Literal
 
 import orjson
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, model_validator
 
+from query.conditions import Condition, condition_clause
+from query.histogram import MAX_BUCKETS, Width, check_range, histogram_agg, read_buckets
+from query.query_string import TEXT_FIELDS, text_query
 from query.translate import (
     Query,
     epoch_us,
@@ -32,119 +32,12 @@ from query.translate import (
 from services.documents import (
     ARTIFACT_RESPONSE_FIELDS,
     COLLECTION_RESPONSE_FIELDS,
-    format_micros,
 )
 from services.errors import TranslationError
 from services.prefect.requests import ArtifactCollectionCountRequest, ArtifactCountRequest
-from services.search_text import (
-    MAX_KEY_CHARS,
-    SEP,
-    encode_micros,
-    encode_number,
-    parse_micros,
-    parse_number,
-)
 
 MAX_LIMIT = 200
 PIT_KEEP_ALIVE = "5m"
-
-# -- the query string ---------------------------------------------------------------------
-TEXT_FIELDS: dict[str, str] = {
-    "key": "x.key",
-    "description": "x.description",
-    "data": "x.data",
-    "metadata": "x.metadata",
-}
-"""Analysed text: words match, case-insensitively."""
-
-EXACT_FIELDS: dict[str, str] = {
-    "type": "type",
-    "flow": "flow.name",
-    "deployment": "dep.name",
-    "flow_run": "fr.name",
-    "task_run": "tr.name",
-    "state": "fr.state_type",
-    "task_run_state": "tr.state_type",
-    "tags": "fr.tags",
-}
-"""Exact values (case-sensitive): `type:markdown`, `state:COMPLETED`, `tags:prod`."""
-
-QUERY_FIELDS = {**TEXT_FIELDS, **EXACT_FIELDS}
-DEFAULT_FIELDS = ["x.key^3", "x.description^2", "x.data", "x.metadata"]
-"""What a word without a field prefix is searched in (a key match ranks highest)."""
-
-_FIELD_PREFIX = re.compile(r"([A-Za-z_][A-Za-z0-9_.]*):")
-_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.]*")
-
-
-def rewrite_fields(q: str) -> str:
-    """`q` with the user's field names (`data:emea`) replaced by the index's; an unknown
-    field name is an error (nothing else of the index can be reached by a query)."""
-    out: list[str] = []
-    i, n = 0, len(q)
-    in_quotes = False
-    at_start = True  # at the start of a term: a field name may begin here
-    while i < n:
-        ch = q[i]
-        if ch == "\\" and i + 1 < n:
-            out.append(q[i : i + 2])
-            i += 2
-            at_start = False
-            continue
-        if ch == '"':
-            in_quotes = not in_quotes
-            out.append(ch)
-            i += 1
-            at_start = False
-            continue
-        if not in_quotes and at_start:
-            match = _FIELD_PREFIX.match(q, i)
-            if match:
-                name = match.group(1)
-                if name == "_exists_":  # `_exists_:data`: the field is the value
-                    target = _NAME.match(q, match.end())
-                    if target is None:
-                        raise TranslationError("_exists_: needs a field name.")
-                    out.append("_exists_:" + _mapped(target.group(0)))
-                    i = target.end()
-                    at_start = False
-                    continue
-                out.append(_mapped(name) + ":")
-                i = match.end()
-                at_start = True  # `key:(a OR b)` and `key:value` both follow
-                continue
-        out.append(ch)
-        at_start = not in_quotes and (ch.isspace() or ch in "()+-!")
-        i += 1
-    if in_quotes:
-        raise TranslationError("The query has an unclosed quote.")
-    return "".join(out)
-
-
-def _mapped(name: str) -> str:
-    if name not in QUERY_FIELDS:
-        raise TranslationError(
-            f"Unknown field {name!r} in the query. Searchable fields: "
-            + ", ".join(sorted(QUERY_FIELDS))
-            + " (quote a value that contains a colon, e.g. a URL)."
-        )
-    return QUERY_FIELDS[name]
-
-
-def text_query(q: str) -> Query:
-    """The `query_string` clause of a user's query (AND between words by default)."""
-    return {
-        "query_string": {
-            "query": rewrite_fields(q),
-            "fields": DEFAULT_FIELDS,
-            "default_operator": "AND",
-            "allow_leading_wildcard": False,
-            "analyze_wildcard": False,
-            "fuzzy_max_expansions": 20,
-            "max_determinized_states": 10_000,
-        }
-    }
-
 
 # -- the request ----------------------------------------------------------------------------
 SortField = Literal["relevance", "created", "updated", "key", "type", "flow_name"]
@@ -164,13 +57,6 @@ FACET_FIELDS: dict[str, str] = {
     "task_run_state": "tr.state_type",
     "tags": "fr.tags",
 }
-HISTOGRAM_US: dict[str, int] = {
-    "hour": 3_600_000_000,
-    "day": 86_400_000_000,
-    "week": 7 * 86_400_000_000,
-}
-_MONDAY_US = 4 * 86_400_000_000  # 1970-01-05, a Monday: weeks start on Mondays
-
 _SORT_FIELDS: dict[str, str] = {
     "created": "created_us",
     "updated": "updated_us",
@@ -188,24 +74,14 @@ class TimeRange(BaseModel):
     after: AwareDatetime | None = None
     before: AwareDatetime | None = None
 
-
-class Condition(BaseModel):
-    """A typed condition on a value of `metadata` or `data` (docs/search.md, "Values")."""
-
-    model_config = ConfigDict(extra="forbid")
-    field: str = Field(
-        min_length=4,
-        max_length=MAX_KEY_CHARS,
-        pattern=r"^(metadata|data)(\.[^\x00]+)?$",
-        description="`metadata.<key>`, `data` (a progress value), `data.<column>` of a "
-        "table or `data.<path>` of JSON data",
-    )
-    op: Literal["eq", "in", "gt", "gte", "lt", "lte", "exists"]
-    value: str | float | bool | AwareDatetime | list[str | float | bool] | None = Field(
-        None,
-        description="a string, number, boolean or timestamp (`gt`..`lte`: a number or a "
-        "timestamp); a list for `in`; nothing for `exists`",
-    )
+    @model_validator(mode="after")
+    def _ordered(self) -> TimeRange:
+        if self.after is not None and self.before is not None and self.after > self.before:
+            raise ValueError(
+                f"after ({self.after.isoformat()}) is later than before "
+                f"({self.before.isoformat()}): the range is empty"
+            )
+        return self
 
 
 class SortSpec(BaseModel):
@@ -227,7 +103,14 @@ class SearchRequest(BaseModel):
             'Query string: words (all must match), "phrases", AND/OR/NOT, (groups), '
             "field:value with the fields key, description, data, metadata (words) and "
             "type, flow, deployment, flow_run, task_run, state, task_run_state, tags "
-            "(exact values), prefix*, fuzzy~, _exists_:field."
+            "(exact values), prefix*, fuzzy~, _exists_:field. Typed conditions on values, "
+            "meaning what the same `where` condition means: metadata.<key> or "
+            "data.<column> (data alone: a progress value) with >=, >, <=, < and a number "
+            "or an ISO 8601 timestamp (`metadata.accuracy >= 0.9`, `metadata.run_at < "
+            "2024-06-01`), `metadata.x:[1 TO 5}` (both bounds must hold; * for open), "
+            '`data.region:emea` (eq: bare numbers and true/false are typed, "quoted" '
+            "text is a string), `data.region:(emea OR apac)` (in, typed the same way), "
+            "`_exists_:metadata.owner`. A malformed one is a 422."
         ),
     )
     prefect_filter: ArtifactCountRequest | None = Field(
@@ -270,8 +153,10 @@ class SearchRequest(BaseModel):
     highlight: bool = Field(True, description="Return highlighted snippets of the matches.")
     facets: list[FacetName] = Field(default_factory=list)
     facet_size: int = Field(10, ge=1, le=100)
-    histogram: Literal["hour", "day", "week"] = Field(
-        "day", description="Bucket width of the `created` facet (UTC; weeks from Monday)."
+    histogram: Width = Field(
+        "day",
+        description="Bucket width of the `created` facet (UTC; weeks from Monday; calendar "
+        f"months and years); at most {MAX_BUCKETS:,} buckets, else a 422.",
     )
     selected: dict[SelectableFacet, list[str]] = Field(
         default_factory=dict,
@@ -316,76 +201,6 @@ def _range(field: str, span: TimeRange | None) -> list[Query]:
     if span.before is not None:
         bounds["lt"] = epoch_us(span.before)
     return [{"range": {field: bounds}}]
-
-
-def _term(kind: str, key: str, value: str | float | bool | datetime) -> Query:
-    return {"term": {f"v.{kind}": f"{key}{SEP}{_encoded(kind, value)}"}}
-
-
-def _kind(value: str | float | bool | datetime) -> str:
-    if isinstance(value, bool):
-        return "b"
-    if isinstance(value, int | float):
-        return "n"
-    if isinstance(value, datetime):
-        return "d"
-    return "s"
-
-
-def _encoded(kind: str, value: str | float | bool | datetime) -> str:
-    if kind == "b":
-        return "true" if value else "false"
-    if kind == "n":
-        assert isinstance(value, int | float)
-        if not math.isfinite(value):
-            raise TranslationError("Numbers in conditions must be finite.")
-        return encode_number(value)
-    if kind == "d":
-        assert isinstance(value, datetime)
-        return encode_micros(epoch_us(value))
-    return str(value)
-
-
-_RANGE_OPS = {"gt": "gt", "gte": "gte", "lt": "lt", "lte": "lte"}
-
-
-def condition_clause(cond: Condition) -> Query:
-    """The filter of one typed condition (terms of the `v` object)."""
-    key, value = cond.field, cond.value
-    if cond.op == "exists":
-        if value is not None:
-            raise TranslationError(f"{key}: `exists` takes no value.")
-        return {"term": {"v.k": key}}
-    if cond.op == "in":
-        if not isinstance(value, list) or not value:
-            raise TranslationError(f"{key}: `in` takes a non-empty list of values.")
-        return {
-            "bool": {"should": [_term(_kind(v), key, v) for v in value], "minimum_should_match": 1}
-        }
-    if value is None or isinstance(value, list):
-        raise TranslationError(f"{key}: `{cond.op}` takes one value.")
-    if cond.op == "eq":
-        return _term(_kind(value), key, value)
-    kind = _kind(value)
-    if kind == "s":  # JSON has no timestamps: a string that spells one, or a number
-        assert isinstance(value, str)
-        micros, number = parse_micros(value), parse_number(value)
-        if micros is not None:
-            kind, encoded = "d", encode_micros(micros)
-        elif number is not None:
-            kind, encoded = "n", encode_number(number)
-        else:
-            raise TranslationError(f"{key}: `{cond.op}` compares numbers or timestamps.")
-    else:
-        encoded = _encoded(kind, value)
-    if kind == "b":
-        raise TranslationError(f"{key}: `{cond.op}` compares numbers or timestamps.")
-    bound = f"{key}{SEP}{encoded}"
-    # every term of this key lies between `key\x00` and `key\x01`
-    lower, upper = {"gte": f"{key}{SEP}"}, {"lt": f"{key}\x01"}
-    edge = {_RANGE_OPS[cond.op]: bound}
-    span = {**upper, **edge} if cond.op in ("gt", "gte") else {**lower, **edge}
-    return {"range": {f"v.{kind}": span}}
 
 
 def base_query(req: SearchRequest) -> Query:
@@ -453,14 +268,9 @@ def _aggregations(req: SearchRequest) -> dict[str, Any]:
     aggs: dict[str, Any] = {}
     for name in dict.fromkeys(req.facets):
         if name == "created":
-            inner: dict[str, Any] = {
-                "histogram": {
-                    "field": "created_us",
-                    "interval": HISTOGRAM_US[req.histogram],
-                    "offset": _MONDAY_US if req.histogram == "week" else 0,
-                    "min_doc_count": 1,
-                }
-            }
+            if req.created is not None:
+                check_range(req.created.after, req.created.before, req.histogram)
+            inner: dict[str, Any] = histogram_agg(req.histogram)
             others = _selection(req)
         else:
             inner = {"terms": {"field": FACET_FIELDS[name], "size": req.facet_size}}
@@ -561,7 +371,8 @@ def read_facets(resp: dict[str, Any], req: SearchRequest) -> dict[str, list[Buck
         buckets = aggs[name]["v"]["buckets"]
         if name == "created":
             out[name] = [
-                Bucket(value=format_micros(int(b["key"])), count=b["doc_count"]) for b in buckets
+                Bucket(value=value, count=count)
+                for value, count in read_buckets(buckets, req.histogram)
             ]
         else:
             out[name] = [

@@ -113,6 +113,11 @@ def _search_error(exc: Exception) -> ServiceError:
             return CursorExpiredError(
                 "The cursor expired (5 minutes without a page): start the search again."
             )
+        if "too_many_buckets" in reasons:  # search.max_buckets, beyond our own bound
+            return TranslationError(
+                "The created histogram has too many buckets for Elasticsearch: choose a "
+                "wider histogram or a narrower created range."
+            )
         if exc.status_code == 400 and not any(m in reasons for m in _TOO_COMPLEX_MARKERS):
             return TranslationError("The query could not be run: " + _first_reason(exc))
     return _unavailable(exc)

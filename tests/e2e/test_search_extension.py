@@ -247,6 +247,84 @@ async def test_typed_conditions_on_metadata_and_table_values(stack: Stack) -> No
     assert [h["artifact"]["key"] for h in latest["hits"]] == ["model-metrics"]
 
 
+async def test_conditions_in_the_query_string_match_what_where_matches(stack: Stack) -> None:
+    cases: list[tuple[str, list[dict[str, Any]], set[str]]] = [
+        ("data.accuracy >= 0.9", [{"field": "data.accuracy", "op": "gte", "value": 0.9}], {"a3"}),
+        ("data.accuracy > 0.95", [{"field": "data.accuracy", "op": "gt", "value": 0.95}], set()),
+        ("data.accuracy < 0.9", [{"field": "data.accuracy", "op": "lt", "value": 0.9}], {"a3"}),
+        ("data.region:apac", [{"field": "data.region", "op": "eq", "value": "apac"}], {"a3"}),
+        ("data.region:APAC", [{"field": "data.region", "op": "eq", "value": "APAC"}], set()),
+        (
+            "metadata.threshold:>=0.9",
+            [{"field": "metadata.threshold", "op": "gte", "value": 0.9}],
+            {"a3"},
+        ),
+        (
+            "metadata.threshold <= 0.8",
+            [{"field": "metadata.threshold", "op": "lte", "value": 0.8}],
+            set(),
+        ),
+        (
+            "metadata.run_at >= 2024-03-01",
+            [{"field": "metadata.run_at", "op": "gte", "value": "2024-03-01"}],
+            {"a3"},
+        ),
+        (
+            "metadata.run_at > 2024-03-01T10:00:00Z",
+            [{"field": "metadata.run_at", "op": "gt", "value": "2024-03-01T10:00:00Z"}],
+            set(),
+        ),
+        ("data >= 40", [{"field": "data", "op": "gte", "value": 40}], {"a5"}),
+        (
+            "data:[40 TO 42.5}",
+            [
+                {"field": "data", "op": "gte", "value": 40},
+                {"field": "data", "op": "lt", "value": 42.5},
+            ],
+            set(),
+        ),
+        (
+            "data:[40 TO 42.5]",
+            [
+                {"field": "data", "op": "gte", "value": 40},
+                {"field": "data", "op": "lte", "value": 42.5},
+            ],
+            {"a5"},
+        ),
+        ("_exists_:metadata.owner", [{"field": "metadata.owner", "op": "exists"}], {"a3"}),
+        (
+            "data.region:(mars OR emea)",
+            [{"field": "data.region", "op": "in", "value": ["mars", "emea"]}],
+            {"a3"},
+        ),
+        ("_exists_:data.nothing", [{"field": "data.nothing", "op": "exists"}], set()),
+    ]
+    everything = names_of(await search(stack, {"limit": 50}))
+    for q, where, want in cases:
+        by_q = names_of(await search(stack, {"q": q, "limit": 50}))
+        by_where = names_of(await search(stack, {"where": where, "limit": 50}))
+        assert by_q == by_where == want, (q, by_q, by_where)
+        negated = names_of(await search(stack, {"q": f"NOT ({q})", "limit": 50}))
+        assert negated == everything - want, q
+    # the example, with words and groups
+    for q, want in (
+        ("metadata.threshold >= 0.9 AND data.region:emea", {"a3"}),
+        ("(data >= 40 OR metadata.owner:ml-team) AND NOT type:progress", {"a3"}),
+        ("revenue OR data.accuracy >= 0.9", {"a1", "a2", "a3", "a6"}),
+        ("revenue AND data.accuracy >= 0.9", set()),
+    ):
+        assert names_of(await search(stack, {"q": q, "limit": 50})) == want, q
+    for q, says in (
+        ("metadata.threshold >= ", "a value is missing"),
+        ("metadata.threshold >= abc", "compares numbers or timestamps, not 'abc'"),
+        ("foo.bar >= 1", "Unknown field 'foo.bar'"),
+        ("metadata.x:[1 TO", "a range is written [low TO high]"),
+    ):
+        resp = await stack.client.post(PATH, json={"q": q})
+        assert resp.status_code == 422, (q, resp.text)
+        assert says in resp.json()["detail"], (q, resp.text)
+
+
 async def test_relevance_and_highlights(stack: Stack) -> None:
     result = await search(stack, {"q": "emea", "limit": 50})
     scores = [h["score"] for h in result["hits"]]
@@ -330,6 +408,78 @@ async def test_ranges_orders_fields_and_totals(stack: Stack) -> None:
     assert slim["total"] == 3 and len(slim["hits"]) == 1
     assert set(slim["hits"][0]["artifact"]) == {"id", "key"}
     assert (await search(stack, {"q": "revenue"}))["total"] is None
+
+
+EDGES = {  # created at the edges of months and years, leap days included
+    "e1": "2020-02-29T12:00:00Z",
+    "e2": "2023-12-31T23:59:59.999999Z",
+    "e3": "2024-01-31T23:59:59.999999Z",
+    "e4": "2024-02-01T00:00:00Z",
+    "e5": "2024-02-29T23:59:59.999999Z",
+    "e6": "2024-03-01T00:00:00Z",
+    "e7": "2024-12-31T23:59:59.999999Z",
+    "e8": "2025-01-01T00:00:00Z",
+}
+
+
+async def test_month_and_year_histograms_follow_the_calendar(stack: Stack) -> None:
+    records = []
+    for n, (name, created) in enumerate(EDGES.items()):
+        i = _id(100 + n)
+        body = {"id": i, "key": f"edge-{name}", "type": "markdown", "data": "edge"}
+        body |= {"created": created, "updated": created}
+        records.append(("artifact", i.encode(), encode_event("artifact", i, "upsert", 1, body)))
+    await stack.pipeline.load(records, batch=100)
+    await stack.es.indices.refresh(index=",".join(stack.names.all_aliases()))
+    only_edges = {"prefect_filter": {"artifacts": {"key": {"like_": "edge-%"}}}}
+
+    async def histogram(width: str, **more: Any) -> list[tuple[str, int]]:
+        body = {**only_edges, "facets": ["created"], "histogram": width, "limit": 0, **more}
+        return [(b["value"], b["count"]) for b in (await search(stack, body))["facets"]["created"]]
+
+    assert await histogram("month") == [
+        ("2020-02-01T00:00:00Z", 1),
+        ("2023-12-01T00:00:00Z", 1),
+        ("2024-01-01T00:00:00Z", 1),
+        ("2024-02-01T00:00:00Z", 2),  # the 1st and the leap day's last microsecond
+        ("2024-03-01T00:00:00Z", 1),
+        ("2024-12-01T00:00:00Z", 1),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    assert await histogram("year") == [
+        ("2020-01-01T00:00:00Z", 1),
+        ("2023-01-01T00:00:00Z", 1),
+        ("2024-01-01T00:00:00Z", 5),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    assert await histogram("day", created={"after": "2024-02-29T00:00:00Z"}) == [
+        ("2024-02-29T00:00:00Z", 1),
+        ("2024-03-01T00:00:00Z", 1),
+        ("2024-12-31T00:00:00Z", 1),
+        ("2025-01-01T00:00:00Z", 1),
+    ]
+    # a month histogram over everything (the six artifacts of the stack too)
+    everything = await search(stack, {"facets": ["created"], "histogram": "month", "limit": 0})
+    assert sum(b["count"] for b in everything["facets"]["created"]) == len(ARTIFACTS) + len(EDGES)
+
+
+async def test_absurd_ranges_and_histograms_are_refused(stack: Stack) -> None:
+    backwards = {"after": "2024-02-01T00:00:00Z", "before": "2024-01-01T00:00:00Z"}
+    for field in ("created", "updated"):
+        resp = await stack.client.post(PATH, json={field: backwards})
+        assert resp.status_code == 422, resp.text
+        assert "is later than before" in resp.json()["detail"][0]["msg"]
+    year = {"after": "2020-01-01T00:00:00Z", "before": "2021-01-01T00:00:00Z"}
+    resp = await stack.client.post(
+        PATH, json={"facets": ["created"], "histogram": "hour", "created": year}
+    )
+    assert resp.status_code == 422, resp.text
+    assert "8,784 hour buckets (at most 2,000)" in resp.json()["detail"]
+    ok = await search(stack, {"facets": ["created"], "histogram": "day", "created": year})
+    assert ok["facets"]["created"] == []
+    for body in ({"facets": ["type"], "facet_size": 101}, {"histogram": "minute"}):
+        resp = await stack.client.post(PATH, json=body)
+        assert resp.status_code == 422, body
 
 
 async def test_multi_select_facets(stack: Stack) -> None:
@@ -448,5 +598,8 @@ async def test_the_openapi_document_describes_the_search(stack: Stack) -> None:
     assert ok.endswith("/SearchResponse")
     assert {"410", "422", "503"} <= set(op["responses"])
     props = doc["components"]["schemas"]["SearchRequest"]["properties"]
+    assert "metadata.accuracy >= 0.9" in props["q"]["description"]
+    widths = props["histogram"]["enum"]
+    assert {"month", "year"} <= set(widths)
     assert {"q", "prefect_filter", "cursor", "facets", "selected", "latest_per_key"} <= set(props)
     assert not any(path.startswith("/api/ext") for path in doc["paths"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from elasticsearch import AsyncElasticsearch
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -128,6 +129,68 @@ def test_typing_a_query_shows_highlighted_results_facets_and_previews(
         for label in type_facet.find_elements(By.TAG_NAME, "label")
     }
     assert counts == {"markdown": "3", "link": "1"}  # its own selection does not narrow it
+
+
+def test_typed_conditions_date_ranges_and_the_histogram(page_url: str, browser: WebDriver) -> None:
+    browser.get(page_url)
+    _wait_status(browser, "6 results")
+    box = browser.find_element(By.ID, "q")
+    box.send_keys("metadata.threshold >= 0.9", Keys.ENTER)  # the string "0.9" is a number
+    _wait_status(browser, "1 result")
+    assert _keys(browser) == ["model-metrics"]
+    box.clear()
+    box.send_keys("metadata.threshold > 0.9 OR data >= 40", Keys.ENTER)
+    _wait_status(browser, "1 result")
+    assert _keys(browser) == ["progress-x"]
+    box.clear()
+    box.send_keys("metadata.threshold >= abc", Keys.ENTER)
+    _wait_status(browser, "Error 422")
+    assert "compares numbers or timestamps" in browser.find_element(By.ID, "status").text
+
+    # a created range typed into the date inputs (labelled), sent with the query
+    box.clear()
+    for field, label, day in (
+        ("created-from", "Created from", "03012024"),
+        ("created-to", "to", "04012024"),
+    ):
+        assert browser.find_element(By.CSS_SELECTOR, f"label[for={field}]").text.startswith(label)
+        browser.find_element(By.ID, field).send_keys(day)
+    assert browser.find_element(By.ID, "created-from").get_attribute("value") == "2024-03-01"
+    assert browser.find_element(By.ID, "created-to").get_attribute("value") == "2024-04-01"
+    box.send_keys(Keys.ENTER)
+    _wait_status(browser, "2 results")  # a3 (March 1st) and a4 (April 1st, the last day)
+    assert sorted(_keys(browser)) == ["(no key)", "model-metrics"]
+
+    # the histogram width chosen with the keyboard; its buckets are shown
+    def buckets() -> list[str]:
+        try:
+            return [li.text for li in browser.find_elements(By.CSS_SELECTOR, "ol.histogram li")]
+        except StaleElementReferenceException:  # redrawn while read: read it again
+            return []
+
+    WebDriverWait(browser, 20).until(lambda d: buckets() == ["2024-03-01\n1", "2024-04-01\n1"])
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=histogram]").text == (
+        "Created histogram by"
+    )
+    browser.find_element(By.ID, "histogram").send_keys("Y")  # Year
+    WebDriverWait(browser, 20).until(
+        lambda d: buckets() == ["2024\n2"], "the year histogram never showed"
+    )
+    # an hour histogram over three months has too many buckets (2,208 > 2,000): the page
+    # widens it to days instead of showing no results
+    to = browser.find_element(By.ID, "created-to")
+    to.send_keys("05312024", Keys.ENTER)
+    _wait_status(browser, "3 results")  # a3, a4, a5
+    browser.find_element(By.ID, "histogram").send_keys("H")  # Hour
+    _wait_status(browser, "histogram widened to day")
+    assert browser.find_element(By.ID, "histogram").get_attribute("value") == "day"
+    assert "3 results" in browser.find_element(By.ID, "status").text
+    browser.find_element(By.ID, "created-from").clear()
+    browser.find_element(By.ID, "created-to").clear()
+    box.send_keys(Keys.ENTER)
+    _wait_status(browser, "6 results")
+    months = [f"2024-0{m}-01\n1" for m in range(1, 7)]  # day buckets: the widened width
+    WebDriverWait(browser, 20).until(lambda d: buckets() == months, "the day buckets")
 
 
 def test_errors_are_shown(page_url: str, browser: WebDriver) -> None:

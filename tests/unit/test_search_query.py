@@ -15,9 +15,9 @@ from query.extension import (
     decode_cursor,
     encode_cursor,
     read_facets,
-    rewrite_fields,
     sort_of,
 )
+from query.query_string import rewrite_fields
 from services.errors import TranslationError
 from services.search_text import encode_micros, encode_number
 
