@@ -311,11 +311,11 @@ class ApiSession:
             if gone:  # confirmed one by one: a listing paged by offset may skip a row
                 refs = [Ref(entity, i) for i in gone]
                 bodies = await asyncio.gather(*(self.api.read(ref) for ref in refs))
+                found = sum(1 for body in bodies if body is None)
+                metrics.DELETES_FOUND.inc(found)  # counted before the deletes can be seen
+                deleted += found
                 async with self.shared.lock:
-                    n = await self.publish(_as_reads(refs, bodies), phase)
-                deleted += sum(1 for body in bodies if body is None)
-                published += n
-        metrics.DELETES_FOUND.inc(deleted)
+                    published += await self.publish(_as_reads(refs, bodies), phase)
         if progress is not None:
             progress.finish()
         log.info(
