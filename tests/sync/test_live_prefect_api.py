@@ -164,8 +164,10 @@ async def test_api_mode_gives_prefects_answers(
                 async def victim_gone() -> bool:
                     return (await api.get(f"/api/artifacts/{victim}")).status_code == 404
 
+                # found by a reconcile pass, or by a read an event of the deleting flow run
+                # caused (clean-clone CI found it that way twice): either publishes the
+                # delete, checked on the topic below
                 await wait_for(victim_gone, 3 * RECONCILE_S + 30, "the deletion was not seen")
-                assert await metric(metrics_port, "sync_prefect_api_vanished_total") >= 1
                 await wait_converged(oracle, service, prefect_db, 60)
 
                 dataset = await dataset_of(prefect_db)
