@@ -170,7 +170,9 @@ def main() -> None:
 
             with Profiler(async_mode="disabled") as profiler:
                 cpu, sink, applied, state_bytes = asyncio.run(run(records, state, args.batch))
-            args.profile.write_text(profiler.output_text(unicode=True, show_all=False))
+            text = profiler.output_text(unicode=True, show_all=False)
+            root = str(Path(__file__).resolve().parents[2]) + "/"
+            args.profile.write_text(text.replace(root, ""))  # paths relative to the repository
     finally:
         shutil.rmtree(state, ignore_errors=True)
     print(
