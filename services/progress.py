@@ -1,18 +1,41 @@
-"""A dependency-free progress bar on stderr for long CLI operations (replay, backfill).
+"""Progress of long CLI operations (replay, backfill, snapshots) on stderr, drawn by tqdm.
 
-On a terminal it redraws one line in place; otherwise (a Job's log, a pipe) it
-prints a plain line at most every `every_s` seconds, so logs stay readable.
+On a terminal tqdm redraws one line in place. Elsewhere (a Job's log, a pipe) a line
+redrawn with carriage returns would reach a log collector as one entry at the very end,
+so the same line is printed whole, at most every `every_s` seconds (tqdm's own
+`mininterval` throttling), and the log stays readable line by line.
 """
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import TextIO
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+
+class _LineTqdm(tqdm):  # type: ignore[type-arg]
+    """tqdm printing each refresh as a whole line instead of redrawing it in place."""
+
+    _shown: tuple[object, ...] = ()
+
+    def display(self, msg: str | None = None, pos: int | None = None) -> None:
+        if msg == "":  # tqdm clearing its line on close: nothing to clear in a log
+            return
+        shown = (self.n, self.total, self.postfix)
+        if msg is None and shown == self._shown:  # a forced redraw of what is printed
+            return
+        self._shown = shown
+        self.fp.write((msg if msg is not None else str(self)) + "\n")
+        self.fp.flush()
 
 
 class Progress:
-    """Counts work done against an (estimated) total and renders it."""
+    """Counts work done against an (estimated) total and renders it.
+
+    The interface takes absolute amounts (`update(done)`), which is what the callers
+    know; tqdm's increments are derived from them.
+    """
 
     def __init__(
         self,
@@ -26,51 +49,48 @@ class Progress:
         self.total = total
         self.stream = stream or sys.stderr
         self.tty = bool(getattr(self.stream, "isatty", lambda: False)())
-        self.every_s = 0.2 if self.tty else every_s
         self.unit = unit
         self.done = 0
-        self.note = ""
-        self.started = time.monotonic()
-        self._last = 0.0
+        counted = f" {{n:,}}/{{total:,}} {unit}" if total else f" {{n:,}} {unit}"
+        bar = " [{bar:30}] {percentage:5.1f}%" if total else ""
+        kwargs: dict[str, Any] = {
+            "total": total or None,
+            "desc": label,
+            "file": self.stream,
+            "unit": f" {unit}",
+            "ascii": " #",
+            "unit_scale": True,  # 3.80k events/s; the counts are printed unscaled
+            "smoothing": 0,  # the rate since the start
+            "bar_format": "{desc}" + bar + counted + "  {rate_fmt}{postfix}",
+        }
+        if self.tty:
+            self._bar: tqdm[Any] = tqdm(mininterval=0.2, leave=True, **kwargs)
+        else:
+            self._bar = _LineTqdm(mininterval=every_s, leave=False, **kwargs)
 
     def rate(self) -> float:
         """Units per second since the start."""
-        elapsed = time.monotonic() - self.started
+        elapsed = self._bar.format_dict["elapsed"]
         return self.done / elapsed if elapsed > 0 else 0.0
 
     def line(self) -> str:
         """The current progress line (no newline)."""
-        rate = f"{self.rate():,.0f} {self.unit}/s"
-        extra = f"  {self.note}" if self.note else ""
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(frac * 30)
-            return (
-                f"{self.label} [{bar:<30}] {frac * 100:5.1f}% "
-                f"{self.done:,}/{self.total:,} {self.unit}  {rate}{extra}"
-            )
-        return f"{self.label} {self.done:,} {self.unit}  {rate}{extra}"
+        self._bar.n = self.done
+        return str(self._bar)
 
     def update(self, done: int, note: str | None = None, force: bool = False) -> None:
-        """Set the amount done; redraw when due."""
-        self.done = done
+        """Set the amount done; redraw when due (always when `force`)."""
         if note is not None:
-            self.note = note
-        now = time.monotonic()
-        if not force and now - self._last < self.every_s:
-            return
-        self._last = now
-        if self.tty:
-            self.stream.write("\r" + self.line() + "\x1b[K")
-        else:
-            self.stream.write(self.line() + "\n")
-        self.stream.flush()
+            self._bar.set_postfix_str(note, refresh=False)
+        if self.total is not None and done > self.total:
+            self.total = done
+            self._bar.total = done
+        self._bar.update(done - self._bar.n)
+        self.done = done
+        if force:
+            self._bar.refresh()
 
     def finish(self, note: str | None = None) -> None:
         """Draw the final state and end the line."""
-        if self.total is not None:
-            self.total = max(self.total, self.done)
         self.update(self.done, note, force=True)
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
+        self._bar.close()
