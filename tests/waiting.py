@@ -9,7 +9,9 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import httpx
 
 T = TypeVar("T")
 
@@ -27,3 +29,14 @@ async def wait_for(
         if done(value) or time.monotonic() >= deadline:
             return value
         await asyncio.sleep(interval)
+
+
+async def wait_answer(
+    client: httpx.AsyncClient, path: str, body: dict[str, Any], want: Any, seconds: float
+) -> Any:
+    """The JSON answer of `POST path` once it equals `want`, or the last one after `seconds`."""
+
+    async def answer() -> Any:
+        return (await client.post(path, json=body)).json()
+
+    return await wait_for(answer, lambda got: bool(got == want), seconds, interval=0.5)

@@ -5,7 +5,6 @@ published from inside the stack comes back, exactly, from the API on its publish
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -21,6 +20,7 @@ import httpx
 import pytest
 
 from services.datagen import DatasetScale, generate_dataset
+from tests.waiting import wait_answer
 
 pytestmark = pytest.mark.timeout(2400)
 
@@ -158,13 +158,7 @@ async def test_compose_stack_answers_the_demo_dataset(
     dataset = generate_dataset(DEMO_SEED, DatasetScale.for_artifacts(DEMO_ARTIFACTS))
     want = len(dataset.artifacts)
     async with httpx.AsyncClient(base_url=s.api, timeout=10) as client:
-        got: Any = None
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            got = (await client.post("/api/artifacts/count", json={})).json()
-            if got == want:
-                break
-            await asyncio.sleep(1)
+        got = await wait_answer(client, "/api/artifacts/count", {}, want, 180)
         assert got == want, s.logs()
         rows = (await client.post("/api/artifacts/filter", json={"limit": 200})).json()
     by_id = {a["id"]: a for a in dataset.artifacts}

@@ -8,7 +8,6 @@ recorded as test properties.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import socket
 import time
@@ -29,6 +28,7 @@ from services.es.admin import drop_indices
 from services.es.indices import IndexNames
 from services.events import HARD, dataset_records
 from tests.containers.docker_engine import docker
+from tests.waiting import wait_answer
 
 pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the base image first
 
@@ -191,21 +191,6 @@ async def _publish(kafka: KafkaSettings, records: list[tuple[str, bytes, bytes |
         await producer.stop()
 
 
-async def _wait_answer(
-    client: httpx.AsyncClient, path: str, body: dict[str, Any], want: Any, limit: float
-) -> Any:
-    """The API's answer once it equals `want`, or the last one after `limit` seconds."""
-    deadline = time.monotonic() + limit
-    got: Any = None
-    while time.monotonic() < deadline:
-        resp = await client.post(path, json=body)
-        got = resp.json()
-        if got == want:
-            break
-        await asyncio.sleep(0.5)
-    return got
-
-
 def test_image_size_and_user(app_image: str, record_property: Any) -> None:
     """The image runs as uid 10001 with `artifact-search` as its entry point."""
     info = docker(
@@ -233,10 +218,10 @@ async def test_events_through_the_containers(
     base = f"http://127.0.0.1:{dep.api_port}"
     async with httpx.AsyncClient(base_url=base, timeout=10) as client:
         want = len(dataset.artifacts)
-        got = await _wait_answer(client, "/api/artifacts/count", {}, want, 120)
+        got = await wait_answer(client, "/api/artifacts/count", {}, want, 120)
         assert got == want, dep.logs()
         keys = {a["key"] for a in dataset.artifacts if a["key"] is not None}
-        assert await _wait_answer(client, "/api/artifacts/latest/count", {}, len(keys), 60) == len(
+        assert await wait_answer(client, "/api/artifacts/latest/count", {}, len(keys), 60) == len(
             keys
         )
         rows = (await client.post("/api/artifacts/filter", json={"limit": 200})).json()

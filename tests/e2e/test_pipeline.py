@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import time
 import uuid
@@ -23,6 +22,7 @@ from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
 from services.events import HARD, dataset_records
+from tests.waiting import wait_answer
 
 
 @contextlib.asynccontextmanager
@@ -101,32 +101,20 @@ async def dead_letters(kafka: KafkaSettings, want: int, seconds: float = 30) -> 
     return dead
 
 
-async def wait_for(
-    client: httpx.AsyncClient, path: str, body: dict[str, Any], want: Any, seconds: float
-) -> Any:
-    deadline = time.monotonic() + seconds
-    got = None
-    while time.monotonic() < deadline:
-        resp = await client.post(path, json=body)
-        got = resp.json()
-        if got == want:
-            return got
-        await asyncio.sleep(0.5)
-    return got
-
-
 async def test_dataset_through_kafka_converges(stack: Any) -> None:
     kafka, _, client = stack
     dataset = generate_dataset(5, DatasetScale.tiny())
     await publish(kafka, dataset_records(dataset, 5, HARD))
     want_count = len(dataset.artifacts)
-    assert await wait_for(client, "/api/artifacts/count", {}, want_count, 90) == want_count
+    assert await wait_answer(client, "/api/artifacts/count", {}, want_count, 90) == want_count
     keys = {a["key"] for a in dataset.artifacts if a["key"] is not None}
-    assert await wait_for(client, "/api/artifacts/latest/count", {}, len(keys), 30) == len(keys)
+    assert await wait_answer(client, "/api/artifacts/latest/count", {}, len(keys), 30) == len(keys)
     # artifacts whose flow run survives are exactly those a `flow_runs: {}` filter keeps
     runs = {r["id"] for r in dataset.flow_runs}
     joined = sum(1 for a in dataset.artifacts if a["flow_run_id"] in runs)
-    assert await wait_for(client, "/api/artifacts/count", {"flow_runs": {}}, joined, 30) == joined
+    assert (
+        await wait_answer(client, "/api/artifacts/count", {"flow_runs": {}}, joined, 30) == joined
+    )
     # every artifact comes back exactly as the dataset holds it
     resp = await client.post("/api/artifacts/filter", json={"limit": 200})
     by_id = {a["id"]: a for a in dataset.artifacts}
@@ -153,7 +141,7 @@ async def test_poison_goes_to_dead_letter_topic_and_valid_events_survive(stack: 
     ]
     await publish(kafka, records)
     body = {"artifacts": {"key": {"any_": ["after-poison"]}}}
-    assert await wait_for(client, "/api/artifacts/count", body, 1, 60) == 1
+    assert await wait_answer(client, "/api/artifacts/count", body, 1, 60) == 1
     dead = await dead_letters(kafka, 3)
     reasons = [dict(msg.headers)["dlq.reason"].decode() for msg in dead]
     assert sorted(reasons) == ["entity_mismatch", "invalid_json", "invalid_key"]
@@ -188,10 +176,10 @@ async def test_parents_are_caught_up_before_any_artifact_so_nothing_is_written_t
         client,
     ):
         want = len(dataset.artifacts)
-        assert await wait_for(client, "/api/artifacts/count", {}, want, 120) == want
+        assert await wait_answer(client, "/api/artifacts/count", {}, want, 120) == want
         runs = {r["id"] for r in dataset.flow_runs}
         joined = sum(1 for a in dataset.artifacts if a["flow_run_id"] in runs)
-        got = await wait_for(client, "/api/artifacts/count", {"flow_runs": {}}, joined, 30)
+        got = await wait_answer(client, "/api/artifacts/count", {"flow_runs": {}}, joined, 30)
         assert got == joined
     parents = len(records) - sum(1 for r in records if r[0] == "artifact")
     first_artifact = next(i for i, (_, a, _) in enumerate(steps) if a)
@@ -232,7 +220,7 @@ async def test_null_and_non_utf8_headers_never_lose_a_record(stack: Any) -> None
     finally:
         await producer.stop()
     body = {"artifacts": {"key": {"any_": ["headers"]}}}
-    assert await wait_for(client, "/api/artifacts/count", body, 3, 60) == 3
+    assert await wait_answer(client, "/api/artifacts/count", body, 3, 60) == 3
     dead = await dead_letters(kafka, 1)
     assert len(dead) == 1
     got = dict(dead[0].headers)

@@ -203,7 +203,7 @@ def test_probes_ports_and_paths_are_what_the_code_serves(
     (consumer,) = _pod_spec(indexer)["containers"]
     metrics_port = int(config["INDEXER_METRICS_PORT"])
     assert {p["name"]: p["containerPort"] for p in consumer["ports"]} == {"metrics": metrics_port}
-    served = asyncio.run(_indexer_paths([consumer[p]["httpGet"]["path"] for p in _PROBES]))
+    served = asyncio.run(_health_server_paths([consumer[p]["httpGet"]["path"] for p in _PROBES]))
     assert served == {"/livez": 200, "/readyz": 200}
     for probe in _PROBES:
         assert consumer[probe]["httpGet"]["port"] == "metrics"
@@ -239,7 +239,7 @@ def test_sync_bridge_is_off_until_enabled_and_configured_by_real_settings(
     port = int(env["SYNC_METRICS_PORT"])
     assert env["SYNC_METRICS_HOST"] == "0.0.0.0"
     assert {p["name"]: p["containerPort"] for p in bridge["ports"]} == {"metrics": port}
-    served = asyncio.run(_indexer_paths([bridge[p]["httpGet"]["path"] for p in _PROBES]))
+    served = asyncio.run(_health_server_paths([bridge[p]["httpGet"]["path"] for p in _PROBES]))
     assert served == {"/livez": 200, "/readyz": 200}
     egress = _one(objs, "NetworkPolicy", "artifact-search-sync-prefect-egress")
     ports = {p["port"] for rule in egress["spec"]["egress"] for p in rule["ports"]}
@@ -262,7 +262,7 @@ def test_alerts_worker_gets_the_change_feed_and_probes_what_it_serves(
     assert worker["args"] == ["alerts"]
     port = int(config["ALERTS_METRICS_PORT"])
     assert {p["name"]: p["containerPort"] for p in worker["ports"]} == {"metrics": port}
-    served = asyncio.run(_indexer_paths([worker[p]["httpGet"]["path"] for p in _PROBES]))
+    served = asyncio.run(_health_server_paths([worker[p]["httpGet"]["path"] for p in _PROBES]))
     assert served == {"/livez": 200, "/readyz": 200}
     assert all(worker[p]["httpGet"]["port"] == "metrics" for p in _PROBES)
     metrics = _one(objs, "Service", "artifact-search-alerts-metrics")
@@ -271,8 +271,9 @@ def test_alerts_worker_gets_the_change_feed_and_probes_what_it_serves(
     assert ("artifact-search-alerts" in monitors) == (overlay == "prod")
 
 
-async def _indexer_paths(paths: list[str]) -> dict[str, int]:
-    """Status of each path on the indexer's real health server (ready, as when running)."""
+async def _health_server_paths(paths: list[str]) -> dict[str, int]:
+    """Status of each path on the real health server that the indexer, the alerts worker and
+    sync-prefect all run (ready, as when running)."""
     server = HealthServer("127.0.0.1", 0)
     await server.start()
     server.ready = True
