@@ -7,6 +7,7 @@
 #   make reset        down + wipe all server data
 #   make test         servers + lint + pytest over tests/ (benchmarks excluded)
 #   make lint         ruff format --check, ruff check, mypy
+#   make helm-chart   regenerate deploy/helm/artifact-search from the kustomize manifests
 #   make lock         re-resolve requirements/*.txt from pyproject.toml (uv; pins kept, hashes)
 #   make test-pythons the unit tier on Python 3.12 and 3.13 too (PYTHON_VERSIONS; venvs in .local/)
 #   make bench        benchmarks (tests.benchmarks.run); bench-quick: the short variant
@@ -46,7 +47,7 @@ LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search
   BASE_IMAGE=artifact-search-base:bookworm
 
 .PHONY: help venv servers servers-app up down reset test lint lock test-pythons bench bench-quick status \
-  image compose-up compose-down compose-smoke profile-engine
+  image compose-up compose-down compose-smoke profile-engine helm-chart
 
 help:
 	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
@@ -143,6 +144,11 @@ profile-engine: venv
 # pins are kept (UV_ARGS=--upgrade to move them); tests/unit/test_lock.py fails when a lock and
 # pyproject.toml disagree. No index URL is written into the files.
 UV_COMPILE = $(PY) -m uv pip compile --quiet --universal --generate-hashes --custom-compile-command "make lock" $(UV_ARGS)
+# deploy/helm/artifact-search, generated from the kustomize base and components (tests/ops fails
+# when it is stale). Needs kustomize (tests/ops/k8s_tools.py names the version).
+helm-chart: venv
+	$(PY) deploy/helm/generate_chart.py --kustomize "$$(command -v kustomize || echo $$(go env GOPATH)/bin/kustomize)"
+
 lock:
 	$(UV_COMPILE) pyproject.toml -o requirements/runtime.txt
 	$(UV_COMPILE) pyproject.toml --all-extras -o requirements/dev.txt

@@ -1,4 +1,4 @@
-"""The Kubernetes ecosystem's own tools for the manifest tests: kustomize and kube-score.
+"""The Kubernetes ecosystem's own tools for the manifest tests: kustomize, kube-score, helm.
 
 Both are Go programs built from the Go module proxy at pinned versions (`.ci/run` installs
 them into `$(go env GOPATH)/bin`). A missing tool fails the test under CI (``CI=true``)
@@ -19,7 +19,24 @@ import yaml
 GO_TOOLS = {
     "kustomize": "sigs.k8s.io/kustomize/kustomize/v5@v5.8.1",
     "kube-score": "github.com/zegl/kube-score/cmd/kube-score@v1.20.0",
+    "helm": "helm.sh/helm/v3/cmd/helm@v3.22.0",
 }
+#: kube-score's arguments; what is ignored, and why, is in tests/ops/test_k8s_lint.py
+KUBE_SCORE_ARGS = [
+    "--output-format",
+    "ci",
+    "--exit-one-on-warning",
+    "--enable-optional-test",
+    "container-seccomp-profile",
+    "--enable-optional-test",
+    "container-ports-check",
+    "--ignore-test",
+    "container-image-pull-policy",
+    "--ignore-test",
+    "deployment-has-host-podantiaffinity",
+    "--ignore-test",
+    "statefulset-has-host-podantiaffinity",
+]
 
 Obj = dict[str, Any]
 
@@ -52,3 +69,16 @@ def kustomize_build(directory: Path) -> list[Obj]:
     )
     assert proc.returncode == 0, f"kustomize build {directory} failed:\n{proc.stderr}"
     return [doc for doc in yaml.safe_load_all(proc.stdout) if doc]
+
+
+def kube_score(objs: list[Obj], tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    """`kube-score score` over `objs` with the project's arguments."""
+    manifest = tmp_path / "rendered.yaml"
+    manifest.write_text(yaml.safe_dump_all(objs))
+    return subprocess.run(
+        [go_tool("kube-score"), "score", *KUBE_SCORE_ARGS, str(manifest)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )

@@ -1,4 +1,5 @@
-"""kube-score, the Kubernetes ecosystem's linter, over the rendered overlays.
+"""kube-score, the Kubernetes ecosystem's linter, over the rendered overlays
+(tests/ops/k8s_tools.py runs it; the Helm chart's test runs it on `helm template` too).
 
 Every default check runs, plus two optional ones (seccomp profiles, container ports);
 warnings fail too. Ignored, with the reason:
@@ -15,48 +16,19 @@ The dev overlay's single-replica HPA is ignored on that object only (its annotat
 
 from __future__ import annotations
 
-import subprocess
 from pathlib import Path
 
 import pytest
-import yaml
 
-from tests.ops.k8s_tools import Obj, go_tool, kustomize_build
+from tests.ops.k8s_tools import kube_score, kustomize_build
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"
-ARGS = [
-    "--output-format",
-    "ci",
-    "--exit-one-on-warning",
-    "--enable-optional-test",
-    "container-seccomp-profile",
-    "--enable-optional-test",
-    "container-ports-check",
-    "--ignore-test",
-    "container-image-pull-policy",
-    "--ignore-test",
-    "deployment-has-host-podantiaffinity",
-    "--ignore-test",
-    "statefulset-has-host-podantiaffinity",
-]
-
-
-def _score(objs: list[Obj], tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    manifest = tmp_path / "rendered.yaml"
-    manifest.write_text(yaml.safe_dump_all(objs))
-    return subprocess.run(
-        [go_tool("kube-score"), "score", *ARGS, str(manifest)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize("overlay", ["dev", "prod"])
 def test_kube_score_passes_on_every_overlay(overlay: str, tmp_path: Path) -> None:
     objs = kustomize_build(K8S / "overlays" / overlay)
-    result = _score(objs, tmp_path)
+    result = kube_score(objs, tmp_path)
     problems = [
         line for line in result.stdout.splitlines() if line.startswith(("[CRITICAL]", "[WARNING]"))
     ]
@@ -71,6 +43,6 @@ def test_kube_score_catches_replicas_beside_the_hpa(tmp_path: Path) -> None:
     for obj in objs:
         if obj["kind"] == "Deployment":
             obj["spec"]["replicas"] = 3
-    result = _score(objs, tmp_path)
+    result = kube_score(objs, tmp_path)
     assert result.returncode != 0
     assert "targeted by a HPA, but a static replica count is configured" in result.stdout

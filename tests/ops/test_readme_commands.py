@@ -12,6 +12,8 @@ is checked against the thing it names, without running it:
 - `kubectl ... kind/name`, `--from=cronjob/name`: the base manifests define that object;
   `kubectl apply -k DIR`: DIR has a kustomization;
 - `docker build ... .`, `docker compose -f FILE`: the Dockerfile and compose files exist;
+- `helm install|upgrade RELEASE CHART ...`: `helm template` with the same arguments renders
+  (the chart exists and every `--set` is accepted); a bare `helm lint`/`helm template` is prose;
 - `deploy/.../x.sh SUB`: SUB is a case of the script; `python -m MODULE`: the module imports.
 
 A command of any other program fails the test until a check for it is written here.
@@ -36,13 +38,14 @@ from fastapi.routing import APIRoute
 from query.app import create_app
 from services.cli import build_parser
 from services.config import ElasticsearchSettings, QuerySettings
+from tests.ops.k8s_tools import go_tool
 
 REPO = Path(__file__).resolve().parents[2]
 README = REPO / "README.md"
 API = "http://127.0.0.1:4200"
 # inline spans worth checking start with one of these
 INLINE = re.compile(
-    r"^(make|artifact-search|python -m|kubectl|docker (build|compose)|deploy/\S+\.sh) "
+    r"^(make|artifact-search|python -m|kubectl|helm|docker (build|compose)|deploy/\S+\.sh) "
 )
 
 
@@ -198,6 +201,24 @@ def _check_docker(args: list[str]) -> None:
         pytest.fail(f"no check for docker {args[0]}")
 
 
+def _check_helm(args: list[str]) -> None:
+    assert args[0] in ("install", "upgrade", "lint", "template"), f"no check for helm {args[0]}"
+    if args[0] in ("lint", "template") and not [a for a in args[1:] if not a.startswith("-")]:
+        return  # prose naming what the tests run (tests/ops/test_helm_chart.py)
+    assert args[0] in ("install", "upgrade"), f"no check for helm {args}"
+    chart = REPO / args[2]
+    assert (chart / "Chart.yaml").is_file(), f"no chart in {chart}"
+    flags = [a for a in args[3:] if a != "--create-namespace"]
+    proc = subprocess.run(
+        [go_tool("helm"), "template", args[1], str(chart), *flags],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0 and "kind: StatefulSet" in proc.stdout, proc.stderr
+
+
 def _check_script(script: str, args: list[str]) -> None:
     path = REPO / script
     assert path.is_file() and os.access(path, os.X_OK), f"{script} is not an executable file"
@@ -231,6 +252,8 @@ def check(cmd: list[str]) -> None:
         _check_kubectl(args)
     elif program == "docker":
         _check_docker(args)
+    elif program == "helm":
+        _check_helm(args)
     elif program.startswith("deploy/") and program.endswith(".sh"):
         _check_script(program, args)
     else:
@@ -240,7 +263,7 @@ def check(cmd: list[str]) -> None:
 def test_the_readme_has_commands_of_each_kind() -> None:
     """Guards the extraction: a format change that hid the commands would pass vacuously."""
     programs = {cmd[0] for cmd in COMMANDS}
-    assert {"make", "artifact-search", "curl", "kubectl", "docker"} <= programs, programs
+    assert {"make", "artifact-search", "curl", "kubectl", "docker", "helm"} <= programs, programs
     assert ["make", "up"] in COMMANDS and len(COMMANDS) >= 40
     # a comment ends at its line, a quoted body spanning lines stays one argument
     assert _commands("make up  # a comment\nmake test") == [["make", "up"], ["make", "test"]]
@@ -266,6 +289,7 @@ def test_readme_command_refers_to_what_exists(cmd: list[str]) -> None:
         ["kubectl", "scale", "statefulset/no-such-indexer", "--replicas=0"],
         ["deploy/docker/build.sh", "no-such-image"],
         ["python", "-m", "no_such_module"],
+        ["helm", "install", "x", "deploy/helm/no-such-chart"],
         ["terraform", "apply"],
     ],
     ids=_id,
