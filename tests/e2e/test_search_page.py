@@ -22,7 +22,7 @@ from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
-from selenium.webdriver.support.ui import WebDriverWait
+from selenium.webdriver.support.ui import Select, WebDriverWait
 
 from indexer.local import LocalPipeline
 from query.app import create_app
@@ -84,6 +84,13 @@ def _wait_status(driver: WebDriver, text: str) -> None:
 
 def _keys(driver: WebDriver) -> list[str]:
     return [h.text for h in driver.find_elements(By.CSS_SELECTOR, "#results article h2")]
+
+
+def _wait_keys(driver: WebDriver, want: list[str], message: str) -> None:
+    """Until the results' keys start with `want` (read again when redrawn while read)."""
+    WebDriverWait(driver, 20, ignored_exceptions=(StaleElementReferenceException,)).until(
+        lambda d: _keys(d)[: len(want)] == want, message
+    )
 
 
 def test_typing_a_query_shows_highlighted_results_facets_and_previews(
@@ -200,3 +207,29 @@ def test_errors_are_shown(page_url: str, browser: WebDriver) -> None:
     box.send_keys("live:false", Keys.ENTER)
     _wait_status(browser, "Error 422")
     assert "Searchable fields" in browser.find_element(By.ID, "status").text
+
+
+def test_updated_range_and_sort_order_chosen_with_the_keyboard(
+    page_url: str, browser: WebDriver
+) -> None:
+    browser.get(page_url)
+    _wait_status(browser, "6 results")
+    assert _keys(browser)[0] == "notes"  # without words: newest created first (June)
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=sort]").text == "Sort by"
+    browser.find_element(By.ID, "sort").send_keys("Key A")  # type-ahead: "Key A-Z"
+    want = ["model-metrics", "notes", "progress-x", "sales-report", "sales-report", "(no key)"]
+    _wait_keys(browser, want, "the key order never showed")
+    Select(browser.find_element(By.ID, "sort")).select_by_visible_text("Oldest created")
+    _wait_keys(browser, ["sales-report"] * 2, "the oldest never came first")
+
+    # an updated range from the date inputs (labelled); every artifact of this dataset was
+    # last updated when it was created, one per month from January to June 2024
+    for field, label, day in (
+        ("updated-from", "Updated from", "02152024"),
+        ("updated-to", "to", "05012024"),
+    ):
+        assert browser.find_element(By.CSS_SELECTOR, f"label[for={field}]").text.startswith(label)
+        browser.find_element(By.ID, field).send_keys(day)
+    browser.find_element(By.ID, "q").send_keys(Keys.ENTER)
+    _wait_status(browser, "3 results")  # March, April, May (May 1st: the last day counts)
+    assert _keys(browser) == ["model-metrics", "(no key)", "progress-x"]  # still oldest first
