@@ -75,16 +75,16 @@ bg = mkdir -p $(RUN_DIR); \
   if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null; then \
     echo "$(1): already running (pid $$(cat $(RUN_DIR)/$(1).pid))"; \
   else \
-    setsid nohup $(PY) -m services.cli $(2) >$(RUN_DIR)/$(1).log 2>&1 </dev/null & \
+    setsid nohup $(PY) -m artifact_search.cli $(2) >$(RUN_DIR)/$(1).log 2>&1 </dev/null & \
     echo $$! >$(RUN_DIR)/$(1).pid; echo "$(1): started (pid $$!, log $(RUN_DIR)/$(1).log)"; \
   fi
 
 # the demo runs the alerts worker, fed by the indexer's change feed (docs/search.md)
 up: export INDEXER_PUBLISH_CHANGES ?= true
 up: venv servers-app
-ifneq ($(wildcard services/cli.py),)
-# ---- app hooks: run only once services/cli.py exists ----
-	$(PY) -m services.cli bootstrap
+ifneq ($(wildcard artifact_search/cli.py),)
+# ---- app hooks: run only once artifact_search/cli.py exists ----
+	$(PY) -m artifact_search.cli bootstrap
 	@if ! { [ -f $(RUN_DIR)/api.pid ] && kill -0 $$(cat $(RUN_DIR)/api.pid) 2>/dev/null; } \
 	  && ss -ltnH "sport = :$(API_PORT)" 2>/dev/null | grep -q .; then \
 	  echo "port $(API_PORT) is already taken: $$(ss -ltnpH "sport = :$(API_PORT)" | head -n1)" >&2; \
@@ -101,13 +101,13 @@ ifneq ($(wildcard services/cli.py),)
 	done; curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready \
 	  || { echo "the API did not become ready on port $(API_PORT) (see $(RUN_DIR)/api.log)" >&2; exit 1; }
 ifneq ($(DEMO),0)
-	$(PY) -m services.cli demo
+	$(PY) -m artifact_search.cli demo
 endif
 	@echo
-	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m services.cli --help"
+	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m artifact_search.cli --help"
 	@echo "Try:  curl -s -X POST http://127.0.0.1:$(API_PORT)/api/artifacts/filter -H 'Content-Type: application/json' -d '{\"limit\": 5}'"
 else
-	@echo "services/cli.py does not exist yet: servers are up, no app started."
+	@echo "artifact_search/cli.py does not exist yet: servers are up, no app started."
 endif
 
 down:

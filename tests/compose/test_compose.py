@@ -20,7 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.datagen import DatasetScale, generate_dataset
+from datagen.dataset import DatasetScale, generate_dataset
 
 pytestmark = pytest.mark.timeout(2400)
 

@@ -19,15 +19,15 @@ import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from artifact_search.cli import build_parser
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records
 from indexer.app import Indexer
 from indexer.replay import replay
 from query.app import create_app
 from services.backfill import RateLimiter
-from services.cli import build_parser
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
-from services.datagen import DatasetScale, generate_dataset
 from services.es.indices import SCHEMA_VERSION as V
-from services.events import HARD, dataset_records
 from tests.conformance.bodies import ENDPOINTS, generate_bodies
 from tests.conformance.oracle import PrefectOracle
 from tests.conformance.test_differential import Service, compare
@@ -50,7 +50,7 @@ class Stack:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.cli",
+            "artifact_search.cli",
             *args,
             cwd=REPO,
             env=self.env,
@@ -135,7 +135,7 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
         commands
     )
     top = subprocess.run(
-        [sys.executable, "-m", "services.cli", "--help"],
+        [sys.executable, "-m", "artifact_search.cli", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -146,7 +146,7 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
         assert name in top.stdout
     for name, sub in commands.items():
         proc = subprocess.run(
-            [sys.executable, "-m", "services.cli", name, "--help"],
+            [sys.executable, "-m", "artifact_search.cli", name, "--help"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -162,7 +162,7 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
                 assert action.help, f"{name} {action.option_strings} has no help text"
     backfill_help = " ".join(
         subprocess.run(
-            [sys.executable, "-m", "services.cli", "backfill-prefect", "--help"],
+            [sys.executable, "-m", "artifact_search.cli", "backfill-prefect", "--help"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -432,7 +432,7 @@ async def test_indexer_serves_metrics_liveness_and_readiness(stack: Stack) -> No
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "artifact_search.cli",
         "indexer",
         cwd=REPO,
         env=env,

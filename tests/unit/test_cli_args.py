@@ -6,8 +6,8 @@ import time
 
 import pytest
 
+from artifact_search.cli import build_parser
 from services.backfill import RateLimiter
-from services.cli import build_parser
 
 
 @pytest.mark.parametrize(

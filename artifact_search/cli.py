@@ -90,8 +90,8 @@ def _cmd_api(args: argparse.Namespace) -> None:
 def _cmd_indexer(_: argparse.Namespace) -> None:
     from indexer import metrics
     from indexer.app import Indexer
-    from indexer.health import HealthServer
     from indexer.runtime import GC_THRESHOLDS
+    from services.health import HealthServer
 
     settings: IndexerSettings = _settings(IndexerSettings)
     indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
@@ -122,7 +122,7 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
 
 def _cmd_alerts(_: argparse.Namespace) -> None:
     from alerts.app import AlertsService
-    from indexer.health import HealthServer
+    from services.health import HealthServer
 
     settings: AlertsSettings = _settings(AlertsSettings)
     service = AlertsService(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
@@ -224,7 +224,7 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> None:
-    from services.sync.command import run_sync
+    from artifact_search.sync import run_sync
 
     run_sync(args, _settings(KafkaSettings), _settings(SyncSettings))
 
@@ -288,7 +288,7 @@ async def _publish(records: Sequence[tuple[str, bytes, bytes | None]]) -> None:
 
 
 def _cmd_demo(args: argparse.Namespace) -> None:
-    from services.events import dataset_events
+    from datagen.events import dataset_events
 
     records = dataset_events(seed=args.seed, artifacts=args.artifacts)
     asyncio.run(_publish(records))

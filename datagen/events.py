@@ -16,8 +16,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from services.contract import ENTITIES, encode_event
-from services.datagen import Dataset, DatasetScale, generate_dataset
 
 Record = tuple[str, bytes, bytes | None]
 
