@@ -14,6 +14,7 @@
 #   make status       one line per server and app process
 #   make image        build the image here (deploy/docker/build.sh app; needs a Docker engine)
 #   make compose-up   build every image here, then start deploy/compose.yaml with them
+#   make compose-demo the demo dataset published inside the compose stack (the image's `produce`)
 #   make compose-smoke  the compose stack started and checked end to end (tests/compose)
 #
 # Runtime state lives in .local/ (git-ignored); app pid files and logs in .local/run.
@@ -46,10 +47,10 @@ LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search
   BASE_IMAGE=artifact-search-base:bookworm
 
 .PHONY: help venv servers servers-app up down reset test lint lock test-pythons bench bench-quick status \
-  image compose-up compose-down compose-smoke profile-engine
+  image compose-up compose-demo compose-down compose-smoke profile-engine
 
 help:
-	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,19p' Makefile | sed 's/^# \{0,1\}//'
 
 venv:
 	@if [ ! -x $(PY) ]; then \
@@ -101,7 +102,7 @@ ifneq ($(wildcard artifact_search/cli.py),)
 	done; curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready \
 	  || { echo "the API did not become ready on port $(API_PORT) (see $(RUN_DIR)/api.log)" >&2; exit 1; }
 ifneq ($(DEMO),0)
-	$(PY) -m artifact_search.cli demo
+	$(PY) -m datagen demo
 endif
 	@echo
 	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m artifact_search.cli --help"
@@ -188,7 +189,15 @@ image: venv
 compose-up: venv
 	deploy/docker/build.sh all
 	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) up --detach --build
-	@echo "API: http://127.0.0.1:4200/api  demo data: $(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) run --rm bootstrap demo"
+	@echo "API: http://127.0.0.1:4200/api  demo data: make compose-demo"
+
+# the image has no data generator (datagen/ is not shipped): the events are written here and
+# published by the image's `produce` inside the stack (its Kafka is not reachable from the host)
+compose-demo: venv
+	@mkdir -p .local
+	$(PY) -m datagen demo --jsonl .local/demo.jsonl
+	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) run --rm \
+	  -v "$(CURDIR)/.local/demo.jsonl:/tmp/demo.jsonl:ro" bootstrap produce /tmp/demo.jsonl
 
 compose-down:
 	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) down

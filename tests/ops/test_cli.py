@@ -21,7 +21,7 @@ from elasticsearch import AsyncElasticsearch
 
 from artifact_search.cli import build_parser
 from datagen.dataset import DatasetScale, generate_dataset
-from datagen.events import HARD, dataset_records
+from datagen.events import HARD, dataset_records, records_jsonl
 from indexer.app import Indexer
 from indexer.replay import replay
 from query.app import create_app
@@ -131,9 +131,8 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
     import subprocess
 
     commands = _subparsers()
-    assert {"api", "indexer", "bootstrap", "demo", "produce", "replay", "backfill-prefect"} <= set(
-        commands
-    )
+    assert {"api", "indexer", "bootstrap", "produce", "replay", "backfill-prefect"} <= set(commands)
+    assert "demo" not in commands  # generated data is a development tool: python -m datagen
     top = subprocess.run(
         [sys.executable, "-m", "artifact_search.cli", "--help"],
         cwd=REPO,
@@ -204,18 +203,6 @@ ENTITY_KINDS = ("artifacts", "collections", "control")
 ALERTING = ("saved-searches", "alert-ledger")  # user data: replay leaves them alone
 
 
-def _jsonl(records: list[tuple[str, bytes, bytes | None]]) -> str:
-    lines = []
-    for entity, key, value in records:
-        if value is None:
-            lines.append(
-                json.dumps({"entity": entity, "entity_id": key.decode(), "tombstone": True})
-            )
-        else:
-            lines.append(value.decode())
-    return "\n".join(lines) + "\n"
-
-
 async def _wait_count(client: httpx.AsyncClient, path: str, want: int, seconds: float) -> int:
     deadline = time.monotonic() + seconds
     got = -1
@@ -245,7 +232,7 @@ async def test_produce_then_replay_swaps_aliases_without_changing_answers(
         "data": {"id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"},  # no created/updated
     }
     path = tmp_path / "events.jsonl"
-    path.write_text(_jsonl(records) + json.dumps(poison) + "\n")
+    path.write_text(records_jsonl(records) + json.dumps(poison) + "\n")
     out = await stack.ok("produce", str(path))
     assert f"published {len(records) + 1} events" in out
 
