@@ -21,6 +21,7 @@ COPY requirements/runtime.txt requirements/build.txt ./requirements/
 RUN if ls /wheels/*.whl >/dev/null 2>&1; then OFFLINE="--no-index --find-links=/wheels"; else OFFLINE=""; fi \
  && pip install $OFFLINE --require-hashes -r requirements/runtime.txt -r requirements/build.txt
 COPY pyproject.toml README.md ./
+COPY artifact_search ./artifact_search
 COPY services ./services
 COPY indexer ./indexer
 COPY query ./query

@@ -15,6 +15,7 @@
 #   make status       one line per server and app process
 #   make image        build the image here (deploy/docker/build.sh app; needs a Docker engine)
 #   make compose-up   build every image here, then start deploy/compose.yaml with them
+#   make compose-demo the demo dataset published inside the compose stack (the image's `produce`)
 #   make compose-smoke  the compose stack started and checked end to end (tests/compose)
 #
 # Runtime state lives in .local/ (git-ignored); app pid files and logs in .local/run.
@@ -47,10 +48,10 @@ LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search
   BASE_IMAGE=artifact-search-base:bookworm
 
 .PHONY: help venv servers servers-app up down reset test lint lock test-pythons bench bench-quick status \
-  image compose-up compose-down compose-smoke profile-engine helm-chart
+  image compose-up compose-demo compose-down compose-smoke profile-engine helm-chart
 
 help:
-	@sed -n '3,18p' Makefile | sed 's/^# \{0,1\}//'
+	@sed -n '3,20p' Makefile | sed 's/^# \{0,1\}//'
 
 venv:
 	@if [ ! -x $(PY) ]; then \
@@ -76,16 +77,16 @@ bg = mkdir -p $(RUN_DIR); \
   if [ -f $(RUN_DIR)/$(1).pid ] && kill -0 $$(cat $(RUN_DIR)/$(1).pid) 2>/dev/null; then \
     echo "$(1): already running (pid $$(cat $(RUN_DIR)/$(1).pid))"; \
   else \
-    setsid nohup $(PY) -m services.cli $(2) >$(RUN_DIR)/$(1).log 2>&1 </dev/null & \
+    setsid nohup $(PY) -m artifact_search.cli $(2) >$(RUN_DIR)/$(1).log 2>&1 </dev/null & \
     echo $$! >$(RUN_DIR)/$(1).pid; echo "$(1): started (pid $$!, log $(RUN_DIR)/$(1).log)"; \
   fi
 
 # the demo runs the alerts worker, fed by the indexer's change feed (docs/search.md)
 up: export INDEXER_PUBLISH_CHANGES ?= true
 up: venv servers-app
-ifneq ($(wildcard services/cli.py),)
-# ---- app hooks: run only once services/cli.py exists ----
-	$(PY) -m services.cli bootstrap
+ifneq ($(wildcard artifact_search/cli.py),)
+# ---- app hooks: run only once artifact_search/cli.py exists ----
+	$(PY) -m artifact_search.cli bootstrap
 	@if ! { [ -f $(RUN_DIR)/api.pid ] && kill -0 $$(cat $(RUN_DIR)/api.pid) 2>/dev/null; } \
 	  && ss -ltnH "sport = :$(API_PORT)" 2>/dev/null | grep -q .; then \
 	  echo "port $(API_PORT) is already taken: $$(ss -ltnpH "sport = :$(API_PORT)" | head -n1)" >&2; \
@@ -102,13 +103,13 @@ ifneq ($(wildcard services/cli.py),)
 	done; curl -sf -o /dev/null http://127.0.0.1:$(API_PORT)/api/ready \
 	  || { echo "the API did not become ready on port $(API_PORT) (see $(RUN_DIR)/api.log)" >&2; exit 1; }
 ifneq ($(DEMO),0)
-	$(PY) -m services.cli demo
+	$(PY) -m datagen demo
 endif
 	@echo
-	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m services.cli --help"
+	@echo "API ready on http://127.0.0.1:$(API_PORT)/api; the CLI: $(PY) -m artifact_search.cli --help"
 	@echo "Try:  curl -s -X POST http://127.0.0.1:$(API_PORT)/api/artifacts/filter -H 'Content-Type: application/json' -d '{\"limit\": 5}'"
 else
-	@echo "services/cli.py does not exist yet: servers are up, no app started."
+	@echo "artifact_search/cli.py does not exist yet: servers are up, no app started."
 endif
 
 down:
@@ -194,7 +195,15 @@ image: venv
 compose-up: venv
 	deploy/docker/build.sh all
 	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) up --detach --build
-	@echo "API: http://127.0.0.1:4200/api  demo data: $(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) run --rm bootstrap demo"
+	@echo "API: http://127.0.0.1:4200/api  demo data: make compose-demo"
+
+# the image has no data generator (datagen/ is not shipped): the events are written here and
+# published by the image's `produce` inside the stack (its Kafka is not reachable from the host)
+compose-demo: venv
+	@mkdir -p .local
+	$(PY) -m datagen demo --jsonl .local/demo.jsonl
+	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) run --rm \
+	  -v "$(CURDIR)/.local/demo.jsonl:/tmp/demo.jsonl:ro" bootstrap produce /tmp/demo.jsonl
 
 compose-down:
 	$(LOCAL_IMAGES) $(COMPOSE) $(COMPOSE_ARGS) down

@@ -1,10 +1,14 @@
-"""Connection arguments for aiokafka/FastStream from `KafkaSettings` (TLS, SASL)."""
+"""Kafka from `KafkaSettings`: connection arguments for aiokafka/FastStream (TLS, SASL), and
+publishing ready-made records to the entity topics."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
+from collections.abc import Sequence
 from typing import Any
 
+from aiokafka import AIOKafkaProducer
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from services.config import KafkaSettings
@@ -52,3 +56,22 @@ def broker_kwargs(settings: KafkaSettings) -> dict[str, Any]:
         use_ssl=use_ssl,
     )
     return kwargs
+
+
+async def publish_records(
+    settings: KafkaSettings, records: Sequence[tuple[str, bytes, bytes | None]]
+) -> None:
+    """Publish `(entity, key, value)` records, each to its entity's topic (a None value is a
+    tombstone), in order, and return once Kafka acknowledged all of them (acks=all)."""
+    producer = AIOKafkaProducer(**producer_kwargs(settings), acks="all", linger_ms=20)
+    await producer.start()
+    try:
+        batch = []
+        for entity, key, value in records:
+            batch.append(await producer.send(settings.topic_for(entity), value=value, key=key))
+            if len(batch) >= 5000:
+                await asyncio.gather(*batch)
+                batch.clear()
+        await asyncio.gather(*batch)
+    finally:
+        await producer.stop()

@@ -92,7 +92,7 @@ async def alert_latency(
         alerts_port = free_port()
         alerts = Child(
             "alerts",
-            ["-m", "services.cli", "alerts"],
+            ["-m", "artifact_search.cli", "alerts"],
             {**env, "ALERTS_METRICS_HOST": "127.0.0.1", "ALERTS_METRICS_PORT": str(alerts_port)},
             log_dir,
         )

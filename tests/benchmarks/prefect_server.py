@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from services.datagen import DatasetScale, generate_dataset
+from datagen.dataset import DatasetScale, generate_dataset
 from tests.conformance.oracle import (
     _app,
     _dispose_engines,

@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import HARD, NONE, Record, dataset_records
 from indexer.collections import Member
 from indexer.local import LocalRecord
 from indexer.runtime import GC_THRESHOLDS, Processor
@@ -36,8 +38,6 @@ from indexer.step import Poison, Topology
 from indexer.store import RocksStore
 from indexer.writer import BulkWriter
 from services.config import KafkaSettings
-from services.datagen import DatasetScale, generate_dataset
-from services.events import HARD, NONE, Record, dataset_records
 
 KAFKA = KafkaSettings()
 PARTITIONS = 3

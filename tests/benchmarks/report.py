@@ -855,9 +855,9 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
         "",
         "## Datasets",
         "",
-        "Seeded `services.datagen` datasets (`DatasetScale.for_artifacts(n)`, seed "
+        "Seeded `datagen.dataset` datasets (`DatasetScale.for_artifacts(n)`, seed "
         f"{results['options']['seed']}), published as the event stream of "
-        "`services.events.dataset_records` (the clean stream: one upsert per entity, "
+        "`datagen.events.dataset_records` (the clean stream: one upsert per entity, "
         "deletes as upsert + delete or tombstone)."
         + (
             " The noisy stream carries the same final documents with older snapshots, "
@@ -1018,7 +1018,7 @@ METHOD = """## Method
 
 - **Load.** The dataset's events go to fresh, uniquely named topics (3 partitions)
   with aiokafka (`acks=all`); the indexer runs as its own process
-  (`python -m services.cli indexer`, uniquely prefixed indices, its own consumer
+  (`python -m artifact_search.cli indexer`, uniquely prefixed indices, its own consumer
   group). A probe flow event is consumed first, so the consumer group is live when
   the clock starts at the first publish. *End-to-end* stops when the group's
   committed offsets reach the end of every topic **and** the API's `count` and

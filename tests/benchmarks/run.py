@@ -2,7 +2,7 @@
 
 ``python -m tests.benchmarks.run [--quick] [--scales 100000,1000000]``
 (``make bench-quick`` / ``make bench``). For each scale a seeded dataset from
-``services.datagen`` is published through Kafka to unique topics and indexed by
+``datagen.dataset`` is published through Kafka to unique topics and indexed by
 the real indexer process into uniquely prefixed indices; the query API runs as
 its own uvicorn process (1 worker); Prefect 3.9.1 serves the same dataset from
 PostgreSQL over HTTP (1 worker, ``tests/benchmarks/prefect_server.py``). Then:
@@ -50,15 +50,15 @@ import httpx
 import orjson
 from aiokafka.admin import AIOKafkaAdminClient
 
+from datagen.dataset import Dataset, DatasetScale, format_timestamp, generate_dataset
+from datagen.events import dataset_records
 from query.repository import Repository
 from query.search import build_search_body
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import KafkaSettings, QuerySettings
 from services.contract import encode_event
-from services.datagen import Dataset, DatasetScale, format_timestamp, generate_dataset
 from services.es.indices import IndexNames, index_settings
-from services.events import dataset_records
 from services.prefect.filters import ArtifactFilter
 from services.prefect.requests import (
     ArtifactCollectionCountRequest,
@@ -431,7 +431,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
         api_port = free_port()
         api = Child(
             "api",
-            ["-m", "services.cli", "api", "--port", str(api_port)],
+            ["-m", "artifact_search.cli", "api", "--port", str(api_port)],
             env,
             log_dir,
             profile_to=opts.out / f"profile-api-{n}.txt" if opts.profile == "api" else None,

@@ -1,7 +1,7 @@
 """Indexer phases of the benchmark beside the main load: a noisy stream, two replicas,
 a restart after SIGKILL, the state's size and the writes per final document.
 
-Every phase runs real indexer processes (`python -m services.cli indexer`) against the
+Every phase runs real indexer processes (`python -m artifact_search.cli indexer`) against the
 local Kafka and Elasticsearch, on unique topics and index prefixes removed afterwards.
 """
 
@@ -23,9 +23,9 @@ import httpx
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from datagen.dataset import Dataset
 from services.config import KafkaSettings
 from services.contract import encode_event
-from services.datagen import Dataset
 from services.es.indices import IndexNames
 from tests.benchmarks.kafka_io import (
     KAFKA,
@@ -88,7 +88,9 @@ def indexer_child(
         "INDEXER_METRICS_HOST": "127.0.0.1",
         "INDEXER_METRICS_PORT": str(port),
     }
-    child = Child(f"indexer-{index}", ["-m", "services.cli", "indexer"], own, log_dir, profile_to)
+    child = Child(
+        f"indexer-{index}", ["-m", "artifact_search.cli", "indexer"], own, log_dir, profile_to
+    )
     child.metrics_port = port  # type: ignore[attr-defined]
     return child
 
@@ -363,8 +365,8 @@ def main() -> None:
     """`python -m tests.benchmarks.side --scale N ...`: one side load; JSON on the last line."""
     import argparse
 
-    from services.datagen import DatasetScale, generate_dataset
-    from services.events import HARD, NONE, dataset_records
+    from datagen.dataset import DatasetScale, generate_dataset
+    from datagen.events import HARD, NONE, dataset_records
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("--scale", type=int, required=True)

@@ -57,7 +57,7 @@ import httpx
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from services.datagen import DatasetScale, generate_dataset
+from datagen.dataset import DatasetScale, generate_dataset
 from services.es.indices import IndexNames
 from services.prefect.tables import TABLES
 from tests.benchmarks.kafka_io import (
@@ -183,7 +183,10 @@ async def run_backfill(dsn: str, prefix: str, events: int, log_dir: Path) -> dic
     try:
         cpu0 = _children_cpu_s()
         child = Child(
-            "backfill", ["-m", "services.cli", "backfill-prefect", "--checkpoint", ""], env, log_dir
+            "backfill",
+            ["-m", "artifact_search.cli", "backfill-prefect", "--checkpoint", ""],
+            env,
+            log_dir,
         )
         t0 = time.perf_counter()
         code = await asyncio.to_thread(child.proc.wait, 3600)
@@ -205,7 +208,7 @@ def bridge_child(env: dict[str, str], dsn: str, slot: str, log_dir: Path) -> Chi
         "sync-prefect",
         [
             "-m",
-            "services.cli",
+            "artifact_search.cli",
             "sync-prefect",
             *("--slot", slot, "--publication", slot),
             *("--state-file", str(log_dir / "sync.state.json"), "--metrics-port", str(port)),
@@ -536,7 +539,10 @@ async def sync_bench(
                 }
                 api_port = free_port()
                 api = Child(
-                    "api", ["-m", "services.cli", "api", "--port", str(api_port)], env, log_dir
+                    "api",
+                    ["-m", "artifact_search.cli", "api", "--port", str(api_port)],
+                    env,
+                    log_dir,
                 )
                 children += [indexer_child(env, log_dir, 0), api]
                 api_url = f"http://127.0.0.1:{api_port}"

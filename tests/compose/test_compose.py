@@ -19,7 +19,8 @@ from typing import Any
 import httpx
 import pytest
 
-from services.datagen import DatasetScale, generate_dataset
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import dataset_events, records_jsonl
 from tests.waiting import wait_answer
 
 pytestmark = pytest.mark.timeout(2400)
@@ -144,15 +145,20 @@ def stack(docker_engine: None) -> Iterator[tuple[Stack, dict[str, float]]]:
 
 
 async def test_compose_stack_answers_the_demo_dataset(
-    stack: tuple[Stack, dict[str, float]], record_property: Any
+    stack: tuple[Stack, dict[str, float]], record_property: Any, tmp_path: Path
 ) -> None:
-    """`run --rm bootstrap demo` publishes inside the stack; the API answers every artifact."""
+    """The demo events, written here by `datagen` (not in the image) and published inside the
+    stack by the image's `produce` (what `make compose-demo` does); the API answers every
+    artifact."""
     s, timings = stack
     for name, seconds in timings.items():
         record_property(f"compose_{name}_seconds", round(seconds, 1))
+    events = tmp_path / "demo.jsonl"
+    events.write_text(records_jsonl(dataset_events(seed=DEMO_SEED, artifacts=DEMO_ARTIFACTS)))
+    events.chmod(0o644)  # read by the container's uid 10001
     out = s.compose(
-        "run", "--rm", "bootstrap", "demo", "--seed", str(DEMO_SEED),
-        "--artifacts", str(DEMO_ARTIFACTS),
+        "run", "--rm", "-v", f"{events}:/tmp/demo.jsonl:ro", "bootstrap", "produce",
+        "/tmp/demo.jsonl",
     )  # fmt: skip
     assert "published" in out
     dataset = generate_dataset(DEMO_SEED, DatasetScale.for_artifacts(DEMO_ARTIFACTS))

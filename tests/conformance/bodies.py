@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from datetime import timedelta, timezone
 from typing import Any, Final
 
-from services.datagen import (
+from datagen.dataset import (
     ARTIFACT_TYPES,
     STATE_NAMES,
     STATE_TYPES,

@@ -32,7 +32,7 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 
-from services.datagen import Dataset, JsonDict, compute_collections, parse_timestamp
+from datagen.dataset import Dataset, JsonDict, compute_collections, parse_timestamp
 
 if TYPE_CHECKING:
     from fastapi import FastAPI

@@ -20,13 +20,13 @@ import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records
 from indexer.local import LocalPipeline
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
-from services.datagen import Dataset, DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
-from services.events import HARD, dataset_records
 from tests.conformance.bodies import ENDPOINTS, coverage_size, generate_bodies
 from tests.conformance.oracle import PrefectOracle
 

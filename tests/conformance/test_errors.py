@@ -20,9 +20,9 @@ import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
-from services.datagen import Dataset, DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
 from tests.conformance.bodies import ENDPOINTS, INVALID_BODIES

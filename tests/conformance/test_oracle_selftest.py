@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from services.datagen import (
+from datagen.dataset import (
     Dataset,
     DatasetScale,
     collection_id,

@@ -52,9 +52,9 @@ from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import ArtifactCollectionSort, ArtifactSort
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset, parse_timestamp
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
-from services.datagen import Dataset, DatasetScale, generate_dataset, parse_timestamp
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
 from tests.conformance.oracle import PrefectOracle

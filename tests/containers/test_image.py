@@ -22,11 +22,11 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
 from elasticsearch import AsyncElasticsearch
 
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records
 from services.config import KafkaSettings
-from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
-from services.events import HARD, dataset_records
 from tests.containers.docker_engine import docker
 from tests.waiting import wait_answer
 

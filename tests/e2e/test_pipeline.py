@@ -14,14 +14,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records
 from indexer.app import Indexer
 from query.app import create_app
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
 from services.contract import ENTITIES, encode_event
-from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
-from services.events import HARD, dataset_records
 from tests.waiting import wait_answer
 
 

@@ -33,14 +33,14 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records
 from query.app import create_app
 from services.config import ElasticsearchSettings, KafkaSettings, QuerySettings
 from services.contract import ENTITIES
-from services.datagen import Dataset, DatasetScale, generate_dataset
 from services.documents import collection_id
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
-from services.events import HARD, dataset_records
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SERVERS_SH = REPO_ROOT / "deploy" / "local" / "servers.sh"
@@ -201,7 +201,7 @@ class Wiring:
 
 
 class IndexerProcess:
-    """`python -m services.cli indexer` as a child process with its own log file.
+    """`python -m artifact_search.cli indexer` as a child process with its own log file.
 
     `replica` names the state directory and instance id: several processes of one replica
     are restarts of the same pod (same volume); different replicas share the work.
@@ -214,7 +214,7 @@ class IndexerProcess:
         self.log_path = LOG_DIR / f"{wiring.name}-{label}.log"
         self._log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "indexer"],
+            [sys.executable, "-m", "artifact_search.cli", "indexer"],
             cwd=REPO_ROOT,
             env=wiring.indexer_env(replica),
             stdin=subprocess.DEVNULL,

@@ -1,9 +1,9 @@
 """Fault scenarios: crashes, server outages and rebalances end in the exact expected state.
 
-Each scenario publishes a seeded dataset's noisy event stream (services.events.HARD:
+Each scenario publishes a seeded dataset's noisy event stream (datagen.events.HARD:
 earlier versions, duplicates, stale re-sends, deletes and tombstones, random
 cross-entity order) to the PRIVATE Kafka, runs the indexer as real processes
-(`python -m services.cli indexer`), injects its fault, waits for convergence (consumer
+(`python -m artifact_search.cli indexer`), injects its fault, waits for convergence (consumer
 lag 0 and stable answers) and then checks the FULL state against the dataset: every
 live artifact and collection as exact JSON, join-filter counts computed in Python, and
 the stored version and liveness of every artifact and entity document. Figures go to
@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import pytest
 
-from services.datagen import Dataset
+from datagen.dataset import Dataset
 from tests.faults.harness import (
     CONVERGE_S,
     PrivateServers,

@@ -25,15 +25,15 @@ from elasticsearch import AsyncElasticsearch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
+from datagen.events import MOVING, dataset_records
 from indexer.app import Indexer
 from indexer.local import LocalPipeline
 from indexer.store import MemoryStore
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
 from services.contract import ENTITIES
-from services.datagen import Dataset, DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
-from services.events import MOVING, dataset_records
 from tests.unit.indexer_oracle import comparable, expected_documents
 
 

@@ -51,7 +51,7 @@ async def test_alerts_command_starts_ready_and_stops_on_sigterm(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "artifact_search.cli",
         "alerts",
         cwd=REPO,
         env=env,

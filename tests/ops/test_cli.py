@@ -19,15 +19,15 @@ import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
 
+from artifact_search.cli import build_parser
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import HARD, dataset_records, records_jsonl
 from indexer.app import Indexer
 from indexer.replay import replay
 from query.app import create_app
 from services.backfill import RateLimiter
-from services.cli import build_parser
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
-from services.datagen import DatasetScale, generate_dataset
 from services.es.indices import SCHEMA_VERSION as V
-from services.events import HARD, dataset_records
 from tests.conformance.bodies import ENDPOINTS, generate_bodies
 from tests.conformance.oracle import PrefectOracle
 from tests.conformance.test_differential import Service, compare
@@ -50,7 +50,7 @@ class Stack:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
-            "services.cli",
+            "artifact_search.cli",
             *args,
             cwd=REPO,
             env=self.env,
@@ -131,11 +131,10 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
     import subprocess
 
     commands = _subparsers()
-    assert {"api", "indexer", "bootstrap", "demo", "produce", "replay", "backfill-prefect"} <= set(
-        commands
-    )
+    assert {"api", "indexer", "bootstrap", "produce", "replay", "backfill-prefect"} <= set(commands)
+    assert "demo" not in commands  # generated data is a development tool: python -m datagen
     top = subprocess.run(
-        [sys.executable, "-m", "services.cli", "--help"],
+        [sys.executable, "-m", "artifact_search.cli", "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -146,7 +145,7 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
         assert name in top.stdout
     for name, sub in commands.items():
         proc = subprocess.run(
-            [sys.executable, "-m", "services.cli", name, "--help"],
+            [sys.executable, "-m", "artifact_search.cli", name, "--help"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -162,7 +161,7 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
                 assert action.help, f"{name} {action.option_strings} has no help text"
     backfill_help = " ".join(
         subprocess.run(
-            [sys.executable, "-m", "services.cli", "backfill-prefect", "--help"],
+            [sys.executable, "-m", "artifact_search.cli", "backfill-prefect", "--help"],
             cwd=REPO,
             capture_output=True,
             text=True,
@@ -204,18 +203,6 @@ ENTITY_KINDS = ("artifacts", "collections", "control")
 ALERTING = ("saved-searches", "alert-ledger")  # user data: replay leaves them alone
 
 
-def _jsonl(records: list[tuple[str, bytes, bytes | None]]) -> str:
-    lines = []
-    for entity, key, value in records:
-        if value is None:
-            lines.append(
-                json.dumps({"entity": entity, "entity_id": key.decode(), "tombstone": True})
-            )
-        else:
-            lines.append(value.decode())
-    return "\n".join(lines) + "\n"
-
-
 async def _wait_count(client: httpx.AsyncClient, path: str, want: int, seconds: float) -> int:
     deadline = time.monotonic() + seconds
     got = -1
@@ -245,7 +232,7 @@ async def test_produce_then_replay_swaps_aliases_without_changing_answers(
         "data": {"id": "3c90c3cc-0d44-4b50-8888-8dd25736052a"},  # no created/updated
     }
     path = tmp_path / "events.jsonl"
-    path.write_text(_jsonl(records) + json.dumps(poison) + "\n")
+    path.write_text(records_jsonl(records) + json.dumps(poison) + "\n")
     out = await stack.ok("produce", str(path))
     assert f"published {len(records) + 1} events" in out
 
@@ -432,7 +419,7 @@ async def test_indexer_serves_metrics_liveness_and_readiness(stack: Stack) -> No
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "artifact_search.cli",
         "indexer",
         cwd=REPO,
         env=env,

@@ -135,7 +135,7 @@ async def _cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "services.cli",
+        "artifact_search.cli",
         *args,
         cwd=REPO,
         env=env,

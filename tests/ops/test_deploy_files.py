@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from services.cli import build_parser
+from artifact_search.cli import build_parser
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -64,6 +64,7 @@ def test_dockerignore_keeps_the_context_small() -> None:
         "README.md",
         "requirements/runtime.txt",
         "requirements/build.txt",
+        "artifact_search",
         "services",
         "indexer",
         "query",

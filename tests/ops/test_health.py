@@ -5,7 +5,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from indexer.health import HealthServer
+from services.health import HealthServer
 
 
 async def test_health_server_routes() -> None:

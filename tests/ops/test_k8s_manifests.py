@@ -18,9 +18,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from indexer.health import HealthServer
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings, SyncSettings
+from services.health import HealthServer
 from tests.ops.k8s_tools import Obj, kustomize_build
 
 K8S = Path(__file__).resolve().parents[2] / "deploy" / "k8s"

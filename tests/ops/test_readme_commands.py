@@ -5,8 +5,8 @@ with a command this test knows (`make ...`, `artifact-search ...`, `kubectl ...`
 is checked against the thing it names, without running it:
 
 - `make T VAR=...`: `make -n T VAR=...` succeeds (the target exists; `-n` runs no recipe);
-- `artifact-search SUB --flag` / `python -m services.cli SUB`: SUB is a subcommand, each flag
-  one of its options, and `python -m services.cli SUB --help` exits 0;
+- `artifact-search SUB --flag` / `python -m artifact_search.cli SUB`: SUB is a subcommand, each flag
+  one of its options, and `python -m artifact_search.cli SUB --help` exits 0;
 - `curl [-X METHOD] http://127.0.0.1:4200/PATH`: the API serves METHOD on PATH (`<id>`-style
   placeholders stand for path parameters);
 - `kubectl ... kind/name`, `--from=cronjob/name`: the base manifests define that object;
@@ -35,8 +35,8 @@ import pytest
 import yaml
 from fastapi.routing import APIRoute
 
+from artifact_search.cli import build_parser
 from query.app import create_app
-from services.cli import build_parser
 from services.config import ElasticsearchSettings, QuerySettings
 from tests.ops.k8s_tools import go_tool
 
@@ -122,14 +122,16 @@ def _subcommands() -> dict[str, argparse.ArgumentParser]:
 @cache
 def _help_exits_0(args: tuple[str, ...]) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "services.cli", *args, "--help"],
+        [sys.executable, "-m", "artifact_search.cli", *args, "--help"],
         cwd=REPO,
         capture_output=True,
         text=True,
         timeout=60,
         check=False,
     )
-    assert proc.returncode == 0, f"services.cli {' '.join(args)} --help: {proc.stderr[-1000:]}"
+    assert proc.returncode == 0, (
+        f"artifact_search.cli {' '.join(args)} --help: {proc.stderr[-1000:]}"
+    )
 
 
 def _check_cli(args: list[str]) -> None:
@@ -231,7 +233,7 @@ def _check_python(args: list[str]) -> None:
     if args[:1] == ["-c"]:
         return  # a program of the reader's
     assert args[0] == "-m", f"no check for python {args}"
-    if args[1] == "services.cli":
+    if args[1] == "artifact_search.cli":
         _check_cli(args[2:])
     else:
         assert importlib.util.find_spec(args[1]) is not None, f"no module {args[1]}"

@@ -37,14 +37,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import NONE, dataset_records
 from indexer.local import LocalPipeline
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
 from services.contract import encode_event
-from services.datagen import DatasetScale, generate_dataset
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
-from services.events import NONE, dataset_records
 from services.prefect.requests import (
     ArtifactCollectionCountRequest,
     ArtifactCollectionReadRequest,

@@ -155,7 +155,7 @@ def test_prefect_client_and_cli_through_one_url(
         INDEXER_METRICS_PORT="0",
         LOG_LEVEL="WARNING",
     )
-    cli = [sys.executable, "-m", "services.cli"]
+    cli = [sys.executable, "-m", "artifact_search.cli"]
     search_port = free_port()
     try:
         with contextlib.ExitStack() as stack:

@@ -251,7 +251,7 @@ def start_cli(
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "artifact_search.cli",
             "sync-prefect",
             "--slot",
             slot,

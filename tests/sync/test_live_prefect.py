@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 import pytest
 
+from datagen.dataset import Dataset, DatasetScale, compute_collections
 from services.config import IndexerSettings
-from services.datagen import Dataset, DatasetScale, compute_collections
 from tests.conformance.bodies import ENDPOINTS, coverage_size, generate_bodies
 from tests.conformance.test_differential import Service, compare
 from tests.e2e.test_pipeline import running

@@ -24,8 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from datagen.dataset import compute_collections
 from services.config import IndexerSettings, KafkaSettings
-from services.datagen import compute_collections
 from tests.conformance.test_differential import Service
 from tests.e2e.test_pipeline import running
 from tests.sync.conftest import TopicLog, clean_env
@@ -59,7 +59,7 @@ def start_api_cli(
     argv = ["--api-url", api_url, "--state-file", str(state), "--metrics-port", str(port)]
     pacing = ["--reconcile-interval", str(RECONCILE_S), "--requests-per-second", "50"]
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "sync-prefect", *argv, *pacing],
+        [sys.executable, "-m", "artifact_search.cli", "sync-prefect", *argv, *pacing],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from datagen.dataset import Dataset
 from services.contract import (
     ArtifactData,
     DeploymentData,
@@ -17,7 +18,6 @@ from services.contract import (
     FlowRunData,
     TaskRunData,
 )
-from services.datagen import Dataset
 from services.documents import (
     artifact_own_fields,
     collection_id,

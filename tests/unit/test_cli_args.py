@@ -6,8 +6,9 @@ import time
 
 import pytest
 
+from artifact_search.cli import build_parser
+from datagen.__main__ import build_parser as build_datagen_parser
 from services.backfill import RateLimiter
-from services.cli import build_parser
 
 
 @pytest.mark.parametrize(
@@ -23,7 +24,6 @@ from services.cli import build_parser
         (["replay", "--batch-size", "0"], "must be at least 1"),
         (["replay", "--shards", "0"], "must be at least 1"),
         (["replay", "--replicas", "-1"], "must be at least 0"),
-        (["demo", "--artifacts", "0"], "must be at least 1"),
         (["sync-prefect", "--max-in-flight", "0"], "must be at least 1"),
         (["sync-prefect", "--snapshot-chunk", "100001"], "at most 100000"),
         (["sync-prefect", "--metrics-port", "-1"], "must be at least 0"),
@@ -48,6 +48,23 @@ def test_valid_values_parse() -> None:
     assert (args.chunk_size, args.max_events_per_second) == (7, 0.5)
     assert build_parser().parse_args(["replay", "--replicas", "0"]).replicas == 0
     assert build_parser().parse_args(["api", "--port", "65535"]).port == 65535
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [
+        (["demo", "--artifacts", "0"], "must be at least 1"),
+        (["demo", "--seed", "-1"], "must be at least 0"),
+        (["demo", "--seed", "x"], "'x' is not an integer"),
+    ],
+)
+def test_datagen_values_are_usage_errors(
+    argv: list[str], says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        build_datagen_parser().parse_args(argv)
+    assert exit_info.value.code == 2
+    assert says in capsys.readouterr().err
 
 
 async def test_the_rate_limiter_lets_a_burst_through_then_paces() -> None:

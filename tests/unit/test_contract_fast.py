@@ -12,11 +12,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import services.contract as contract
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import MOVING, dataset_records
 from services.contract import parse_record
-from services.datagen import DatasetScale, generate_dataset
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
-from services.events import MOVING, dataset_records
 
 DATASET = generate_dataset(17, DatasetScale.tiny())
 RECORDS = [r for r in dataset_records(DATASET, 17, MOVING) if r[2] is not None]

@@ -17,6 +17,8 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import MOVING, NONE, dataset_records
 from indexer import keys
 from indexer.collections import Member
 from indexer.fold import fold_event
@@ -24,10 +26,8 @@ from indexer.local import LocalRecord
 from indexer.runtime import PipelineError
 from indexer.store import MemoryStore
 from services.contract import encode_event, parse_record
-from services.datagen import DatasetScale, generate_dataset
 from services.documents import collection_id
 from services.errors import PermanentError
-from services.events import MOVING, NONE, dataset_records
 from tests.unit.indexer_fakes import (
     KAFKA,
     FakeEpochs,

@@ -1,13 +1,13 @@
 """`artifact-search`: one entry point for both services and their operations.
 
 Subcommands: `api` (query service), `indexer` (Kafka consumer), `alerts` (saved-search
-alerts), `bootstrap` (topics, indices, aliases; idempotent), `demo` (publish a generated dataset),
-`produce` (publish events from a JSON Lines file), `replay` (rebuild the index
-from the topics into a new index version and swap the aliases), `backfill-prefect`
-(publish an existing Prefect server's database as events), `sync-prefect` (keep the
-topics in step with a live Prefect database: change data capture). Settings come from
-the environment (see README); invalid settings stop the command with a message
-naming the variable. Logs are JSON lines on stderr; results go to stdout.
+alerts), `bootstrap` (topics, indices, aliases; idempotent), `produce` (publish events from a
+JSON Lines file), `replay` (rebuild the index from the topics into a new index version and
+swap the aliases), `backfill-prefect` (publish an existing Prefect server's database as
+events), `sync-prefect` (keep the topics in step with a live Prefect: its database by change
+data capture, or its API). Settings come from the environment (see README); invalid settings
+stop the command with a message naming the variable. Logs are JSON lines on stderr; results
+go to stdout. Generated demo data is a development tool, not a subcommand: `python -m datagen`.
 """
 
 from __future__ import annotations
@@ -90,8 +90,8 @@ def _cmd_api(args: argparse.Namespace) -> None:
 def _cmd_indexer(_: argparse.Namespace) -> None:
     from indexer import metrics
     from indexer.app import Indexer
-    from indexer.health import HealthServer
     from indexer.runtime import GC_THRESHOLDS
+    from services.health import HealthServer
 
     settings: IndexerSettings = _settings(IndexerSettings)
     indexer = Indexer(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
@@ -122,7 +122,7 @@ def _cmd_indexer(_: argparse.Namespace) -> None:
 
 def _cmd_alerts(_: argparse.Namespace) -> None:
     from alerts.app import AlertsService
-    from indexer.health import HealthServer
+    from services.health import HealthServer
 
     settings: AlertsSettings = _settings(AlertsSettings)
     service = AlertsService(_settings(KafkaSettings), _settings(ElasticsearchSettings), settings)
@@ -224,7 +224,7 @@ def _cmd_backfill(args: argparse.Namespace) -> None:
 
 
 def _cmd_sync(args: argparse.Namespace) -> None:
-    from services.sync.command import run_sync
+    from artifact_search.sync import run_sync
 
     run_sync(args, _settings(KafkaSettings), _settings(SyncSettings))
 
@@ -267,35 +267,9 @@ async def _bootstrap() -> None:
         await es.close()
 
 
-async def _publish(records: Sequence[tuple[str, bytes, bytes | None]]) -> None:
-    from aiokafka import AIOKafkaProducer
-
-    from services.kafka import producer_kwargs
-
-    kafka = _settings(KafkaSettings)
-    producer = AIOKafkaProducer(**producer_kwargs(kafka), acks="all", linger_ms=20)
-    await producer.start()
-    try:
-        batch = []
-        for entity, key, value in records:
-            batch.append(await producer.send(kafka.topic_for(entity), value=value, key=key))
-            if len(batch) >= 5000:
-                await asyncio.gather(*batch)
-                batch.clear()
-        await asyncio.gather(*batch)
-    finally:
-        await producer.stop()
-
-
-def _cmd_demo(args: argparse.Namespace) -> None:
-    from services.events import dataset_events
-
-    records = dataset_events(seed=args.seed, artifacts=args.artifacts)
-    asyncio.run(_publish(records))
-    print(f"published {len(records)} events")
-
-
 def _cmd_produce(args: argparse.Namespace) -> None:
+    from services.kafka import publish_records
+
     records = []
     for number, line in enumerate(Path(args.file).read_text().splitlines(), start=1):
         if not line.strip():
@@ -307,7 +281,7 @@ def _cmd_produce(args: argparse.Namespace) -> None:
             sys.exit(f"line {number}: an event needs `entity` and `entity_id`")
         value = None if item.get("tombstone") else orjson.dumps(item)
         records.append((entity, str(key).encode(), value))
-    asyncio.run(_publish(records))
+    asyncio.run(publish_records(_settings(KafkaSettings), records))
     print(f"published {len(records)} events")
 
 
@@ -409,17 +383,6 @@ def build_parser() -> argparse.ArgumentParser:
         "indices (ELASTICSEARCH_NUMBER_OF_SHARDS/_REPLICAS). Whatever exists is left alone, so "
         "a second run changes nothing.",
         lambda _: asyncio.run(_bootstrap()),
-    )
-    demo = _sub(
-        sub,
-        "demo",
-        "publish a generated, seeded dataset as events",
-        "Publish a generated, seeded dataset as v1 events to the entity topics.",
-        _cmd_demo,
-    )
-    demo.add_argument("--seed", type=_NON_NEGATIVE, default=7, help="dataset seed (default 7)")
-    demo.add_argument(
-        "--artifacts", type=_POSITIVE, default=500, help="number of artifacts (default 500)"
     )
     produce = _sub(
         sub,

@@ -10,14 +10,15 @@ interleaved at random across topics.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from services.contract import ENTITIES, encode_event
-from services.datagen import Dataset, DatasetScale, generate_dataset
 
 Record = tuple[str, bytes, bytes | None]
 
@@ -192,3 +193,17 @@ def dependency_order(records: list[Record]) -> list[Record]:
     """
     rank = {entity: i for i, entity in enumerate(ENTITIES)}
     return sorted(records, key=lambda record: rank[record[0]])
+
+
+def records_jsonl(records: list[Record]) -> str:
+    """The records as JSON Lines that `artifact-search produce FILE` publishes back unchanged:
+    each value's envelope on its own line, a tombstone as `{"tombstone": true, ...}`."""
+    lines = []
+    for entity, key, value in records:
+        if value is None:
+            lines.append(
+                json.dumps({"entity": entity, "entity_id": key.decode(), "tombstone": True})
+            )
+        else:
+            lines.append(value.decode())
+    return "\n".join(lines) + "\n"

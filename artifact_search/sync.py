@@ -64,7 +64,7 @@ def _secret(value: Any) -> str | None:
 async def _serve(
     kafka: KafkaSettings, mode: str | ApiSyncOptions, options: SyncOptions, port: int, host: str
 ) -> int:
-    from indexer.health import HealthServer
+    from services.health import HealthServer
 
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -22,7 +22,7 @@ from prometheus_client import make_asgi_app
 from starlette.responses import PlainTextResponse
 from starlette.types import Receive, Scope, Send
 
-log = logging.getLogger("indexer.health")
+log = logging.getLogger("services.health")
 
 
 class _Server(uvicorn.Server):
