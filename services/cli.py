@@ -37,6 +37,7 @@ from services.config import (
     SyncSettings,
 )
 from services.logging import configure_logging, correlation, quiet_clients
+from services.telemetry import SERVICE_NAMES, TelemetrySettings, tracing
 
 log = logging.getLogger("artifact-search")
 
@@ -625,7 +626,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         logging.basicConfig(level=logs.level, format="%(levelname)s %(name)s: %(message)s")
         quiet_clients()
-    with correlation():
+    # the deployables are traced when an OTLP endpoint is configured (services/telemetry.py)
+    otel = _settings(TelemetrySettings) if args.command in SERVICE_NAMES else None
+    with correlation(), tracing(args.command, otel):
         args.func(args)
 
 
