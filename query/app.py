@@ -50,7 +50,7 @@ from services.prefect.requests import (
     parse_count_request,
     parse_read_request,
 )
-from services.telemetry import instrument_fastapi
+from services.telemetry import flush_tracing, instrument_fastapi
 
 REQUESTS = Counter("query_requests_total", "HTTP requests", ["endpoint", "status"])
 LATENCY = Histogram(
@@ -181,6 +181,7 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await es.close()
+        flush_tracing()  # uvicorn ends the process with the SIGTERM it got, right after this
 
     app = FastAPI(title="Prefect artifact search", lifespan=lifespan, docs_url="/docs")
     install_auth(app, query)  # query/auth.py: 401 unless credentials, when configured

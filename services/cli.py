@@ -48,6 +48,7 @@ settings come from environment variables (README, "Configuration"):
   KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_GROUP_ID, KAFKA_SECURITY_PROTOCOL, ...
   ELASTICSEARCH_URL, ELASTICSEARCH_INDEX_PREFIX, ELASTICSEARCH_API_KEY, ...
   INDEXER_*, QUERY_*, ALERTS_*, BACKFILL_*, SYNC_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
+  OTEL_EXPORTER_OTLP_ENDPOINT: traces of api, indexer, alerts, sync-prefect (off when unset)
 """
 
 

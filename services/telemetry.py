@@ -107,6 +107,14 @@ def shutdown_tracing() -> None:
         _provider = None
 
 
+def flush_tracing(timeout_s: float = 10.0) -> None:
+    """Export the spans still queued, now (no-op when tracing is off). For the end of an
+    app's lifespan: uvicorn re-raises the SIGTERM it handled once the app has stopped, so
+    the process dies before `tracing`'s exit could run."""
+    if _provider is not None:
+        _provider.force_flush(int(timeout_s * 1000))
+
+
 def tracer_provider() -> TracerProvider | None:
     """The provider `setup_tracing` installed, or None when tracing is off."""
     return _provider
