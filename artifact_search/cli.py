@@ -37,6 +37,7 @@ from services.config import (
     SyncSettings,
 )
 from services.logging import configure_logging, correlation, quiet_clients
+from services.telemetry import SERVICE_NAMES, TelemetrySettings, tracing
 
 log = logging.getLogger("artifact-search")
 
@@ -47,6 +48,7 @@ settings come from environment variables (README, "Configuration"):
   KAFKA_BOOTSTRAP_SERVERS, KAFKA_TOPIC_PREFIX, KAFKA_GROUP_ID, KAFKA_SECURITY_PROTOCOL, ...
   ELASTICSEARCH_URL, ELASTICSEARCH_INDEX_PREFIX, ELASTICSEARCH_API_KEY, ...
   INDEXER_*, QUERY_*, ALERTS_*, BACKFILL_*, SYNC_*, LOG_LEVEL (INFO), LOG_FORMAT (json|text)
+  OTEL_EXPORTER_OTLP_ENDPOINT: traces of api, indexer, alerts, sync-prefect (off when unset)
 """
 
 
@@ -588,7 +590,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     else:
         logging.basicConfig(level=logs.level, format="%(levelname)s %(name)s: %(message)s")
         quiet_clients()
-    with correlation():
+    # the deployables are traced when an OTLP endpoint is configured (services/telemetry.py)
+    otel = _settings(TelemetrySettings) if args.command in SERVICE_NAMES else None
+    with correlation(), tracing(args.command, otel):
         args.func(args)
 
 

@@ -44,6 +44,7 @@ from indexer.parents import Parents
 from indexer.runtime import PipelineError, Processor, StepResult
 from indexer.step import Topology
 from indexer.store import RocksStore, Store
+from indexer.tracing import batch_scope
 from indexer.writer import BulkWriter, ControlEpochs
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
 from services.errors import PermanentError
@@ -51,6 +52,7 @@ from services.es.admin import ensure_indices
 from services.es.client import make_es_client
 from services.es.indices import IndexNames
 from services.kafka import broker_kwargs
+from services.telemetry import kafka_middlewares
 
 log = logging.getLogger("indexer")
 _FASTSTREAM_LOG = logging.getLogger("indexer.faststream")
@@ -106,7 +108,10 @@ class Indexer:
         self.artifact_topic = kafka.topic_for("artifact")
         self.members_topic = kafka.members_topic
         # a plain logger: FastStream's own one prints coloured text past the JSON handler
-        self.broker = KafkaBroker(**broker_kwargs(kafka), logger=_FASTSTREAM_LOG)
+        # tracing on: FastStream's telemetry middleware (a consumer span per batch)
+        self.broker = KafkaBroker(
+            **broker_kwargs(kafka), logger=_FASTSTREAM_LOG, middlewares=kafka_middlewares()
+        )
         self.processor: Processor | None = None
         self.batches = 0
         self.bootstrapped = asyncio.Event()
@@ -295,7 +300,19 @@ class Indexer:
             metrics.ACTIVE_PARTITIONS.set(len(self.processor.active))
 
     async def _submit(self, consumer: AIOKafkaConsumer, records: Sequence[Any]) -> bool:
-        """Hand a batch to the processor; on failure, never let its records be skipped."""
+        """Hand a batch to the processor; on failure, never let its records be skipped.
+
+        The batch has an id in the log lines and, tracing on, a span (indexer/tracing.py)."""
+        source = "global" if records and records[0].topic in self.parent_topics else "group"
+        with batch_scope(records, source) as batch:
+            return await self._submit_batch(consumer, records, batch.follow)
+
+    async def _submit_batch(
+        self,
+        consumer: AIOKafkaConsumer,
+        records: Sequence[Any],
+        follow: Callable[[asyncio.Future[StepResult]], None],
+    ) -> bool:
         processor = self.processor
         assert processor is not None
 
@@ -303,7 +320,7 @@ class Indexer:
             self._spawn(self._commit(consumer, result))
 
         try:
-            await processor.submit(records, committed)
+            follow(await processor.submit(records, committed))
             return True
         except PipelineError as exc:
             self._fail(exc)

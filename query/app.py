@@ -33,6 +33,7 @@ from alerts.searches import SavedSearchStore
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
 from query.repository import CursorExpiredError, Repository
+from query.request_id import RequestIdMiddleware
 from query.saved_searches import saved_search_router
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
@@ -49,6 +50,7 @@ from services.prefect.requests import (
     parse_count_request,
     parse_read_request,
 )
+from services.telemetry import flush_tracing, instrument_fastapi
 
 REQUESTS = Counter("query_requests_total", "HTTP requests", ["endpoint", "status"])
 LATENCY = Histogram(
@@ -179,9 +181,12 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await es.close()
+        flush_tracing()  # uvicorn ends the process with the SIGTERM it got, right after this
 
     app = FastAPI(title="Prefect artifact search", lifespan=lifespan, docs_url="/docs")
     install_auth(app, query)  # query/auth.py: 401 unless credentials, when configured
+    app.add_middleware(RequestIdMiddleware)  # outside auth: a 401 has a request id too
+    instrument_fastapi(app)  # tracing on: a server span per request (services/telemetry.py)
     app.state.repository = repo
 
     def endpoint(

@@ -40,6 +40,7 @@ FORBIDDEN = {
     "rocksdict",
     "asyncpg",
     "psycopg2",
+    "opentelemetry",  # tracing lives in the adapters (services/telemetry.py, indexer/tracing.py)
 }
 
 
