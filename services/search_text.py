@@ -179,9 +179,10 @@ def encode_micros(micros: int) -> str:
 
 def parse_number(text: str) -> float | None:
     """The finite number a string spells in decimal notation, else None."""
-    if _NUMERIC.fullmatch(text.strip()) is None:  # also what `float` alone would accept:
+    stripped = text.strip()  # str.strip() also drops \x1c-\x1f, which float() refuses
+    if _NUMERIC.fullmatch(stripped) is None:  # also what `float` alone would accept:
         return None  # "nan", "1_000", "infinity"
-    value = float(text)
+    value = float(stripped)
     return value if math.isfinite(value) else None
 
 

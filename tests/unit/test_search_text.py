@@ -116,6 +116,8 @@ def test_encoded_microseconds_sort_like_time() -> None:
 
 def test_strings_that_spell_numbers_or_timestamps() -> None:
     assert parse_number("0.93") == 0.93 and parse_number(" -1e3 ") == -1000.0
+    # str.strip() drops the separators \x1c-\x1f too; float() alone refused what was left
+    assert parse_number("0\x1f") == 0.0 and parse_number("\x1c2.5\x1d") == 2.5
     for text in ("nan", "inf", "1_000", "0x10", "1.2.3", "", "12 apples"):
         assert parse_number(text) is None, text
     assert parse_micros("1970-01-01T00:00:01Z") == 1_000_000
