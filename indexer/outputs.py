@@ -18,6 +18,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, TopicAlreadyExistsError
 from pydantic import BaseModel, Field
+from tenacity import AsyncRetrying, retry_if_result, stop_after_delay, wait_exponential
 
 from indexer import metrics
 from indexer.collections import Member
@@ -94,31 +95,17 @@ class KafkaOutputs:
         self._producer = self._dlq = None
 
     async def member_partitions(self) -> int:
-        """Create the member topic (as many partitions as the artifact topic) if missing."""
+        """Create the member topic (as many partitions as the artifact topic) if missing.
+
+        A topic just created can be described with no partitions (or not at all) until the
+        controller's metadata reaches the broker that answers: its count is read again until
+        it has some, never taken as 0 (every member partition is a modulus)."""
         admin = AIOKafkaAdminClient(**producer_kwargs(self.kafka), request_timeout_ms=15_000)
         await admin.start()
         try:
-            described = await admin.describe_topics([self.artifact_topic, self.members_topic])
-            counts = {
-                t["topic"]: len(t["partitions"]) for t in described if t.get("error_code") == 0
-            }
-            if self.members_topic not in counts:
-                partitions = counts.get(self.artifact_topic, self.kafka.partitions)
-                topic = NewTopic(
-                    self.members_topic,
-                    partitions,
-                    self.kafka.replication_factor,
-                    topic_configs={
-                        "cleanup.policy": "compact",
-                        # a member record carries an artifact's fields: as large as its event
-                        "max.message.bytes": str(MEMBER_MAX_BYTES),
-                    },
-                )
-                with contextlib.suppress(TopicAlreadyExistsError):
-                    await admin.create_topics([topic])
-                described = await admin.describe_topics([self.members_topic])
-                counts = {t["topic"]: len(t["partitions"]) for t in described}
-            return counts[self.members_topic]
+            return await ensure_member_topic(
+                admin, self.artifact_topic, self.members_topic, self.kafka
+            )
         finally:
             await admin.close()
 
@@ -198,3 +185,47 @@ class KafkaOutputs:
             except KafkaError as exc:  # the processor retries with backoff (tenacity)
                 raise TransientError(f"dead-letter publish failed: {exc}") from exc
         raise PermanentError("the dead-letter topic refused even the headers of a record")
+
+
+async def ensure_member_topic(
+    admin: Any, artifact_topic: str, members_topic: str, kafka: KafkaSettings, wait_s: float = 60
+) -> int:
+    """The member topic's partition count, the topic created like the artifact topic first
+    when missing (`admin`: an aiokafka admin client, or a fake with the same two calls)."""
+    counts = await _partition_counts(admin, [artifact_topic, members_topic])
+    if members_topic not in counts:
+        partitions = counts.get(artifact_topic, kafka.partitions)
+        topic = NewTopic(
+            members_topic,
+            partitions,
+            kafka.replication_factor,
+            topic_configs={
+                "cleanup.policy": "compact",
+                # a member record carries an artifact's fields: as large as its event
+                "max.message.bytes": str(MEMBER_MAX_BYTES),
+            },
+        )
+        with contextlib.suppress(TopicAlreadyExistsError):
+            await admin.create_topics([topic])
+    counts = await AsyncRetrying(
+        retry=retry_if_result(lambda found: members_topic not in found),
+        stop=stop_after_delay(wait_s),
+        wait=wait_exponential(multiplier=0.05, max=2),
+        retry_error_callback=lambda state: state.outcome.result() if state.outcome else {},
+    )(_partition_counts, admin, [members_topic])
+    if members_topic not in counts:
+        raise TransientError(
+            f"the member topic {members_topic} has no partitions {wait_s:.0f} s after it was "
+            "created: is the Kafka controller reachable?"
+        )
+    return int(counts[members_topic])
+
+
+async def _partition_counts(admin: Any, topics: list[str]) -> dict[str, int]:
+    """Partitions of each topic that exists and has some (absent: missing or not yet known)."""
+    described = await admin.describe_topics(topics)
+    return {
+        t["topic"]: len(t["partitions"])
+        for t in described
+        if t.get("error_code") == 0 and t.get("partitions")
+    }
