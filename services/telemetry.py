@@ -1,6 +1,6 @@
 """OpenTelemetry tracing of the long-running commands, off unless an OTLP endpoint is set.
 
-`tracing(role)` wraps a command (services/cli.py): when `OTEL_EXPORTER_OTLP_ENDPOINT` or
+`tracing(role)` wraps a command (artifact_search/cli.py): when `OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` names an OTLP/HTTP receiver (and `OTEL_SDK_DISABLED`
 is not true), it installs the SDK's tracer provider as the global one — a resource whose
 `service.name` is `artifact-search-<role>` unless `OTEL_SERVICE_NAME` says otherwise, a

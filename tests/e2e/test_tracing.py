@@ -3,7 +3,7 @@ spans over OTLP/HTTP to a receiver in this test process.
 
 The receiver is a plain HTTP server on 127.0.0.1 that decodes each `POST /v1/traces` body
 with opentelemetry-proto's `ExportTraceServiceRequest`. The processes are started the way
-an operator starts them (`python -m services.cli api|indexer`, only the standard
+an operator starts them (`python -m artifact_search.cli api|indexer`, only the standard
 `OTEL_EXPORTER_OTLP_ENDPOINT` set); contract events go through the real Kafka, with a W3C
 `traceparent` header as a traced producer would send, and a query goes over HTTP. Then:
 
@@ -48,8 +48,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 
+from datagen.events import dataset_events
 from services.config import KafkaSettings
-from services.events import dataset_events
 from tests.ops.cleanup import drop_test_names
 
 REPO = Path(__file__).resolve().parents[2]
@@ -156,7 +156,14 @@ def _free_port() -> int:
 async def _cli(env: dict[str, str], log: Path, *args: str) -> asyncio.subprocess.Process:
     with log.open("ab") as out:
         return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "services.cli", *args, cwd=REPO, env=env, stdout=out, stderr=out
+            sys.executable,
+            "-m",
+            "artifact_search.cli",
+            *args,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
         )
 
 
