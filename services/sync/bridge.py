@@ -128,6 +128,7 @@ class Bridge:
         self._failure: BaseException | None = None
         self._window = AckWindow()
         self._last_delay = 0.0
+        self._failed_sessions = 0  # since streaming last started
         metrics.LAG.set_function(self._lag)
 
     # ---- the session loop ----------------------------------------------------------------
@@ -143,6 +144,7 @@ class Bridge:
             except TRANSIENT as exc:
                 self.on_ready(False)
                 metrics.RECONNECTS.inc()
+                self._failed_sessions += 1
                 if time.monotonic() - started > 60:
                     delay = self.options.retry_initial_s  # it had been working
                 log.warning("sync session failed, reconnecting in %.1fs: %s", delay, exc)
@@ -281,7 +283,16 @@ class Bridge:
             decoder = ChangeDecoder(opts.schema)
             metrics.PHASE.set(2)
             self.on_ready(True)
-            log.info("streaming from slot %s", opts.slot)
+            if self._failed_sessions:
+                log.warning(
+                    "reconnected after %d failed session(s): streaming from slot %s again, "
+                    "from its confirmed position",
+                    self._failed_sessions,
+                    opts.slot,
+                )
+                self._failed_sessions = 0
+            else:
+                log.info("streaming from slot %s", opts.slot)
             reported, reported_count = time.monotonic(), self.published
             since_yield, last_keepalive = 0, time.monotonic()
             while not stop.is_set():
