@@ -46,6 +46,7 @@ from services.sync.changes import (
     Refetch,
     Transaction,
     snapshot_event,
+    truncate_deletes,
 )
 from services.sync.pgoutput import Commit, lsn_to_str, parse_message
 from services.sync.postgres import (
@@ -70,6 +71,7 @@ from services.sync.postgres import (
     wait_readable,
 )
 from services.sync.state import SyncState
+from services.sync.topic_keys import read_latest
 from services.sync.window import AckWindow
 
 log = logging.getLogger("sync")
@@ -347,15 +349,9 @@ class Bridge:
         if transaction is None:
             window.add(commit.end_lsn, commit.commit_time, 0)
             return
-        for table in transaction.truncated:
-            metrics.TRUNCATES.labels(table).inc()
-            log.error(
-                "TRUNCATE of %s at %s: its rows stay in the index (exclude truncate from the "
-                "publication, and rebuild the index after truncating Prefect's tables)",
-                table,
-                lsn_to_str(commit.end_lsn),
-            )
         events: list[ContractEvent] = []
+        if transaction.truncated:
+            events.extend(await self._truncate_deletes(producer, transaction))
         for change in transaction.changes:
             if isinstance(change, Refetch):
                 event = await self._refetch(sql, change)
@@ -371,6 +367,30 @@ class Bridge:
                 key=event.entity_id.encode(),
             )
             future.add_done_callback(self._acked(transaction.end_lsn, event, commit.commit_time))
+
+    async def _truncate_deletes(
+        self, producer: AIOKafkaProducer, transaction: Transaction
+    ) -> list[ContractEvent]:
+        """A delete for every entity of each truncated table that its topic holds as live.
+
+        Everything published before is acknowledged first (so the topic's read includes
+        it); the topic is read from the beginning to its end offsets (docs/adr/0007)."""
+        await producer.flush()
+        self._raise_failure()
+        out: list[ContractEvent] = []
+        for table in transaction.truncated:
+            latest = await read_latest(self.kafka, table)
+            deletes = truncate_deletes(table, latest, transaction)
+            metrics.TRUNCATES.labels(table).inc()
+            log.warning(
+                "TRUNCATE of %s at %s: publishing deletes for the %d entities its topic "
+                "holds as live",
+                table,
+                lsn_to_str(transaction.end_lsn),
+                len(deletes),
+            )
+            out.extend(deletes)
+        return out
 
     async def _refetch(self, sql: Any, change: Refetch) -> ContractEvent | None:
         metrics.REFETCHES.inc()
