@@ -43,6 +43,7 @@ from tests.sync.test_live_prefect import (
 
 AUTH = "admin:s3cret"
 RECONCILE_S = 8
+FULL_EVERY = 2  # every other pass lists everything (finds deletions); the others are incremental
 
 
 def start_api_cli(
@@ -54,6 +55,7 @@ def start_api_cli(
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap_servers,
         "KAFKA_TOPIC_PREFIX": kafka.topic_prefix,
         "SYNC_API_AUTH_STRING": auth,
+        "SYNC_RECONCILE_FULL_EVERY": str(FULL_EVERY),
         "LOG_FORMAT": "text",
     }
     argv = ["--api-url", api_url, "--state-file", str(state), "--metrics-port", str(port)]
@@ -217,7 +219,9 @@ async def test_api_mode_gives_prefects_answers(
             finally:
                 code, err = stop(bridge)
             assert code == 0, err[-2000:]
-            # the restart resumed from the checkpoint: no second snapshot
-            assert "snapshot pass" not in err and "reconcile pass" in err, err[-2000:]
+            # the restart resumed from the checkpoint: no second snapshot; full and
+            # incremental passes alternated
+            assert "snapshot pass" not in err and "reconcile pass:" in err, err[-2000:]
+            assert "reconcile pass (incremental):" in err, err[-2000:]
     with contextlib.suppress(FileNotFoundError):
         state.unlink()
