@@ -10,7 +10,7 @@
 - `reconcile`: at the start and every `reconcile_interval_s`, a paged listing of the five
   collections (by `updated` where Prefect offers it) publishes what changed without an
   event; after a complete listing, ids published as live that it lacks are read again: a
-  404 publishes their delete (deleting an artifact emits no Prefect event). The
+  404 publishes their delete (deleting an artifact emits no event of its own). The
   session's first pass and every `reconcile_full_every`-th are complete; the others
   list flows, deployments and artifacts only back to their high-water mark minus an
   overlap (services/sync/api_passes.py). The first pass of a new checkpoint is the
