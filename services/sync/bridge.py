@@ -327,7 +327,7 @@ class Bridge:
                 message = parse_message(item[0])
                 transaction = decoder.feed(message)
                 if isinstance(message, Commit):
-                    await self._publish(sql, producer, message, transaction)
+                    await self._publish(sql, producer, message, transaction, stream)
                 since_yield += 1
                 if since_yield >= 500:  # let acknowledgements run during a burst
                     since_yield = 0
@@ -344,6 +344,7 @@ class Bridge:
         producer: AIOKafkaProducer,
         commit: Commit,
         transaction: Transaction | None,
+        stream: ReplicationStream,
     ) -> None:
         window = self._window
         if transaction is None:
@@ -351,7 +352,7 @@ class Bridge:
             return
         events: list[ContractEvent] = []
         if transaction.truncated:
-            events.extend(await self._truncate_deletes(producer, transaction))
+            events.extend(await self._truncate_deletes(producer, transaction, stream))
         for change in transaction.changes:
             if isinstance(change, Refetch):
                 event = await self._refetch(sql, change)
@@ -369,17 +370,26 @@ class Bridge:
             future.add_done_callback(self._acked(transaction.end_lsn, event, commit.commit_time))
 
     async def _truncate_deletes(
-        self, producer: AIOKafkaProducer, transaction: Transaction
+        self, producer: AIOKafkaProducer, transaction: Transaction, stream: ReplicationStream
     ) -> list[ContractEvent]:
         """A delete for every entity of each truncated table that its topic holds as live.
 
         Everything published before is acknowledged first (so the topic's read includes
-        it); the topic is read from the beginning to its end offsets (docs/adr/0007)."""
+        it); the topic is read from the beginning to its end offsets (docs/adr/0007), with
+        status updates meanwhile so the walsender does not time out on a long read."""
         await producer.flush()
         self._raise_failure()
+        last = time.monotonic()
+
+        def keepalive() -> None:
+            nonlocal last
+            if time.monotonic() - last >= self.options.status_interval_s:
+                stream.keepalive()
+                last = time.monotonic()
+
         out: list[ContractEvent] = []
         for table in transaction.truncated:
-            latest = await read_latest(self.kafka, table)
+            latest = await read_latest(self.kafka, table, keepalive)
             deletes = truncate_deletes(table, latest, transaction)
             metrics.TRUNCATES.labels(table).inc()
             log.warning(

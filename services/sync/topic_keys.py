@@ -12,7 +12,7 @@ of its ids in memory (docs/adr/0007).
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
@@ -26,8 +26,11 @@ from services.sync.changes import latest_ops
 log = logging.getLogger("sync")
 
 
-async def read_latest(kafka: KafkaSettings, entity: str) -> dict[str, tuple[int, str]]:
-    """Per entity id, the (version, op) of its highest-version event on `entity`'s topic."""
+async def read_latest(
+    kafka: KafkaSettings, entity: str, between: Callable[[], None] = lambda: None
+) -> dict[str, tuple[int, str]]:
+    """Per entity id, the (version, op) of its highest-version event on `entity`'s topic;
+    `between` is called after every fetch (the bridge keeps its replication stream alive)."""
     topic = kafka.topic_for(entity)
     consumer = AIOKafkaConsumer(
         **producer_kwargs(kafka),
@@ -49,6 +52,7 @@ async def read_latest(kafka: KafkaSettings, entity: str) -> dict[str, tuple[int,
             data = await consumer.getmany(*remaining, timeout_ms=1000, max_records=5000)
             for tp, msgs in data.items():
                 records.extend(_parsed([m.value for m in msgs if m.offset < end[tp]], skipped))
+            between()
             for tp in list(remaining):
                 # compaction or transaction markers can leave no record at end - 1
                 if await consumer.position(tp) >= end[tp]:
