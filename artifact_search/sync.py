@@ -54,6 +54,8 @@ def api_options_from(args: Any, settings: SyncSettings) -> ApiSyncOptions:
         state_path=Path(state_file) if state_file else None,
         requests_per_second=args.requests_per_second or settings.api_requests_per_second,
         reconcile_interval_s=args.reconcile_interval or settings.reconcile_interval_s,
+        reconcile_full_every=settings.reconcile_full_every,
+        reconcile_overlap_s=settings.reconcile_overlap_s,
     )
 
 

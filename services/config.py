@@ -249,6 +249,8 @@ class SyncSettings(BaseSettings):
     api_state_file: str = "prefect-sync-api.sqlite"
     api_requests_per_second: float = Field(default=20.0, gt=0, le=10_000)
     reconcile_interval_s: float = Field(default=300.0, ge=1, le=86_400)
+    reconcile_full_every: int = Field(default=12, ge=1, le=100_000)
+    reconcile_overlap_s: float = Field(default=600.0, ge=0, le=86_400)
 
 
 class LoggingSettings(BaseSettings):

@@ -8,6 +8,7 @@ slot, then the committed changes in commit order (docs/adr/0007-prefect-change-d
 - `changes`   PURE: messages -> committed transactions -> contract events, versions
 - `postgres`  adapter: the replication connection (psycopg2), slot, publication, snapshot
 - `bridge`    the loop: snapshot, stream, Kafka with bounded in-flight, LSN confirmation
+- `topic_keys` adapter: an entity topic's live ids, read back for a TRUNCATE
 - `state`     the state file (which slot, whether its snapshot was published)
 - `metrics`   Prometheus metrics of the bridge (both modes)
 - `errors`    the setup errors that stop the command with a message (both modes)

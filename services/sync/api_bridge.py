@@ -45,6 +45,8 @@ class ApiSyncOptions:
     state_path: Path | None = Path("prefect-sync-api.sqlite")
     requests_per_second: float = 20.0
     reconcile_interval_s: float = 300.0
+    reconcile_full_every: int = 12  # every 12th pass (and a session's first) is full
+    reconcile_overlap_s: float = 600.0  # incremental passes list back to the mark minus this
     page_size: int = 200  # Prefect's default maximum `limit`
     read_batch: int = 50
     max_queued: int = 100_000

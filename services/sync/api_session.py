@@ -9,9 +9,12 @@
   after the event that announces them);
 - `reconcile`: at the start and every `reconcile_interval_s`, a paged listing of the five
   collections (by `updated` where Prefect offers it) publishes what changed without an
-  event, and ids published as live that the listing lacks are read again: a 404
-  publishes their delete (deleting an artifact emits no Prefect event). The first pass
-  of a new checkpoint is the initial snapshot (progress on stderr).
+  event; after a complete listing, ids published as live that it lacks are read again: a
+  404 publishes their delete (deleting an artifact emits no event of its own). The
+  session's first pass and every `reconcile_full_every`-th are complete; the others
+  list flows, deployments and artifacts only back to their high-water mark minus an
+  overlap (services/sync/api_passes.py). The first pass of a new checkpoint is the
+  initial snapshot (progress on stderr).
 
 `publish` (decide -> Kafka, acks=all, idempotent -> checkpoint store) runs under one lock,
 so the decisions for one entity are taken one after another on what was acknowledged;
@@ -42,6 +45,13 @@ from services.errors import BackendUnavailableError
 from services.prefect.tables import TABLES
 from services.progress import Progress
 from services.sync import metrics
+from services.sync.api_passes import (
+    INCREMENTAL,
+    PassPlan,
+    high_water_after,
+    plan_pass,
+    reached_back,
+)
 from services.sync.api_plan import (
     Published,
     Ref,
@@ -50,6 +60,7 @@ from services.sync.api_plan import (
     checkpoint_after,
     decide,
     event_occurred,
+    parse_time,
     refs_of_event,
     vanished,
 )
@@ -109,6 +120,14 @@ def with_backoff(
         reraise=True,
         **extra,
     )
+
+
+def _updated(body: Mapping[str, Any]) -> datetime | None:
+    """A listed entity's `updated` (None when absent or malformed)."""
+    try:
+        return parse_time(str(body["updated"]))
+    except (KeyError, ValueError):
+        return None
 
 
 def _as_reads(
@@ -261,13 +280,23 @@ class ApiSession:
     # ---- reconcile passes ----------------------------------------------------------------
 
     async def reconcile(self, stop: asyncio.Event, reconciled: asyncio.Event) -> None:
+        """Passes until `stop`: the first of the session and every `reconcile_full_every`-th
+        one full, the others incremental (services/sync/api_passes.py)."""
         opts = self.options
+        number = 0
         while not stop.is_set():
             initial = not self.store.snapshot_complete
+            plan = plan_pass(
+                number,
+                opts.reconcile_full_every,
+                self.store.high_water(),
+                timedelta(seconds=opts.reconcile_overlap_s),
+            )
             started = time.monotonic()
-            await self.reconcile_pass(initial)
+            await self.reconcile_pass(initial, plan)
             if initial:
                 self.store.mark_snapshot_complete()
+            number += 1
             self.shared.passes += 1
             metrics.RECONCILE_PASSES.inc()
             metrics.RECONCILE_SECONDS.set(time.monotonic() - started)
@@ -275,9 +304,11 @@ class ApiSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), opts.reconcile_interval_s)
 
-    async def reconcile_pass(self, initial: bool) -> None:
-        """List every collection; publish what changed; delete what vanished."""
+    async def reconcile_pass(self, initial: bool, plan: PassPlan | None = None) -> None:
+        """List the collections as `plan` says (default: everything); publish what
+        changed; after a complete listing, delete what vanished."""
         opts = self.options
+        plan = plan or plan_pass(0, 1, {}, timedelta(0))
         phase = "snapshot" if initial else "reconcile"
         if initial:
             metrics.PHASE.set(1)
@@ -288,8 +319,10 @@ class ApiSession:
             progress = Progress("snapshot", total, self.shared.progress_stream, unit="entities")
             progress.update(0, force=True)
         done, published, deleted = 0, 0, 0
-        for entity in TABLES:
+        for listing in plan.listings:
+            entity = listing.entity
             listed: set[str] = set()
+            newest = self.store.high_water().get(entity)
             offset = 0
             while True:
                 page = await self.api.list_page(entity, offset, opts.page_size)
@@ -304,9 +337,15 @@ class ApiSession:
                 done += len(page)
                 if progress is not None:
                     progress.update(done, note=entity)
-                if len(page) < opts.page_size:
+                updated = [u for u in (_updated(body) for body in page) if u is not None]
+                newest = high_water_after(newest, updated)
+                if reached_back(listing, updated, len(page) >= opts.page_size):
                     break
                 offset += len(page)
+            if entity in INCREMENTAL and newest is not None:
+                self.store.save_high_water(entity, newest)
+            if not listing.full:
+                continue  # a partial listing says nothing about deletions
             gone = sorted(vanished(self.store.live_ids(entity), listed))
             if gone:  # confirmed one by one: a listing paged by offset may skip a row
                 refs = [Ref(entity, i) for i in gone]
@@ -319,8 +358,9 @@ class ApiSession:
         if progress is not None:
             progress.finish()
         log.info(
-            "%s pass: %d listed, %d events, %d vanished (published: %s)",
+            "%s pass%s: %d listed, %d events, %d vanished (published: %s)",
             phase,
+            "" if plan.full else " (incremental)",
             done,
             published,
             deleted,

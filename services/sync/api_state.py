@@ -9,7 +9,8 @@ it cannot prove was published (at-least-once; the same event id, the indexer dro
 It answers the three questions the API cannot:
 - the last version of an entity (versions must grow, and a delete has no `updated`);
 - whether a snapshot changed since it was published (its digest);
-- which ids were published as live, so a reconcile pass finds those that vanished.
+- which ids were published as live, so a reconcile pass finds those that vanished;
+- per collection, the newest `updated` a pass listed: where an incremental pass stops.
 """
 
 from __future__ import annotations
@@ -91,6 +92,16 @@ class ApiSyncStore:
     def save_event_position(self, position: datetime) -> None:
         """Move the event position (callers never move it back)."""
         self.set_meta({"event_position": position.isoformat()})
+
+    def high_water(self) -> dict[str, datetime]:
+        """Per collection, the newest `updated` a reconcile pass listed (the incremental
+        passes list back to it, minus an overlap)."""
+        rows = self._db.execute("SELECT key, value FROM meta WHERE key LIKE 'high_water.%'")
+        return {str(k).split(".", 1)[1]: parse_time(str(v)) for k, v in rows}
+
+    def save_high_water(self, entity: str, mark: datetime) -> None:
+        """Record a collection's high-water mark (callers never move it back)."""
+        self.set_meta({f"high_water.{entity}": mark.isoformat()})
 
     def get(self, refs: Iterable[Ref]) -> dict[Ref, Published]:
         """What was published last for each of `refs` that has ever been published."""

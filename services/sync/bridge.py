@@ -46,6 +46,7 @@ from services.sync.changes import (
     Refetch,
     Transaction,
     snapshot_event,
+    truncate_deletes,
 )
 from services.sync.pgoutput import Commit, lsn_to_str, parse_message
 from services.sync.postgres import (
@@ -70,6 +71,7 @@ from services.sync.postgres import (
     wait_readable,
 )
 from services.sync.state import SyncState
+from services.sync.topic_keys import read_latest
 from services.sync.window import AckWindow
 
 log = logging.getLogger("sync")
@@ -128,6 +130,7 @@ class Bridge:
         self._failure: BaseException | None = None
         self._window = AckWindow()
         self._last_delay = 0.0
+        self._failed_sessions = 0  # since streaming last started
         metrics.LAG.set_function(self._lag)
 
     # ---- the session loop ----------------------------------------------------------------
@@ -143,6 +146,7 @@ class Bridge:
             except TRANSIENT as exc:
                 self.on_ready(False)
                 metrics.RECONNECTS.inc()
+                self._failed_sessions += 1
                 if time.monotonic() - started > 60:
                     delay = self.options.retry_initial_s  # it had been working
                 log.warning("sync session failed, reconnecting in %.1fs: %s", delay, exc)
@@ -281,7 +285,16 @@ class Bridge:
             decoder = ChangeDecoder(opts.schema)
             metrics.PHASE.set(2)
             self.on_ready(True)
-            log.info("streaming from slot %s", opts.slot)
+            if self._failed_sessions:
+                log.warning(
+                    "reconnected after %d failed session(s): streaming from slot %s again, "
+                    "from its confirmed position",
+                    self._failed_sessions,
+                    opts.slot,
+                )
+                self._failed_sessions = 0
+            else:
+                log.info("streaming from slot %s", opts.slot)
             reported, reported_count = time.monotonic(), self.published
             since_yield, last_keepalive = 0, time.monotonic()
             while not stop.is_set():
@@ -314,7 +327,7 @@ class Bridge:
                 message = parse_message(item[0])
                 transaction = decoder.feed(message)
                 if isinstance(message, Commit):
-                    await self._publish(sql, producer, message, transaction)
+                    await self._publish(sql, producer, message, transaction, stream)
                 since_yield += 1
                 if since_yield >= 500:  # let acknowledgements run during a burst
                     since_yield = 0
@@ -331,20 +344,15 @@ class Bridge:
         producer: AIOKafkaProducer,
         commit: Commit,
         transaction: Transaction | None,
+        stream: ReplicationStream,
     ) -> None:
         window = self._window
         if transaction is None:
             window.add(commit.end_lsn, commit.commit_time, 0)
             return
-        for table in transaction.truncated:
-            metrics.TRUNCATES.labels(table).inc()
-            log.error(
-                "TRUNCATE of %s at %s: its rows stay in the index (exclude truncate from the "
-                "publication, and rebuild the index after truncating Prefect's tables)",
-                table,
-                lsn_to_str(commit.end_lsn),
-            )
         events: list[ContractEvent] = []
+        if transaction.truncated:
+            events.extend(await self._truncate_deletes(producer, transaction, stream))
         for change in transaction.changes:
             if isinstance(change, Refetch):
                 event = await self._refetch(sql, change)
@@ -360,6 +368,39 @@ class Bridge:
                 key=event.entity_id.encode(),
             )
             future.add_done_callback(self._acked(transaction.end_lsn, event, commit.commit_time))
+
+    async def _truncate_deletes(
+        self, producer: AIOKafkaProducer, transaction: Transaction, stream: ReplicationStream
+    ) -> list[ContractEvent]:
+        """A delete for every entity of each truncated table that its topic holds as live.
+
+        Everything published before is acknowledged first (so the topic's read includes
+        it); the topic is read from the beginning to its end offsets (docs/adr/0007), with
+        status updates meanwhile so the walsender does not time out on a long read."""
+        await producer.flush()
+        self._raise_failure()
+        last = time.monotonic()
+
+        def keepalive() -> None:
+            nonlocal last
+            if time.monotonic() - last >= self.options.status_interval_s:
+                stream.keepalive()
+                last = time.monotonic()
+
+        out: list[ContractEvent] = []
+        for table in transaction.truncated:
+            latest = await read_latest(self.kafka, table, keepalive)
+            deletes = truncate_deletes(table, latest, transaction)
+            metrics.TRUNCATES.labels(table).inc()
+            log.warning(
+                "TRUNCATE of %s at %s: publishing deletes for the %d entities its topic "
+                "holds as live",
+                table,
+                lsn_to_str(transaction.end_lsn),
+                len(deletes),
+            )
+            out.extend(deletes)
+        return out
 
     async def _refetch(self, sql: Any, change: Refetch) -> ContractEvent | None:
         metrics.REFETCHES.inc()

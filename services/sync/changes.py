@@ -17,12 +17,16 @@ other producers), so the change stream always supersedes a backfill of the same 
 An update that leaves a large (TOASTed) contract column unchanged does not carry its
 value; unless the same transaction or a full replica identity supplied it, the row comes
 out as a `Refetch` for the adapter to read the current row in its place.
+
+A `TRUNCATE` carries no row ids: the transaction names the truncated tables (its changes
+hold only what the tables got after the truncate), and `truncate_deletes` turns the ids
+the entity's topic still holds as live (`latest_ops` over its records) into deletes.
 """
 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Final, Literal
@@ -170,7 +174,11 @@ class ChangeDecoder:
             for oid in message.relation_oids:
                 table = self._known(oid)
                 if table is not None:
-                    self._truncated.append(table.name)
+                    if table.name not in self._truncated:
+                        self._truncated.append(table.name)
+                    # the table's rows changed earlier in this transaction are gone too
+                    for key in [k for k in self._rows if k[0] == table.name]:
+                        del self._rows[key]
             return None
         table = self._known(message.relation_oid)
         if table is None:
@@ -268,3 +276,29 @@ class ChangeDecoder:
                     ContractEvent(entity, entity_id, "upsert", version, commit.commit_time, data)
                 )
         return Transaction(commit.end_lsn, commit.commit_time, tuple(changes), truncated)
+
+
+def latest_ops(records: Iterable[tuple[str, int, str]]) -> dict[str, tuple[int, str]]:
+    """(entity id, version, op) of a topic's records, in any order -> per id, the version
+    and op of its highest version (what the indexer ends with)."""
+    out: dict[str, tuple[int, str]] = {}
+    for entity_id, version, op in records:
+        known = out.get(entity_id)
+        if known is None or version > known[0]:
+            out[entity_id] = (version, op)
+    return out
+
+
+def truncate_deletes(
+    table: str, latest: Mapping[str, tuple[int, str]], transaction: Transaction
+) -> list[ContractEvent]:
+    """The deletes a `TRUNCATE` of `table` in `transaction` publishes: one for every id whose
+    latest event on the topic is an upsert older than the transaction, except ids the
+    transaction wrote again after the truncate (their upsert carries the same version)."""
+    version = version_at(transaction.end_lsn)
+    rewritten = {c.entity_id for c in transaction.changes if c.entity == table}
+    return [
+        ContractEvent(table, entity_id, "delete", version, transaction.commit_time)
+        for entity_id, (seen, op) in sorted(latest.items())
+        if op == "upsert" and seen < version and entity_id not in rewritten
+    ]

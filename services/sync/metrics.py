@@ -33,7 +33,7 @@ REFETCHES = Counter(
 )
 TRUNCATES = Counter(
     "sync_prefect_truncates_total",
-    "TRUNCATEs seen on a Prefect table (their rows are not deleted from the index)",
+    "TRUNCATEs of a Prefect table (each published as deletes of what its topic holds)",
     ["table"],
 )
 RECONNECTS = Counter(

@@ -141,16 +141,37 @@ async def check_server(conn: Any, schema: str) -> tuple[int, str, str]:
     return int(row["version"]), str(row["database"]), str(row["who"])
 
 
+PUBLISH = "insert, update, delete, truncate"
+"""What the publication sends: every row change, and TRUNCATEs (published as deletes)."""
+
+
 async def ensure_publication(conn: Any, name: str, schema: str) -> bool:
-    """The publication of the five tables exists (created when missing); True if created."""
+    """The publication of the five tables exists (created when missing) and publishes
+    TRUNCATEs (altered when it does not, or a warning saying what to run); True if
+    created."""
     import asyncpg
 
     tables = ", ".join(f"{_quote(schema)}.{_quote(t)}" for t in TABLES)
-    exists = await conn.fetchval("SELECT 1 FROM pg_publication WHERE pubname = $1", name)
+    row = await conn.fetchrow("SELECT pubtruncate FROM pg_publication WHERE pubname = $1", name)
+    exists = row is not None
+    if exists and not row["pubtruncate"]:
+        # a publication of an earlier version of the bridge, or made by hand
+        statement = f"ALTER PUBLICATION {_quote(name)} SET (publish = '{PUBLISH}')"
+        try:
+            await conn.execute(statement)
+            log.info("publication %s now publishes TRUNCATE", name)
+        except asyncpg.InsufficientPrivilegeError as exc:
+            log.warning(
+                "publication %s does not publish TRUNCATE and this role may not change it "
+                "(%s): a TRUNCATE of Prefect's tables will not reach the index; have its "
+                "owner run: %s",
+                name,
+                exc,
+                statement,
+            )
     if not exists:
         statement = (
-            f"CREATE PUBLICATION {_quote(name)} FOR TABLE {tables} "
-            "WITH (publish = 'insert, update, delete')"
+            f"CREATE PUBLICATION {_quote(name)} FOR TABLE {tables} WITH (publish = '{PUBLISH}')"
         )
         try:
             await conn.execute(statement)

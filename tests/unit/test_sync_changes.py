@@ -28,7 +28,10 @@ from services.sync.changes import (
     Refetch,
     SchemaMismatchError,
     SequenceError,
+    Transaction,
+    latest_ops,
     snapshot_event,
+    truncate_deletes,
     version_at,
 )
 from services.sync.pgoutput import (
@@ -363,6 +366,60 @@ def test_truncate_is_reported() -> None:
     truncate = b"T" + struct.pack("!ib", 1, 0) + struct.pack("!I", 1)
     (txn,) = run(d, begin(100, T0), truncate, commit(100, 108, T0))
     assert txn.truncated == ("artifact",) and txn.changes == ()
+
+
+def test_truncate_drops_the_rows_changed_before_it_and_keeps_those_after() -> None:
+    d = decoder_with_relations()
+    truncate = b"T" + struct.pack("!ib", 1, 0) + struct.pack("!I", 1)
+    before, after = str(uuid.uuid4()), str(uuid.uuid4())
+    (txn,) = run(
+        d,
+        begin(100, T0),
+        insert(1, artifact_values(before)),
+        truncate,
+        insert(1, artifact_values(after)),
+        truncate,  # twice: named once
+        insert(1, artifact_values(after, key="again")),
+        commit(100, 108, T0),
+    )
+    assert txn.truncated == ("artifact",)
+    assert [(c.entity_id, c.op) for c in txn.changes if isinstance(c, ContractEvent)] == [
+        (after, "upsert")
+    ]
+
+
+def test_latest_ops_keeps_each_ids_highest_version_in_any_order() -> None:
+    records = [("a", 5, "upsert"), ("b", 3, "upsert"), ("a", 9, "delete"), ("a", 7, "upsert")]
+    records += [("b", 2, "delete"), ("c", 4, "upsert"), ("c", 4, "upsert")]
+    assert latest_ops(records) == {"a": (9, "delete"), "b": (3, "upsert"), "c": (4, "upsert")}
+    assert latest_ops([]) == {}
+
+
+def test_truncate_deletes_what_the_topic_holds_as_live_and_older() -> None:
+    rewritten = str(uuid.uuid4())
+    data = {"id": rewritten}
+    txn = Transaction(
+        108,
+        T0,
+        (
+            ContractEvent("artifact", rewritten, "upsert", version_at(108), T0, data),
+            ContractEvent("flow", "f", "upsert", version_at(108), T0, {"id": "f"}),
+        ),
+        ("artifact",),
+    )
+    latest = {
+        "live": (version_at(50), "upsert"),
+        "gone": (version_at(60), "delete"),
+        "newer": (version_at(200), "upsert"),  # re-read after a crash: a later insert
+        "f": (version_at(50), "upsert"),  # a flow of the transaction has this id: still deleted
+        rewritten: (version_at(40), "upsert"),  # inserted again after the truncate
+    }
+    deletes = truncate_deletes("artifact", latest, txn)
+    assert deletes == [
+        ContractEvent("artifact", "f", "delete", version_at(108), T0),
+        ContractEvent("artifact", "live", "delete", version_at(108), T0),
+    ]
+    assert truncate_deletes("flow", {}, txn) == []
 
 
 def test_protocol_and_schema_errors() -> None:
