@@ -41,6 +41,11 @@ log = logging.getLogger("alerts.evaluator")
 PREFERENCE = "prefect-artifact-alerts"
 """Every search of the worker reads the same shard copies."""
 
+FORCED_REFRESH_INTERVAL_S = 0.5
+"""Forced refreshes are at least this far apart: each costs the indexer (a refresh every
+0.25 s cut its backlog throughput by about a third on the benchmark machine; ADR 0008,
+"Latency"), and a change waits at most this long for one."""
+
 IDS_PER_SEARCH = 1_000
 SEARCHES_PER_MSEARCH = 100
 SCAN_PAGE = 500
@@ -61,11 +66,14 @@ class Evaluator:
         artifacts: str,
         collections: str,
         visibility_wait_s: float,
+        forced_refresh_interval_s: float = FORCED_REFRESH_INTERVAL_S,
     ) -> None:
         self.es = es
         self.artifacts = artifacts
         self.collections = collections
         self.visibility_wait_s = visibility_wait_s
+        self.forced_refresh_interval_s = forced_refresh_interval_s
+        self._forced_at = -float("inf")
 
     async def wait_visible(self, changed: dict[str, dict[str, int]]) -> None:
         """Return once searches see at least these versions ({index: {id: version}}), or
@@ -74,8 +82,13 @@ class Evaluator:
         The change feed announces only writes Elasticsearch acknowledged, and a refresh makes
         every acknowledged write searchable: after it, nothing announced is still hidden
         (versions still missing were superseded by an index rebuilt meanwhile: a replay).
-        With `visibility_wait_s` > 0 the periodic refresh is awaited that long first."""
-        deadline = time.monotonic() + self.visibility_wait_s
+        With `visibility_wait_s` > 0 the periodic refresh is awaited that long first; and
+        forced refreshes are `forced_refresh_interval_s` apart at least (meanwhile the
+        periodic refresh may do: polled)."""
+        deadline = max(
+            time.monotonic() + self.visibility_wait_s,
+            self._forced_at + self.forced_refresh_interval_s,
+        )
         delay = 0.05
         pending = {index: docs for index, docs in changed.items() if docs}
         while pending:
@@ -91,6 +104,7 @@ class Evaluator:
                 return
             if time.monotonic() >= deadline:
                 metrics.FORCED_REFRESHES.inc()
+                self._forced_at = time.monotonic()
                 await self.es.indices.refresh(index=",".join(sorted(pending)))
                 return
             await asyncio.sleep(min(delay, max(deadline - time.monotonic(), 0.0)))
@@ -118,9 +132,10 @@ class Evaluator:
         in artifacts mode) and the changed collections `collection_ids` (latest_per_key)."""
         by_artifact = [s for s in searches if not s.search.latest_per_key]
         by_collection = [s for s in searches if s.search.latest_per_key]
-        answers = await self._run(by_artifact, ids, self.artifacts)
+        answers, latest = await self._run(
+            [(by_artifact, ids, self.artifacts), (by_collection, collection_ids, self.collections)]
+        )
         matches = [m for search, answer in answers for m in read_matches(search, answer)]
-        latest = await self._run(by_collection, collection_ids, self.collections)
         if latest:
             versions = await self.artifact_versions(
                 sorted({i for search, answer in latest for i in latest_ids(search, answer)})
@@ -185,38 +200,42 @@ class Evaluator:
         return out
 
     async def _run(
-        self, searches: Sequence[SavedSearch], ids: Sequence[str], index: str
-    ) -> list[tuple[SavedSearch, dict[str, Any]]]:
-        """Every search ANDed with `ids`: one combined search per chunk of ids and group of
-        saved searches (`combined_body`), all in one `_msearch`; a group Elasticsearch
-        refuses (a saved search's query it cannot run) is evaluated search by search, so
-        only that saved search is logged and counted, not retried."""
-        runnable: list[SavedSearch] = []
-        for search in searches:
-            try:
-                evaluation_query(search)
-            except TranslationError as exc:  # stored by a release that allowed it
-                metrics.SEARCH_ERRORS.inc()
-                log.error("saved search %s cannot be translated: %s", search.id, exc)
-                continue
-            runnable.append(search)
-        requests: list[tuple[list[SavedSearch], Sequence[str]]] = [
-            (runnable[j : j + SEARCHES_PER_MSEARCH], ids[i : i + IDS_PER_SEARCH])
-            for i in range(0, len(ids), IDS_PER_SEARCH)
-            for j in range(0, len(runnable), SEARCHES_PER_MSEARCH)
-        ]
+        self, targets: Sequence[tuple[Sequence[SavedSearch], Sequence[str], str]]
+    ) -> list[list[tuple[SavedSearch, dict[str, Any]]]]:
+        """For each (saved searches, ids, index) of `targets`, every search ANDed with its
+        ids: one combined search per chunk of ids and group of saved searches
+        (`combined_body`), all targets in one `_msearch` (one round trip); a group
+        Elasticsearch refuses (a saved search's query it cannot run) is evaluated search by
+        search, so only that saved search is logged and counted, not retried. The answers
+        of each target, in order."""
+        requests: list[tuple[int, list[SavedSearch], Sequence[str], str]] = []
+        for n, (searches, ids, index) in enumerate(targets):
+            runnable: list[SavedSearch] = []
+            for search in searches:
+                try:
+                    evaluation_query(search)
+                except TranslationError as exc:  # stored by a release that allowed it
+                    metrics.SEARCH_ERRORS.inc()
+                    log.error("saved search %s cannot be translated: %s", search.id, exc)
+                    continue
+                runnable.append(search)
+            requests += [
+                (n, runnable[j : j + SEARCHES_PER_MSEARCH], ids[i : i + IDS_PER_SEARCH], index)
+                for i in range(0, len(ids), IDS_PER_SEARCH)
+                for j in range(0, len(runnable), SEARCHES_PER_MSEARCH)
+            ]
+        out: list[list[tuple[SavedSearch, dict[str, Any]]]] = [[] for _ in targets]
         if not requests:
-            return []
+            return out
         body: list[dict[str, Any]] = []
-        for group, chunk in requests:
+        for _, group, chunk, index in requests:
             body += [{"index": index, "preference": PREFERENCE}, combined_body(group, chunk)]
         resp = await self.es.msearch(searches=body)
-        out: list[tuple[SavedSearch, dict[str, Any]]] = []
-        for (group, chunk), answer in zip(requests, resp["responses"], strict=True):
+        for (n, group, chunk, index), answer in zip(requests, resp["responses"], strict=True):
             if "error" not in answer:
-                out += split_combined(group, answer)
+                out[n] += split_combined(group, answer)
             elif int(answer.get("status", 500)) == 400:  # one saved search's query?
-                out += await self._run_each(group, chunk, index)
+                out[n] += await self._run_each(group, chunk, index)
             else:
                 raise EvaluationError(f"evaluation failed (HTTP {answer.get('status')})")
         return out
