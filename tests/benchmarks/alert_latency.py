@@ -238,10 +238,10 @@ async def _measure(
             await run_event(run, 2, "FAILED")
             failed_at[run] = t
 
-        async def receive(until: float, want: set[str]) -> None:
-            while time.perf_counter() < until and not (
-                want and want <= {a for s, a in arrived if s == "probe"}
-            ):
+        async def receive(until: float, want: set[tuple[str, str]]) -> None:
+            """Record arrivals until `until` or, if `want` is not empty, until every
+            (saved search, artifact) alert of `want` has arrived."""
+            while time.perf_counter() < until and not (want and want <= arrived.keys()):
                 for child in children:
                     child.check()
                 batches = await consumer.getmany(timeout_ms=100)
@@ -260,9 +260,9 @@ async def _measure(
         for n in range(WARMUP):  # first batches pay for connections and caches
             await send(n)
         await producer.flush()
-        await receive(time.perf_counter() + 120, set(sent))
+        await receive(time.perf_counter() + 120, {("probe", a) for a in sent})
         warm = set(sent)
-        if not warm <= {a for s, a in arrived if s == "probe"}:
+        if not {("probe", a) for a in warm} <= arrived.keys():
             raise TimeoutError(f"not all {WARMUP} warm-up alerts arrived in 120 s")
 
         start = time.perf_counter()
@@ -287,7 +287,10 @@ async def _measure(
         receiving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await receiving
-        await receive(time.perf_counter() + DRAIN_S, measured)
+        expected = {("probe", a) for a in measured}  # every alert the run owes, not only probe's
+        expected |= {("latest", a) for a in measured & weekly_of if "latest" in ids}
+        expected |= {("failed", a) for a in measured if run_of[a] in failed_at and "failed" in ids}
+        await receive(time.perf_counter() + DRAIN_S, expected)
     finally:
         await consumer.stop()
         await producer.stop()
