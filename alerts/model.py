@@ -197,6 +197,47 @@ def evaluation_body(search: SavedSearch, ids: Sequence[str]) -> dict[str, Any]:
     }
 
 
+def combined_body(searches: Sequence[SavedSearch], ids: Sequence[str]) -> dict[str, Any]:
+    """One search that evaluates every saved search of `searches` on `ids` at once: the
+    `ids` filter is looked up once, each saved search is a named clause (its position), and
+    each hit tells which ones it matched (`matched_queries`, read by `split_combined`).
+    Raises TranslationError if one of them cannot be translated."""
+    clauses = []
+    for n, search in enumerate(searches):
+        query = evaluation_query(search)
+        query["bool"]["_name"] = str(n)
+        clauses.append(query)
+    fields = sorted({f for search in searches for f in source_fields(search)})
+    return {
+        "query": {
+            "bool": {
+                "filter": [{"ids": {"values": list(ids)}}],
+                "should": clauses,
+                "minimum_should_match": 1,
+            }
+        },
+        "size": len(ids),
+        "sort": ["_doc"],
+        "version": True,
+        "_source": {"includes": fields},
+        "track_total_hits": False,
+    }
+
+
+def split_combined(
+    searches: Sequence[SavedSearch], resp: dict[str, Any]
+) -> list[tuple[SavedSearch, dict[str, Any]]]:
+    """The answer of a `combined_body` search as one answer per saved search (the hits
+    that matched its named clause)."""
+    hits = resp.get("hits", {}).get("hits", [])
+    out = []
+    for n, search in enumerate(searches):
+        name = str(n)
+        mine = [h for h in hits if name in h.get("matched_queries", ())]
+        out.append((search, {"hits": {"hits": mine}}))
+    return out
+
+
 def latest_ids(search: SavedSearch, resp: dict[str, Any]) -> list[str]:
     """The latest artifact ids of the collections a latest_per_key evaluation matched (their
     versions are read from the artifact index: a collection does not carry it)."""

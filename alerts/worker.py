@@ -4,17 +4,19 @@ For each batch of change records (consumer group `ALERTS_GROUP_ID`, offsets comm
 only after the batch's alerts are acknowledged and marked):
 
 1. merge them into {artifact id: highest document version} and {collection id: ...};
-2. **wait until searches see those versions**: the indexer's `_bulk` makes documents
-   durable and readable by id at once, but searchable only after the next refresh
-   (`refresh_interval`, 1 s). A search for the ids with `version: true` tells which
-   versions are searchable; the worker polls it (short, growing sleeps) and, if the
-   versions are still not searchable after `ALERTS_VISIBILITY_WAIT_S`, forces a
-   refresh of the artifact index. Every search of a batch uses the same `preference`, so
-   it reads the same shard copies (refreshes only move a copy forward);
-3. load the saved searches and run each, ANDed with an `ids` filter, in one `_msearch`:
-   searches in artifacts mode over the changed artifacts, searches in latest_per_key mode
-   over the changed collections (a key's latest artifact; its version is then read from
-   the artifact index);
+2. **make those versions searchable**, while the saved searches are loaded: the indexer's
+   `_bulk` makes documents durable and readable by id at once, but searchable only after
+   the next refresh (`refresh_interval`, 1 s). A search for the ids with `version: true`
+   tells which versions are searchable; if some are not, the worker forces one refresh of
+   the indices concerned (artifacts, and collections when a latest_per_key search exists)
+   at once, or, with `ALERTS_VISIBILITY_WAIT_S` > 0, polls that long for the periodic
+   refresh first (ADR 0008, "Latency"). Every search of a batch uses the same
+   `preference`, so it reads the same shard copies (refreshes only move a copy forward);
+3. run every saved search restricted to the changed ids: one search per 1,000 ids and
+   100 saved searches, each saved search a named clause (`matched_queries` tells which
+   matched), all in one `_msearch`: searches in artifacts mode over the changed artifacts,
+   searches in latest_per_key mode over the changed collections (a key's latest
+   artifact; its version is then read from the artifact index);
 4. claim each match in the ledger (alerts/ledger.py); publish the newly claimed ones (and
    abandoned claims taken over) to the alert topic, wait for Kafka's acknowledgement, mark
    them published;
@@ -50,8 +52,8 @@ from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_ji
 from alerts import metrics
 from alerts.evaluator import Evaluator
 from alerts.kafka_io import ConsumeProduce
-from alerts.ledger import Ledger
-from alerts.model import AlertMessage, alert_message
+from alerts.ledger import Claimed, Ledger
+from alerts.model import SavedSearch, alert_message
 from alerts.searches import MAX_SAVED_SEARCHES, SavedSearchStore
 from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
@@ -63,6 +65,12 @@ T = TypeVar("T")
 
 EXISTING_CHECK_S = 2.0
 """How often the worker looks for saved searches whose existing matches are owed."""
+
+PRODUCE_BATCH_BYTES = 512 * 1024
+"""The producer's batch size per partition. aiokafka sends one batch per partition at a time
+and `send` waits while that batch is full, so with the default 16 KiB (a dozen alerts) a
+batch of a thousand alerts took about a hundred round trips; below Kafka's default
+1 MiB record-batch limit."""
 
 
 class AlertWorker:
@@ -88,6 +96,7 @@ class AlertWorker:
             settings.max_batch,
             enable_idempotence=True,
             linger_ms=5,
+            max_batch_size=PRODUCE_BATCH_BYTES,
         )
         self.batches = 0
         self.matched = 0
@@ -95,6 +104,7 @@ class AlertWorker:
         self.recovered = 0
         self.pruned = 0
         self.existing = 0
+        self._latest_hint = True  # whether the last batch had a latest_per_key search
 
     async def start(self) -> None:
         """Start the producer and the change-feed consumer."""
@@ -148,14 +158,18 @@ class AlertWorker:
             return 0
         started = time.perf_counter()
         metrics.CHANGES.inc(len(changed))
-        searches = await self.store.all()
+        # the saved searches are read while the changes are made searchable; the collections
+        # too if the previous batch had a latest_per_key search (a guess, checked below)
+        pending = {self.evaluator.artifacts: changed}
+        if self._latest_hint:
+            pending[self.evaluator.collections] = collections
+        loaded, _ = await asyncio.gather(self.store.all(), self.evaluator.wait_visible(pending))
+        searches: list[SavedSearch] = loaded
+        latest = self._latest_hint = any(s.search.latest_per_key for s in searches)
         if not searches:
             return 0
-        latest = any(s.search.latest_per_key for s in searches)
-        if changed:
-            await self.evaluator.wait_visible(changed)
-        if latest and collections:
-            await self.evaluator.wait_visible(collections, self.evaluator.collections)
+        if latest and self.evaluator.collections not in pending:
+            await self.evaluator.wait_visible({self.evaluator.collections: collections})
         matches = await self.evaluator.evaluate(
             searches, sorted(changed), sorted(collections) if latest else []
         )
@@ -225,23 +239,23 @@ class AlertWorker:
         self.pruned += deleted
         return deleted
 
-    async def _publish(self, messages: Sequence[AlertMessage]) -> int:
+    async def _publish(self, claims: Sequence[Claimed]) -> int:
         """Publish claimed alerts, wait for Kafka, then mark them published."""
         producer = self.io.producer
         futures = [
             await producer.send(
                 self.kafka.alerts_topic,
-                key=m.saved_search.id.encode(),
-                value=m.model_dump_json().encode(),
-                headers=[("alert_id", m.alert_id.encode())],
+                key=c.message.saved_search.id.encode(),
+                value=c.message.model_dump_json().encode(),
+                headers=[("alert_id", c.message.alert_id.encode())],
             )
-            for m in messages
+            for c in claims
         ]
         await asyncio.gather(*futures)
-        await self.ledger.mark_published([m.alert_id for m in messages])
-        metrics.PUBLISHED.inc(len(messages))
-        self.published += len(messages)
-        return len(messages)
+        await self.ledger.mark_published(claims)
+        metrics.PUBLISHED.inc(len(claims))
+        self.published += len(claims)
+        return len(claims)
 
     async def _retry(self, call: Callable[[], Awaitable[T]]) -> T:
         async for attempt in AsyncRetrying(

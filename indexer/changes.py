@@ -37,7 +37,13 @@ class ChangePublisher:
         """Create the topic if missing and start the producer."""
         await ensure_topics(self.kafka, [self.topic])
         self._producer = AIOKafkaProducer(
-            **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+            **producer_kwargs(self.kafka),
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=5,
+            # a step's records (up to 500 ids each, ~25 KiB) in one batch: aiokafka sends
+            # one batch per partition at a time, the default 16 KiB holds less than a record
+            max_batch_size=512 * 1024,
         )
         await self._producer.start()
 

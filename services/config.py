@@ -164,9 +164,10 @@ class AlertsSettings(BaseSettings):
 
     group_id: str = "prefect-artifact-alerts"
     max_batch: int = Field(default=500, ge=1)
-    # how long to wait for the indexer's writes to become searchable (Elasticsearch's
-    # refresh) before forcing a refresh of the artifact index
-    visibility_wait_s: float = Field(default=3.0, gt=0)
+    # how long to wait for the indexer's writes to become searchable by the periodic refresh
+    # before forcing a refresh of the index (0: force it as soon as a batch finds a change
+    # not searchable yet; see ADR 0008, "Latency")
+    visibility_wait_s: float = Field(default=0.0, ge=0)
     # a claimed alert not marked published within this time is taken over and published by
     # another attempt (its claimant died); keep it far above a batch's duration
     claim_timeout_s: float = Field(default=60.0, ge=0)

@@ -774,3 +774,62 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
         a["saved_search"]["fingerprint"] for a in got if a["saved_search"]["name"] == "N"
     }
     assert fingerprints == {n["fingerprint"], changed["fingerprint"]}
+
+
+V1 = _id(50)
+
+
+async def test_changes_not_searchable_yet_alert_once(stack: Stack) -> None:
+    """With the periodic refresh switched off, no change the worker is told about is
+    searchable when it first looks: it must make it searchable (one forced refresh), never
+    judge what searches still see. F (FAILED runs) is the sharp case: when the run turns
+    FAILED, searches still see the artifact's earlier document (a COMPLETED run), which does
+    not match. Each alerts exactly once; a rewound change feed repeats nothing."""
+    api = stack.api
+    for name, search in (
+        (
+            "F",
+            {
+                "q": "revenue",
+                "prefect_filter": {"flow_runs": {"state": {"type": {"any_": ["FAILED"]}}}},
+            },
+        ),
+        ("L", {"q": "revenue", "latest_per_key": True}),
+    ):
+        resp = await api.post(SAVED, json={"name": name, "search": search})
+        assert resp.status_code == 201, resp.text
+    names = IndexNames(stack.es_settings.index_prefix)
+    es = AsyncElasticsearch(stack.es_settings.url)
+    try:
+        await es.indices.put_settings(
+            index=f"{names.artifacts},{names.collections}",
+            settings={"index": {"refresh_interval": "-1"}},
+        )
+    finally:
+        await es.close()
+    forced_before = metrics.FORCED_REFRESHES._value.get()
+    service, task = await _running(stack)
+    try:
+        await _publish(stack, "flow", FLOW, 1, {"name": "etl", "created": TS, "updated": TS})
+        await _publish(stack, "flow_run", R1, 1, _run("COMPLETED"))
+        await _publish(stack, "artifact", V1, 1, _artifact("weekly", "Revenue report", R1))
+        await _alerts_when(stack, 1)
+        await _publish(stack, "flow_run", R1, 2, _run("FAILED"))
+        await _alerts_when(stack, 2)
+        await _quiet(stack)
+        got = await _alerts(stack.kafka)
+    finally:
+        await _stop(service, task)
+    want = [("F", V1, 1), ("L", V1, 1)]
+    assert _pairs(got) == want
+    assert metrics.FORCED_REFRESHES._value.get() >= forced_before + 2
+
+    await _rewind(stack, stack.alerts.group_id, stack.kafka.changes_topic)
+    service, task = await _running(stack)
+    try:
+        await _quiet(stack)
+        assert service.worker.batches > 0 and service.worker.matched >= 2
+        assert service.worker.published == 0
+    finally:
+        await _stop(service, task)
+    assert _pairs(await _alerts(stack.kafka)) == want

@@ -14,7 +14,9 @@ from alerts.model import (
     alert_id,
     alert_message,
     check_saved_search,
+    combined_body,
     evaluation_body,
+    evaluation_query,
     index_source,
     latest_ids,
     not_visible,
@@ -22,6 +24,7 @@ from alerts.model import (
     read_matches,
     read_saved_search,
     saved_search_doc,
+    split_combined,
     visibility_body,
 )
 from query.extension import SearchRequest
@@ -198,6 +201,44 @@ def test_evaluation_is_the_saved_search_anded_with_the_ids() -> None:
     assert must["must"][0]["query_string"]["query"] == "revenue"
     assert {"term": {"live": True}} in must["filter"]
     assert req["size"] == 2 and set(req["_source"]["includes"]) == {"id", "key", "version"}
+
+
+def test_a_combined_evaluation_looks_the_ids_up_once_and_names_each_saved_search() -> None:
+    one = saved_search_doc("s1", _saved({"q": "revenue", "fields": ["key"]}), "t", "t")
+    two = saved_search_doc("s2", _saved({"q": "costs", "selected": {"type": ["table"]}}), "t", "t")
+    req = combined_body([one, two], ["a", "b"])
+    clauses = req["query"]["bool"]
+    assert clauses["filter"] == [{"ids": {"values": ["a", "b"]}}]
+    assert clauses["minimum_should_match"] == 1
+    # each clause is the saved search's own query, named by its position
+    for n, search in enumerate((one, two)):
+        named = evaluation_query(search)
+        named["bool"]["_name"] = str(n)
+        assert clauses["should"][n] == named
+    assert req["size"] == 2 and req["version"] is True
+    assert set(req["_source"]["includes"]) >= set(
+        evaluation_body(two, ["a"])["_source"]["includes"]
+    )
+    hits = [
+        {
+            "_id": "a",
+            "_version": 3,
+            "_source": {"id": "a", "key": "k", "version": 1},
+            "matched_queries": ["0", "1"],
+        },
+        {
+            "_id": "b",
+            "_version": 4,
+            "_source": {"id": "b", "key": "j", "version": 2},
+            "matched_queries": ["1"],
+        },
+    ]
+    (s1, r1), (s2, r2) = split_combined([one, two], {"hits": {"hits": hits}})
+    assert (s1, s2) == (one, two)
+    assert [m.artifact_id for m in read_matches(one, r1)] == ["a"]
+    assert [m.artifact_id for m in read_matches(two, r2)] == ["a", "b"]
+    # each saved search's alert carries its own fields only
+    assert read_matches(one, r1)[0].artifact == {"key": "k"}
 
 
 def test_matches_carry_the_selected_fields_and_the_artifact_version() -> None:
