@@ -66,12 +66,22 @@ async def publish_records(
     producer = AIOKafkaProducer(**producer_kwargs(settings), acks="all", linger_ms=20)
     await producer.start()
     try:
-        batch = []
-        for entity, key, value in records:
-            batch.append(await producer.send(settings.topic_for(entity), value=value, key=key))
-            if len(batch) >= 5000:
-                await asyncio.gather(*batch)
-                batch.clear()
-        await asyncio.gather(*batch)
+        await send_records(producer, settings, records)
     finally:
         await producer.stop()
+
+
+async def send_records(
+    producer: AIOKafkaProducer,
+    settings: KafkaSettings,
+    records: Sequence[tuple[str, bytes, bytes | None]],
+) -> None:
+    """Send the records with a started producer, at most 5,000 unacknowledged at a time, and
+    return once every one is acknowledged."""
+    batch = []
+    for entity, key, value in records:
+        batch.append(await producer.send(settings.topic_for(entity), value=value, key=key))
+        if len(batch) >= 5000:
+            await asyncio.gather(*batch)
+            batch.clear()
+    await asyncio.gather(*batch)

@@ -7,6 +7,7 @@ the system looked like when time ran out.
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -40,3 +41,17 @@ async def wait_answer(
         return (await client.post(path, json=body)).json()
 
     return await wait_for(answer, lambda got: bool(got == want), seconds, interval=0.5)
+
+
+async def terminate(procs: list[asyncio.subprocess.Process], seconds: float = 60) -> None:
+    """SIGTERM every process still running, then wait for each to exit (SIGKILL after
+    `seconds`)."""
+    for proc in procs:
+        if proc.returncode is None:
+            proc.send_signal(signal.SIGTERM)
+    for proc in procs:
+        try:
+            await asyncio.wait_for(proc.wait(), seconds)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

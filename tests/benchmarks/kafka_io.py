@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from services.config import KafkaSettings
 from services.contract import ENTITIES
+from services.kafka import send_records
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 
@@ -59,13 +60,7 @@ async def make_producer() -> AIOKafkaProducer:
 async def publish(
     producer: AIOKafkaProducer, kafka: KafkaSettings, records: Sequence[tuple[str, bytes, Any]]
 ) -> None:
-    pending = []
-    for entity, key, value in records:
-        pending.append(await producer.send(kafka.topic_for(entity), value=value, key=key))
-        if len(pending) >= 5000:
-            await asyncio.gather(*pending)
-            pending.clear()
-    await asyncio.gather(*pending)
+    await send_records(producer, kafka, records)
 
 
 async def lag(

@@ -723,7 +723,7 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
         await _alerts_when(stack, 2)
         for saved in (n, lat):
             done = await wait_for(
-                lambda s=saved: _search(api, s["id"]), lambda s: s["existing_scan"] == "done", 30
+                lambda s=saved: _search(api, s["id"]), lambda s: s["existing_scan"] == "done", 90
             )
             assert done["existing_scan"] == "done"
 
@@ -748,7 +748,7 @@ async def test_notify_existing_alerts_what_already_matches_once(stack: Stack) ->
         assert changed["fingerprint"] != n["fingerprint"]
         await _alerts_when(stack, 11)
         rescanned = await wait_for(
-            lambda: _search(api, n["id"]), lambda s: s["existing_scan"] == "done", 30
+            lambda: _search(api, n["id"]), lambda s: s["existing_scan"] == "done", 90
         )
         assert rescanned["existing_scan"] == "done"
         await _quiet(stack)

@@ -27,7 +27,6 @@ import gzip
 import json
 import os
 import secrets
-import signal
 import socket
 import sys
 import threading
@@ -51,6 +50,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from datagen.events import dataset_events
 from services.config import KafkaSettings
 from tests.ops.cleanup import drop_test_names
+from tests.waiting import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 ENV_PREFIXES = ("KAFKA_", "ELASTICSEARCH_", "INDEXER_", "QUERY_", "ALERTS_", "SYNC_", "LOG_")
@@ -232,15 +232,7 @@ async def traced(
 
         async def stop() -> None:
             """SIGTERM the processes and wait until they exited."""
-            for proc in procs:
-                if proc.returncode is None:
-                    proc.send_signal(signal.SIGTERM)
-            for proc in procs:
-                try:
-                    await asyncio.wait_for(proc.wait(), 60)
-                except TimeoutError:
-                    proc.kill()
-                    await proc.wait()
+            await terminate(procs)
 
         try:
             boot = await _cli(env, logs["bootstrap"], "bootstrap")

@@ -17,7 +17,6 @@ import contextlib
 import json
 import os
 import re
-import signal
 import socket
 import sys
 import time
@@ -31,6 +30,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops.cleanup import drop_test_names
+from tests.waiting import terminate
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "artifact-search.json"
@@ -217,15 +217,7 @@ async def scrapes(
         )
         yield dict(zip(("api", "indexer", "alerts", "sync"), texts, strict=True))
     finally:
-        for proc in procs:
-            if proc.returncode is None:
-                proc.send_signal(signal.SIGTERM)
-        for proc in procs:
-            try:
-                await asyncio.wait_for(proc.wait(), 60)
-            except TimeoutError:
-                proc.kill()
-                await proc.wait()
+        await terminate(procs)
         await drop_test_names(kafka_bootstrap, elasticsearch_url, unique_name)
 
 
