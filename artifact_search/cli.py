@@ -75,10 +75,10 @@ def _settings(cls: type[Any]) -> Any:
 def _cmd_api(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from query.app import create_app
+    from artifact_search.api import create_api
 
     query = _settings(QuerySettings)
-    app = create_app(query, _settings(ElasticsearchSettings))
+    app = create_api(query, _settings(ElasticsearchSettings))
     uvicorn.run(
         app,
         host=args.host or query.host,

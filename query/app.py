@@ -17,24 +17,22 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import orjson
-from fastapi import Depends, FastAPI, HTTPException, Request
+from elasticsearch import AsyncElasticsearch
+from fastapi import APIRouter, Depends, FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
 
-from alerts.egress import parse_allowed_hosts
-from alerts.ledger import Ledger
-from alerts.searches import SavedSearchStore
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
 from query.repository import CursorExpiredError, Repository
 from query.request_id import RequestIdMiddleware
-from query.saved_searches import saved_search_router
 from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import ElasticsearchSettings, QuerySettings
@@ -170,8 +168,28 @@ def _search_page(prefect_ui_url: str) -> str:
     )
 
 
-def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> FastAPI:
-    """Build the API with one Elasticsearch client for the process's lifetime."""
+@dataclass(frozen=True)
+class AppParts:
+    """What an extension's routes may use: the settings, the process's Elasticsearch client,
+    the index names, the repository and the request-body size guard."""
+
+    settings: QuerySettings
+    es: AsyncElasticsearch
+    names: IndexNames
+    repository: Repository
+    body_within_limit: Callable[[Request], Awaitable[None]]
+
+
+#: builds more routes from the app's parts (the composition root adds the saved searches of
+#: alerts/routes.py this way, so this package never imports the packages built on it)
+Extension = Callable[[AppParts], APIRouter]
+
+
+def create_app(
+    query: QuerySettings, es_settings: ElasticsearchSettings, extensions: Sequence[Extension] = ()
+) -> FastAPI:
+    """Build the API with one Elasticsearch client for the process's lifetime, plus the
+    routers of `extensions`."""
     names = IndexNames(es_settings.index_prefix)
     es = make_es_client(es_settings)
     repo = Repository(es, names, query.max_result_window)
@@ -317,15 +335,9 @@ def create_app(query: QuerySettings, es_settings: ElasticsearchSettings) -> Fast
         REQUESTS.labels("search", str(response.status_code)).inc()
         return response
 
-    app.include_router(  # /ext/v1/saved-searches (query/saved_searches.py)
-        saved_search_router(
-            SavedSearchStore(es, names.saved_searches),
-            Ledger(es, names.alert_ledger),
-            repo,
-            body_within_limit,
-            parse_allowed_hosts(query.webhook_allowed_hosts),
-        )
-    )
+    parts = AppParts(query, es, names, repo, body_within_limit)
+    for extension in extensions:
+        app.include_router(extension(parts))
 
     page = _search_page(query.prefect_ui_url)
 

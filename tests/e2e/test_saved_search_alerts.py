@@ -37,8 +37,8 @@ from elasticsearch import AsyncElasticsearch
 from alerts import metrics
 from alerts.app import AlertsService
 from alerts.model import SavedSearchIn, alert_id, index_source, saved_search_doc
+from artifact_search.api import create_api
 from indexer.app import Indexer
-from query.app import create_app
 from query.extension import SearchRequest
 from services.config import (
     AlertsSettings,
@@ -148,7 +148,7 @@ async def stack(
         ),
     )
     await indexer.start()
-    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
+    app = create_api(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     await producer.start()
@@ -301,7 +301,7 @@ async def api_only(elasticsearch_url: str, unique_name: str) -> AsyncIterator[ht
     es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
     es = AsyncElasticsearch(elasticsearch_url)
     await ensure_indices(es, IndexNames(es_settings.index_prefix))
-    app = create_app(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
+    app = create_api(QuerySettings(webhook_allowed_hosts=ALLOWED), es_settings)
     api = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     try:
         yield api

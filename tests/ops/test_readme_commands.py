@@ -35,8 +35,8 @@ import pytest
 import yaml
 from fastapi.routing import APIRoute
 
+from artifact_search.api import create_api
 from artifact_search.cli import build_parser
-from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
 from tests.ops.k8s_tools import go_tool
 
@@ -151,7 +151,7 @@ def _check_cli(args: list[str]) -> None:
 def _routes() -> list[tuple[str, re.Pattern[str]]]:
     """(method, path pattern) of every operation the API serves: its OpenAPI document (routers
     included) and the routes left out of it (the search page, /metrics)."""
-    app = create_app(QuerySettings(), ElasticsearchSettings())
+    app = create_api(QuerySettings(), ElasticsearchSettings())
     ops = [(m.upper(), p) for p, item in app.openapi()["paths"].items() for m in item]
     ops += [(m, r.path) for r in app.routes if isinstance(r, APIRoute) for m in r.methods]
     return [(m, re.compile("^" + re.sub(r"\{[^}]+\}", "[^/]+", p) + "$")) for m, p in ops]

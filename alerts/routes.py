@@ -21,14 +21,15 @@ from elasticsearch import ApiError, TransportError
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import Response
 
-from alerts.egress import AllowedHosts, webhook_refusal
+from alerts.egress import AllowedHosts, parse_allowed_hosts, webhook_refusal
 from alerts.ledger import Ledger, LedgerError
 from alerts.model import SavedSearch, SavedSearchIn, SavedSearchList, check_saved_search
 from alerts.searches import SavedSearchConflictError, SavedSearchStore
+from query.app import AppParts
 from query.repository import Repository
 from services.errors import BackendUnavailableError, TranslationError
 
-log = logging.getLogger("query.saved_searches")
+log = logging.getLogger("alerts.routes")
 
 PREFIX = "/ext/v1/saved-searches"
 
@@ -190,3 +191,15 @@ def saved_search_router(
         return await guarded(run)
 
     return router
+
+
+def saved_search_extension(parts: AppParts) -> APIRouter:
+    """The saved-search routes over the API's own client and index names (an extension of
+    `query.app.create_app`, added by the composition root)."""
+    return saved_search_router(
+        SavedSearchStore(parts.es, parts.names.saved_searches),
+        Ledger(parts.es, parts.names.alert_ledger),
+        parts.repository,
+        parts.body_within_limit,
+        parse_allowed_hosts(parts.settings.webhook_allowed_hosts),
+    )
