@@ -20,8 +20,8 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 
+from artifact_search.api import create_api
 from indexer.app import Indexer
-from query.app import create_app
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
 from services.contract import ENTITIES
 from services.es.admin import drop_indices
@@ -135,7 +135,7 @@ async def poison_stack(
         IndexerSettings(max_batch=50, max_event_bytes=MAX_EVENT_BYTES, retry_max_s=1.0),
     )
     await indexer.start()
-    app = create_app(QuerySettings(), es_settings)
+    app = create_api(QuerySettings(), es_settings)
     client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://svc")
     try:
         yield Stack(kafka, es_settings, indexer, client)

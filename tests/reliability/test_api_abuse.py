@@ -37,10 +37,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
+from artifact_search.api import create_api
 from datagen.dataset import DatasetScale, generate_dataset
 from datagen.events import NONE, dataset_records
 from indexer.local import LocalPipeline
-from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
 from services.contract import encode_event
 from services.es.admin import drop_indices, ensure_indices
@@ -177,7 +177,7 @@ def service(elasticsearch_url: str) -> Iterator[Service]:
     es = AsyncElasticsearch(elasticsearch_url)
     try:
         literal_ids, count = lt.run(_load(es, names))
-        app = create_app(
+        app = create_api(
             QuerySettings(default_limit=DEFAULT_LIMIT, max_body_bytes=MAX_BODY_BYTES),
             ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix),
         )
@@ -316,7 +316,7 @@ _BODY_SCHEMA: list[Any] = []
 def _valid_bodies(model: type[Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Bodies valid for `model` (and the service's limit bound), never absent."""
     if not _BODY_SCHEMA:
-        app = create_app(QuerySettings(), ElasticsearchSettings())
+        app = create_api(QuerySettings(), ElasticsearchSettings())
         _BODY_SCHEMA.append(
             schemathesis.openapi.from_dict(completed_openapi(app.openapi(), required=True))
         )

@@ -23,8 +23,8 @@ from faststream.kafka import KafkaBroker
 from faststream.kafka.security import parse_security
 from starlette.routing import Route
 
+from artifact_search.api import create_api
 from indexer.app import Indexer
-from query.app import create_app
 from query.auth import PUBLIC_PATHS, Credentials, is_authorized
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings, QuerySettings
 from services.es.admin import drop_indices, ensure_indices
@@ -132,6 +132,10 @@ def _routes(app: Any) -> list[tuple[str, str]]:
     """(method, concrete path) of every route the app serves, docs included."""
     out = []
     for route in app.routes:
+        included = getattr(route, "original_router", None)  # FastAPI's include_router entry
+        if included is not None:
+            out += _routes(included)
+            continue
         if not isinstance(route, APIRoute | Route):
             continue
         path = route.path.replace("{artifact_id}", str(uuid.uuid4())).replace("{key}", "k")
@@ -144,13 +148,19 @@ def _routes(app: Any) -> list[tuple[str, str]]:
 async def test_every_route_but_the_probes_requires_credentials(
     elasticsearch_url: str, es_prefix: str
 ) -> None:
-    app = create_app(
+    app = create_api(
         settings(auth_string=AUTH_STRING, api_keys=API_KEYS),
         ElasticsearchSettings(url=elasticsearch_url, index_prefix=es_prefix),
     )
     routes = _routes(app)
     paths = {p for _, p in routes}
-    for expected in ("/metrics", "/docs", "/openapi.json", "/api/artifacts/filter"):
+    for expected in (
+        "/metrics",
+        "/docs",
+        "/openapi.json",
+        "/api/artifacts/filter",
+        "/ext/v1/saved-searches",
+    ):
         assert expected in paths
     wrong = [
         {},
@@ -190,7 +200,7 @@ async def test_every_route_but_the_probes_requires_credentials(
 
 
 async def test_auth_off_leaves_every_route_open(elasticsearch_url: str, es_prefix: str) -> None:
-    app = create_app(
+    app = create_api(
         settings(), ElasticsearchSettings(url=elasticsearch_url, index_prefix=es_prefix)
     )
     async with _client(app) as client:
@@ -222,9 +232,9 @@ async def test_no_secret_in_responses_or_logs(
         ("GET", "/openapi.json", ok, None),
         ("GET", "/metrics", ok, None),
     ]
-    app = create_app(query, es_settings)
+    app = create_api(query, es_settings)
     # Elasticsearch unreachable: the 503 path must not leak either
-    down = create_app(query, ElasticsearchSettings(url="http://127.0.0.1:9", index_prefix="x-"))
+    down = create_api(query, ElasticsearchSettings(url="http://127.0.0.1:9", index_prefix="x-"))
     async with _client(app) as client, _client(down) as down_client:
         for method, path, headers, body in requests:
             resp = await client.request(method, path, headers=headers, json=body)
