@@ -16,6 +16,7 @@ This is Kafka Streams' repartition-and-aggregate shape; the member stream is com
 from __future__ import annotations
 
 import hashlib
+import re
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -29,6 +30,8 @@ from indexer.state import Tx
 from services.documents import ascii_lower, collection_id, id_order
 
 Doc = dict[str, Any]
+
+_CANONICAL_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,7 +72,8 @@ class Member:
             raise ValueError("member record without offset or liveness")
         if live and not isinstance(doc, dict):
             raise ValueError("a live member record needs its artifact's fields")
-        uuid.UUID(artifact_id)
+        if _CANONICAL_ID.fullmatch(artifact_id) is None:  # the common case needs no parse
+            uuid.UUID(artifact_id)
         return cls(key, artifact_id, offset, live, doc if live else None)
 
     def record_key(self) -> bytes:

@@ -175,6 +175,16 @@ class Refs:
             hit = self._texts[memo] = searchable(fields)
         return hit
 
+    def remember_searchable(
+        self, memo: Hashable, text: tuple[dict[str, str], dict[str, list[str]]]
+    ) -> None:
+        """Memoize `searchable(fields)` computed elsewhere, under the memo key `searchable`
+        would be asked with (the fields of a member record: artifact id, source offset,
+        version, `updated_us`)."""
+        if len(self._texts) >= self.capacity:
+            self._texts.clear()
+        self._texts[memo] = text
+
     def run_side(self, flow_run_id: str) -> tuple[Doc | None, Doc | None, Doc | None]:
         """(fr, flow, dep) for a flow run id."""
         hit = self._runs.get(flow_run_id)

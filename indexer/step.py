@@ -287,9 +287,16 @@ class Step:
             return
         self.out.applied += applied
         after = live_part(new)
+        last_offset = numbered[-1][0]
         if self.topo.search_text and after is not None:
             # computed once per change of the artifact, not on every rewrite of its document
-            new["s"] = list(searchable(after))
+            text = searchable(after)
+            new["s"] = list(text)
+            if after.get("key") is not None:
+                # and not again for its collection: the member record this step emits for
+                # these fields (`memberships`, at `last_offset`) is memoized under this key
+                memo = (artifact_id, last_offset, after["version"], after["updated_us"])
+                self.refs.remember_searchable(memo, text)
         self.tx.put(key, new)
         before = live_part(old)
         for kind, name in ((b"f", "flow_run_id"), (b"t", "task_run_id")):
@@ -302,7 +309,6 @@ class Step:
                     self.tx.put_raw(keys.artifact_edge(kind, now, partition, artifact_id), True)
         self.dirty.artifacts[artifact_id] = partition
         self.folded.add(artifact_id)
-        last_offset = numbered[-1][0]
         for member in memberships(before, changes, artifact_id, last_offset):
             q = partition_of(member.key, self.topo.member_partitions)
             if self.topo.local_members:

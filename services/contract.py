@@ -258,12 +258,21 @@ def _depth_exceeds(value: Any, limit: int) -> bool:
     return False
 
 
+_INDEXED_PATHS: dict[str, tuple[tuple[str, tuple[str, ...]], ...]] = {
+    entity: tuple((path, tuple(path.split("."))) for path in paths)
+    for entity, paths in INDEXED_STRINGS.items()
+}
+
+
 def _check_indexed_sizes(entity: str, data: Any) -> None:
-    for path in INDEXED_STRINGS[entity]:
+    for path, parts in _INDEXED_PATHS[entity]:
         value: Any = data
-        for part in path.split("."):
+        for part in parts:
             value = getattr(value, part, None)
-        for item in value if isinstance(value, list) else [value]:
+        if value is None:
+            continue
+        for item in value if isinstance(value, list) else (value,):
+            # a string of at most MAX/4 characters cannot exceed MAX bytes of UTF-8
             if isinstance(item, str) and len(item) * 4 > MAX_INDEXED_STRING_BYTES:
                 size = len(item.encode("utf-8"))
                 if size > MAX_INDEXED_STRING_BYTES:

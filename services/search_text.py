@@ -67,13 +67,17 @@ class _Text:
         """Scalar leaves of a JSON value with the keys of objects (False once full)."""
         if depth > _MAX_DEPTH:
             return True
+        if isinstance(value, str):  # the common leaf first
+            return self.add(value) if value else True
         if isinstance(value, dict):
+            depth += 1
             for key, item in value.items():
-                if not self.add(str(key)) or not self.walk(item, depth + 1):
+                if not self.add(str(key)) or not self.walk(item, depth):
                     return False
         elif isinstance(value, list):
+            depth += 1
             for item in value:
-                if not self.walk(item, depth + 1):
+                if not self.walk(item, depth):
                     return False
         else:
             text = _scalar(value)
@@ -86,6 +90,18 @@ class _Text:
 
 
 def _leaves_text(value: Any) -> str | None:
+    if type(value) is dict:  # the common case, a flat object of strings (metadata)
+        parts: list[str] = []
+        for key, item in value.items():
+            if type(key) is not str or type(item) is not str:
+                break
+            parts.append(key)
+            if item:
+                parts.append(item)
+        else:
+            text = "\n".join(parts)
+            if len(text) < MAX_FIELD_CHARS:  # every part kept, nothing cut: as `_Text`
+                return text or None
     out = _Text()
     out.walk(value)
     return out.text()
@@ -206,33 +222,35 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICRO = timedelta(microseconds=1)
 
 
-class _Pairs:
-    """(dotted key, scalar) pairs of JSON values; list items share their list's key. Keys
-    too long or holding `SEP` are left out; at most `MAX_VALUES` pairs are kept."""
-
-    __slots__ = ("pairs",)
-
-    def __init__(self) -> None:
-        self.pairs: list[tuple[str, Any]] = []
-
-    def walk(self, prefix: str, value: Any, depth: int = 0) -> bool:
-        """Collect the pairs of `value` (False once `MAX_VALUES` are kept)."""
-        if depth > _MAX_DEPTH:
-            return True
-        if isinstance(value, dict):
-            for key, item in value.items():
-                if not self.walk(f"{prefix}.{key}", item, depth + 1):
-                    return False
-        elif isinstance(value, list):
-            for item in value:
-                if not self.walk(prefix, item, depth + 1):
-                    return False
-        elif value is not None:
-            if len(prefix) > MAX_KEY_CHARS or SEP in prefix:
-                return True
-            self.pairs.append((prefix, value))
-            return len(self.pairs) < MAX_VALUES
+def _walk_pairs(pairs: list[tuple[str, Any]], prefix: str, value: Any, depth: int) -> bool:
+    """Append the (dotted key, scalar) pairs of a JSON value to `pairs`; list items share
+    their list's key. Keys too long or holding `SEP` are left out; False once
+    `MAX_VALUES` pairs are kept (nothing more is)."""
+    if depth > _MAX_DEPTH:
         return True
+    kind = type(value)
+    if kind is dict or (kind is not list and isinstance(value, dict)):
+        depth += 1
+        for key, item in value.items():
+            if type(item) is str and depth <= _MAX_DEPTH:  # a string leaf, inline
+                path = f"{prefix}.{key}"
+                if len(path) <= MAX_KEY_CHARS and SEP not in path:
+                    pairs.append((path, item))
+                    if len(pairs) >= MAX_VALUES:
+                        return False
+            elif not _walk_pairs(pairs, f"{prefix}.{key}", item, depth):
+                return False
+    elif kind is list or isinstance(value, list):
+        depth += 1
+        for item in value:
+            if not _walk_pairs(pairs, prefix, item, depth):
+                return False
+    elif value is not None:
+        if len(prefix) > MAX_KEY_CHARS or SEP in prefix:
+            return True
+        pairs.append((prefix, value))
+        return len(pairs) < MAX_VALUES
+    return True
 
 
 def typed_values(doc: dict[str, Any]) -> dict[str, list[str]]:
@@ -252,27 +270,53 @@ def _typed_values(doc: dict[str, Any], decoded: Any) -> dict[str, list[str]]:
     data = doc.get("data") if decoded is _MISSING else decoded
     if isinstance(data, str):
         data = None  # markdown, links, images: words only (the full text)
-    out: dict[str, list[str]] = {"k": [], "s": [], "n": [], "d": [], "b": []}
-    keys: set[str] = set()
-    collect = _Pairs()
-    if collect.walk("metadata", doc.get("metadata_") or {}):
-        collect.walk("data", data)
-    for key, value in collect.pairs:
-        if key not in keys:
-            keys.add(key)
-            out["k"].append(key)
+    pairs: list[tuple[str, Any]] = []
+    if _walk_pairs(pairs, "metadata", doc.get("metadata_") or {}, 0):
+        _walk_pairs(pairs, "data", data, 0)
+    if not pairs:
+        return {}
+    # sets: every family is returned sorted and without repeats
+    names: set[str] = set()
+    strings: set[str] = set()
+    numbers: set[str] = set()
+    times: set[str] = set()
+    bools: set[str] = set()
+    for key, value in pairs:
+        names.add(key)
         if isinstance(value, bool):
-            out["b"].append(f"{key}{SEP}{'true' if value else 'false'}")
+            bools.add(f"{key}{SEP}{'true' if value else 'false'}")
         elif isinstance(value, int | float):
             if math.isfinite(value):
-                out["n"].append(f"{key}{SEP}{encode_number(value)}")
+                numbers.add(f"{key}{SEP}{encode_number(value)}")
         elif isinstance(value, str):
             if len(value) <= MAX_EXACT_CHARS:
-                out["s"].append(f"{key}{SEP}{value}")
-            number = parse_number(value)
+                strings.add(f"{key}{SEP}{value}")
+            number = _parse_number_fast(value)
             if number is not None:
-                out["n"].append(f"{key}{SEP}{encode_number(number)}")
-            micros = parse_micros(value)
-            if micros is not None:
-                out["d"].append(f"{key}{SEP}{encode_micros(micros)}")
-    return {name: sorted(set(terms)) for name, terms in out.items() if terms}
+                numbers.add(f"{key}{SEP}{encode_number(number)}")
+            if len(value) >= 10 and value[4:5] == "-":  # parse_micros' own first test
+                micros = parse_micros(value)
+                if micros is not None:
+                    times.add(f"{key}{SEP}{encode_micros(micros)}")
+    out: dict[str, list[str]] = {"k": sorted(names)}
+    if strings:
+        out["s"] = sorted(strings)
+    if numbers:
+        out["n"] = sorted(numbers)
+    if times:
+        out["d"] = sorted(times)
+    if bools:
+        out["b"] = sorted(bools)
+    return out
+
+
+_NUMBER_START = frozenset("+-.0123456789")
+
+
+def _parse_number_fast(text: str) -> float | None:
+    """`parse_number`, rejecting at once what cannot start a number (most strings)."""
+    first = text[:1]
+    # what strip() removes (isspace) and what the pattern's \d takes (Unicode digits)
+    if first in _NUMBER_START or first.isspace() or first.isdigit():
+        return parse_number(text)
+    return None

@@ -54,6 +54,39 @@ def test_every_generated_record_takes_the_fast_path() -> None:
     assert all(_same(e, k, v) for e, k, v in RECORDS)
 
 
+def _artifact_with(**fields: Any) -> tuple[str, bytes, bytes]:
+    entity, key, value = next(r for r in RECORDS if r[0] == "artifact" and b'"upsert"' in r[2])
+    envelope = orjson.loads(value)
+    envelope["data"].update(fields)
+    return entity, key, orjson.dumps(envelope)
+
+
+@pytest.mark.parametrize("value", [33.3333333, 0.123456789, 1 / 3])
+def test_a_long_decimal_in_data_keeps_the_fast_path(value: float) -> None:
+    """Only a time's fraction of more than 6 digits needs the full parser, not any number."""
+    entity, key, raw = _artifact_with(type="progress", data=value)
+    assert _same(entity, key, raw)
+
+
+@pytest.mark.parametrize(
+    "created",
+    [
+        "2024-01-02T03:04:05.1234567Z",
+        "2024-01-02T03:04:05\\u002e1234567Z",  # an escaped dot
+        "2024-01-02T03:04:05.\\u00312345678Z",  # an escaped digit
+        "2024-01-02T03:04\\u003a05.1234567Z",  # an escaped colon
+    ],
+)
+def test_a_long_time_fraction_is_truncated_as_the_full_parser_does(created: str) -> None:
+    """msgspec would round these fractions (…457), pydantic truncates them (…456): the fast
+    path must leave them to the full parser, even when JSON escapes hide the fraction."""
+    entity, key, value = _artifact_with(created="PLACEHOLDER")
+    raw = value.replace(b"PLACEHOLDER", created.encode())
+    assert not _same(entity, key, raw)
+    event = _slow(entity, key, raw)
+    assert _built(event)["created"].startswith("2024-01-02T03:04:05.123456")
+
+
 TIMES = [
     "2024-01-02T03:04:05Z",
     "2024-01-02T03:04:05.5Z",

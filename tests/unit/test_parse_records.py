@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from services.contract import encode_event, parse_record
 from services.documents import ascii_lower, format_timestamp, to_micros
@@ -35,6 +37,27 @@ def test_timestamps_follow_prefects_json_form() -> None:
         == "2024-01-02T03:04:05.000120Z"
     )
     assert to_micros(datetime(1970, 1, 1, 0, 0, 1, 5, tzinfo=UTC)) == 1_000_005
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    moment=st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30)),
+    offset_min=st.integers(min_value=-23 * 60, max_value=23 * 60),
+    whole=st.booleans(),
+)
+def test_timestamps_are_what_isoformat_writes(
+    moment: datetime, offset_min: int, whole: bool
+) -> None:
+    """The fast path (msgspec's RFC 3339 writer) against the plain definition, with zero
+    and non-zero microseconds, any offset, naive-free."""
+    if whole:
+        moment = moment.replace(microsecond=0)
+    for aware in (
+        moment.replace(tzinfo=UTC),
+        moment.replace(tzinfo=timezone(timedelta(minutes=offset_min))),
+    ):
+        want = aware.astimezone(UTC).isoformat()[:-6] + "Z"
+        assert format_timestamp(aware) == want
 
 
 def test_ascii_lower_folds_only_ascii() -> None:
