@@ -10,7 +10,8 @@ Collections are derived by the indexer and never published. The tables' columns 
 the row -> `data` rule are shared with `sync-prefect` (services/prefect/tables.py).
 
 Resumable: after every chunk is acknowledged by Kafka (acks=all) the checkpoint
-file records the last `(table, id)` done; a rerun continues after it. Republishing
+file records the last `(table, id)` done; a rerun continues after it. A chunk's
+acknowledgements are awaited while the next one is read and sent (one chunk in flight). Republishing
 a chunk after a crash is harmless (same version: idempotent redelivery).
 Rate-limited by a token bucket (`max_events_per_second`, 0 = unlimited).
 
@@ -36,7 +37,7 @@ from aiolimiter import AsyncLimiter
 from services.config import KafkaSettings
 from services.contract import ENTITIES, encode_event
 from services.documents import to_micros
-from services.kafka import producer_kwargs
+from services.kafka import BULK_BATCH_BYTES, producer_kwargs
 from services.prefect.tables import row_to_data, select_list
 from services.progress import Progress
 
@@ -174,7 +175,11 @@ async def backfill(
         result.resumed_from = (checkpoint.table, checkpoint.last_id)
     conn = await connect(dsn)
     producer = AIOKafkaProducer(
-        **producer_kwargs(kafka), acks="all", linger_ms=20, enable_idempotence=True
+        **producer_kwargs(kafka),
+        acks="all",
+        linger_ms=20,
+        enable_idempotence=True,
+        max_batch_size=BULK_BATCH_BYTES,
     )
     limiter = RateLimiter(max_events_per_second)
     producing = False
@@ -186,6 +191,18 @@ async def backfill(
         done_before = sum(totals[t] for t in tables[:skip])
         progress = Progress("backfill", sum(totals.values()), stream)
         progress.update(done_before, force=True)
+
+        async def settle(table: str, futures: list[asyncio.Future[Any]], last_id: str) -> None:
+            """Kafka acknowledged a whole chunk: only then does the checkpoint move past it."""
+            nonlocal done_before
+            await asyncio.gather(*futures)
+            checkpoint.table, checkpoint.last_id = table, last_id
+            checkpoint.published += len(futures)
+            checkpoint.save(checkpoint_path)
+            result.published[table] = result.published.get(table, 0) + len(futures)
+            done_before += len(futures)
+            progress.update(done_before, note=f"{table} {last_id}")
+
         for table in tables[skip:]:
             after = checkpoint.last_id if table == checkpoint.table else None
             if after is not None:
@@ -193,6 +210,8 @@ async def backfill(
                     await conn.fetchval(f"SELECT count(*) FROM {table} WHERE id <= $1::uuid", after)
                 )
             topic = kafka.topic_for(table)
+            # a chunk's acknowledgements are awaited while the next chunk is read and sent
+            unacked: tuple[list[asyncio.Future[Any]], str] | None = None
             async for rows in read_chunks(conn, table, after, chunk_size):
                 pending = []
                 for row in rows:
@@ -203,13 +222,11 @@ async def backfill(
                         table, data["id"], "upsert", to_micros(updated), data, occurred=updated
                     )
                     pending.append(await producer.send(topic, value=value, key=data["id"].encode()))
-                await asyncio.gather(*pending)
-                checkpoint.table, checkpoint.last_id = table, str(rows[-1]["id"])
-                checkpoint.published += len(rows)
-                checkpoint.save(checkpoint_path)
-                result.published[table] = result.published.get(table, 0) + len(rows)
-                done_before += len(rows)
-                progress.update(done_before, note=f"{table} {checkpoint.last_id}")
+                if unacked is not None:
+                    await settle(table, *unacked)
+                unacked = (pending, str(rows[-1]["id"]))
+            if unacked is not None:
+                await settle(table, *unacked)
             next_index = tables.index(table) + 1
             checkpoint.table = tables[next_index] if next_index < len(tables) else table
             checkpoint.last_id = None if next_index < len(tables) else checkpoint.last_id

@@ -23,7 +23,7 @@ from aiokafka.errors import KafkaError
 
 from services.config import KafkaSettings
 from services.errors import BackendUnavailableError
-from services.kafka import producer_kwargs
+from services.kafka import BULK_BATCH_BYTES, producer_kwargs
 from services.sync import metrics
 from services.sync.api_plan import TouchQueue
 from services.sync.api_session import ApiSession, Shared, with_backoff
@@ -121,7 +121,11 @@ class ApiBridge:
             self._reached = True
             store = ApiSyncStore(opts.state_path, opts.api_url)
             producer = AIOKafkaProducer(
-                **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+                **producer_kwargs(self.kafka),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=BULK_BATCH_BYTES,
             )
             await producer.start()
             self.shared.queue = TouchQueue()

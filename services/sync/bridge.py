@@ -36,7 +36,7 @@ from aiokafka.errors import KafkaError
 
 from services.config import KafkaSettings
 from services.errors import BackendUnavailableError
-from services.kafka import producer_kwargs
+from services.kafka import BULK_BATCH_BYTES, producer_kwargs
 from services.prefect.tables import TABLES, row_to_data
 from services.progress import Progress
 from services.sync import metrics
@@ -170,7 +170,11 @@ class Bridge:
                 repl.close()
             state = await self._prepare_slot(sql, version, database, system_id)
             producer = AIOKafkaProducer(
-                **producer_kwargs(self.kafka), acks="all", enable_idempotence=True, linger_ms=5
+                **producer_kwargs(self.kafka),
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=5,
+                max_batch_size=BULK_BATCH_BYTES,
             )
             await producer.start()
             if state is None:

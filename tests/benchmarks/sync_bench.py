@@ -1,8 +1,9 @@
 """Live sync from Prefect (`sync-prefect`, change data capture): the issue's three figures.
 
-``python -m tests.benchmarks.sync_bench [--artifacts 20000] [--rate 20] [--seconds 30]``
-runs this part alone (JSON on stdout, ``--out FILE`` to keep it); ``tests/benchmarks/run.py``
-runs it once per benchmark (after the scales) and RESULTS.md reports it.
+``python -m tests.benchmarks.sync_bench [--artifacts 20000] [--rate 20] [--seconds 30]
+[--snapshot-only]`` runs this part alone (JSON on stdout, ``--out FILE`` to keep it; only the
+first figure with ``--snapshot-only``); ``tests/benchmarks/run.py`` runs it once per benchmark
+(after the scales) and RESULTS.md reports it.
 
 One Prefect database, cloned from the template Prefect's own migrations built
 (tests/sync/conftest.py) and filled with the seeded dataset of ``--artifacts`` artifacts
@@ -484,9 +485,15 @@ async def wait_indexed(api: httpx.AsyncClient, children: list[Child], want: int)
 
 
 async def sync_bench(
-    artifacts: int, rate: float, seconds: float, seed: int = 7, log_dir: Path | None = None
+    artifacts: int,
+    rate: float,
+    seconds: float,
+    seed: int = 7,
+    log_dir: Path | None = None,
+    snapshot_only: bool = False,
 ) -> dict[str, Any]:
-    """The three figures on one Prefect database of `artifacts` artifacts."""
+    """The three figures on one Prefect database of `artifacts` artifacts (only the first,
+    the snapshot against the backfill, with `snapshot_only`)."""
     hexid = uuid.uuid4().hex[:8]
     prefix = f"bench-sync-{hexid}"
     database, slot = f"bench_sync_{hexid}", f"bench_sync_{hexid}"
@@ -537,6 +544,9 @@ async def sync_bench(
                         snapshot["events_per_s"] / backfill["events_per_s"], 2
                     ),
                 }
+                if snapshot_only:
+                    out["load_avg_end"] = os.getloadavg()
+                    return out
                 api_port = free_port()
                 api = Child(
                     "api",
@@ -572,9 +582,14 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=30.0)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--out", type=Path, help="also write the JSON to this file")
+    parser.add_argument(
+        "--snapshot-only", action="store_true", help="the snapshot and backfill figures only"
+    )
     args = parser.parse_args()
     log_dir = REPO_ROOT / ".local" / "bench" / "sync"
-    result = asyncio.run(sync_bench(args.artifacts, args.rate, args.seconds, args.seed, log_dir))
+    result = asyncio.run(
+        sync_bench(args.artifacts, args.rate, args.seconds, args.seed, log_dir, args.snapshot_only)
+    )
     text = json.dumps(result, indent=1)
     if args.out is not None:
         args.out.write_text(text + "\n")
