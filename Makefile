@@ -1,6 +1,6 @@
 # Makefile — developer entry points.
 #
-#   make venv         create .venv (python3.11), install requirements/dev.txt, then the project
+#   make venv         create .venv (python3.11), install requirements/dev.txt (uv), then the project
 #   make servers      fetch and start Kafka, Elasticsearch and PostgreSQL (deploy/local/servers.sh)
 #   make up           venv + Kafka and Elasticsearch + the app (bootstrap, API, indexer, alerts, demo data)
 #   make down         stop the app processes started by `up`, then all servers
@@ -27,7 +27,11 @@ SHELL := /bin/bash
 PYTHON ?= python3.11
 PY := .venv/bin/python
 SERVERS := deploy/local/servers.sh
-RUN_DIR := .local/run
+RUN_DIR ?= .local/run
+# the indexer's state directory (INDEXER_STATE_DIR; services/config.py has the same default)
+STATE_DIR := $(or $(INDEXER_STATE_DIR),.local/indexer-state)
+# `make venv` installs again only when a lock or pyproject.toml changed since the last install
+VENV_STAMP := .venv/.installed
 
 # where deploy/local/servers.sh runs the servers (same port variables as the script)
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:$(or $(KAFKA_PORT),9092)
@@ -53,13 +57,18 @@ LOCAL_IMAGES := KAFKA_IMAGE=artifact-search-kafka:local ES_IMAGE=artifact-search
 help:
 	@sed -n '3,20p' Makefile | sed 's/^# \{0,1\}//'
 
-venv:
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements/dev.txt pyproject.toml
 	@if [ ! -x $(PY) ]; then \
 	  command -v $(PYTHON) >/dev/null || { echo "$(PYTHON) not found: install Python 3.11" >&2; exit 1; }; \
 	  echo "creating .venv with $(PYTHON)"; $(PYTHON) -m venv .venv; \
 	fi
-	$(PY) -m pip install -q -r requirements/dev.txt
-	$(PY) -m pip install -q --no-deps -e .
+	@# uv (its version pinned in the lock) installs the lock with its hashes, far faster than pip
+	$(PY) -m pip install -q "$$(grep -m1 '^uv==' requirements/dev.txt | cut -d' ' -f1)"
+	$(PY) -m uv pip install -q --python $(PY) -r requirements/dev.txt
+	$(PY) -m uv pip install -q --python $(PY) --no-deps -e .
+	@touch $@
 
 servers:
 	$(SERVERS) fetch all
@@ -125,7 +134,7 @@ down:
 
 reset: down
 	$(SERVERS) reset all
-	rm -rf $(RUN_DIR) .local/indexer-state
+	rm -rf $(RUN_DIR) $(STATE_DIR)
 
 test:
 	@$(SERVERS) status all >/dev/null 2>&1 || $(MAKE) --no-print-directory servers

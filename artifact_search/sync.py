@@ -1,9 +1,9 @@
 """The `sync-prefect` command: settings and options -> a running bridge, until SIGTERM/SIGINT.
 
-The composition root of the bridge: the CLI parses, this module builds the settings
-once, serves /metrics, /livez and /readyz (ready while streaming) and runs the bridge of
-the mode asked for: change data capture with a DSN (`services/sync/bridge.py`), Prefect's
-API with an API URL (`services/sync/api_bridge.py`).
+The composition root of the bridge: the CLI parses and builds the settings once (SYNC_*
+with the flags on top); this module serves /metrics, /livez and /readyz (ready while
+streaming) and runs the bridge of the mode asked for: change data capture with a DSN
+(`services/sync/bridge.py`), Prefect's API with an API URL (`services/sync/api_bridge.py`).
 """
 
 from __future__ import annotations
@@ -25,35 +25,33 @@ from services.sync.prefect_api import PrefectAuth
 log = logging.getLogger("sync")
 
 
-def options_from(args: Any, settings: SyncSettings) -> SyncOptions:
-    """Command-line options over the SYNC_* settings."""
-    state_file = args.state_file if args.state_file is not None else settings.state_file
+def options_from(settings: SyncSettings, *, recreate_slot: bool = False) -> SyncOptions:
+    """The change data capture mode's options (flags are already in `settings`)."""
     return SyncOptions(
-        slot=args.slot or settings.slot,
-        publication=args.publication or settings.publication,
+        slot=settings.slot,
+        publication=settings.publication,
         schema=settings.schema_name,
-        state_path=Path(state_file) if state_file else None,
-        recreate_slot=bool(args.recreate_slot),
-        max_in_flight=args.max_in_flight or settings.max_in_flight,
-        snapshot_chunk=args.snapshot_chunk or settings.snapshot_chunk,
+        state_path=Path(settings.state_file) if settings.state_file else None,
+        recreate_slot=recreate_slot,
+        max_in_flight=settings.max_in_flight,
+        snapshot_chunk=settings.snapshot_chunk,
     )
 
 
-def api_options_from(args: Any, settings: SyncSettings) -> ApiSyncOptions:
-    """The API mode's options: command line over SYNC_* settings."""
-    api_url = args.api_url or settings.api_url
+def api_options_from(settings: SyncSettings) -> ApiSyncOptions:
+    """The API mode's options (flags are already in `settings`)."""
+    api_url = settings.api_url
     assert api_url
-    key = args.api_key or _secret(settings.api_key)
-    auth_string = args.auth_string or _secret(settings.api_auth_string)
+    key = _secret(settings.api_key)
+    auth_string = _secret(settings.api_auth_string)
     if key and auth_string:
         sys.exit("sync-prefect: give --api-key (Prefect Cloud) or --auth-string, not both")
-    state_file = args.state_file if args.state_file is not None else settings.api_state_file
     return ApiSyncOptions(
         api_url=api_url.rstrip("/"),
         auth=PrefectAuth(api_key=key or None, auth_string=auth_string or None),
-        state_path=Path(state_file) if state_file else None,
-        requests_per_second=args.requests_per_second or settings.api_requests_per_second,
-        reconcile_interval_s=args.reconcile_interval or settings.reconcile_interval_s,
+        state_path=Path(settings.api_state_file) if settings.api_state_file else None,
+        requests_per_second=settings.api_requests_per_second,
+        reconcile_interval_s=settings.reconcile_interval_s,
         reconcile_full_every=settings.reconcile_full_every,
         reconcile_overlap_s=settings.reconcile_overlap_s,
     )
@@ -93,10 +91,13 @@ async def _serve(
     return bridge.published
 
 
-def run_sync(args: Any, kafka: KafkaSettings, settings: SyncSettings) -> None:
-    """Run `sync-prefect` with parsed arguments; exits with a message on a setup error."""
-    dsn = args.dsn or _secret(settings.postgres_dsn)
-    api_url = args.api_url or settings.api_url
+def run_sync(
+    kafka: KafkaSettings, settings: SyncSettings, *, recreate_slot: bool, drop_slot: bool
+) -> None:
+    """Run `sync-prefect` (the command line's flags are in `settings`); exits with a message
+    on a setup error."""
+    dsn = _secret(settings.postgres_dsn)
+    api_url = settings.api_url
     if dsn and api_url:
         sys.exit("sync-prefect: give a database DSN (CDC mode) or an API URL, not both")
     if not dsn and not api_url:
@@ -104,20 +105,21 @@ def run_sync(args: Any, kafka: KafkaSettings, settings: SyncSettings) -> None:
             "sync-prefect needs --dsn / SYNC_POSTGRES_DSN (a self-hosted Prefect's database) "
             "or --api-url / SYNC_API_URL (Prefect's API, e.g. Prefect Cloud)"
         )
-    options = options_from(args, settings)
-    mode: str | ApiSyncOptions = api_options_from(args, settings) if api_url else str(dsn)
-    if args.drop_slot and not dsn:
+    options = options_from(settings, recreate_slot=recreate_slot)
+    mode: str | ApiSyncOptions = api_options_from(settings) if api_url else str(dsn)
+    if drop_slot and not dsn:
         sys.exit("sync-prefect: --drop-slot belongs to the CDC mode (--dsn)")
-    if args.drop_slot:
+    if drop_slot:
         dropped = asyncio.run(drop_sync_slot(str(dsn), options.slot))
         if options.state_path is not None:
             with contextlib.suppress(FileNotFoundError):
                 options.state_path.unlink()
         print(f"slot {options.slot} {'dropped' if dropped else 'did not exist'}")
         return
-    port = settings.metrics_port if args.metrics_port is None else args.metrics_port
     try:
-        published = asyncio.run(_serve(kafka, mode, options, port, settings.metrics_host))
+        published = asyncio.run(
+            _serve(kafka, mode, options, settings.metrics_port, settings.metrics_host)
+        )
     except PermanentError as exc:
         log.error("sync-prefect stopped: %s", exc)
         sys.exit(f"sync-prefect: {exc}")

@@ -215,7 +215,8 @@ class QuerySettings(BaseSettings):
 class BackfillSettings(BaseSettings):
     """`backfill-prefect`: where the Prefect database is and how fast to publish.
 
-    Every field can also be given as a command-line option, which wins.
+    Every field can also be given as a command-line option (`--dsn`, `--chunk-size`, ...),
+    which wins and is held to the field's constraints (`artifact_search/cli.py`).
     """
 
     model_config = SettingsConfigDict(env_prefix="BACKFILL_", extra="ignore")
@@ -229,7 +230,8 @@ class BackfillSettings(BaseSettings):
 class SyncSettings(BaseSettings):
     """`sync-prefect`: the Prefect database (CDC mode) or API (API mode), pacing, metrics.
 
-    Every field can also be given as a command-line option, which wins.
+    Most fields can also be given as a command-line option (`sync-prefect --help`), which
+    wins and is held to the field's constraints (`artifact_search/cli.py`).
     """
 
     model_config = SettingsConfigDict(env_prefix="SYNC_", extra="ignore")

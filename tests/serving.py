@@ -10,6 +10,13 @@ import uvicorn
 from fastapi import FastAPI
 
 
+def free_port() -> int:
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 class ServerThread:
     """uvicorn serving an ASGI app on a free 127.0.0.1 port, in a daemon thread."""
 

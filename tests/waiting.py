@@ -1,4 +1,5 @@
-"""Test helper: poll for a condition with a bounded timeout (never a fixed sleep).
+"""Test helper: poll for a condition with a bounded timeout (never a fixed sleep), and start
+and stop the service's own processes.
 
 `wait_for` returns the last value it saw, met or not, so the caller's assertion shows what
 the system looked like when time ran out.
@@ -8,13 +9,16 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 
 T = TypeVar("T")
+REPO = Path(__file__).resolve().parents[1]
 
 
 async def wait_for(
@@ -55,3 +59,19 @@ async def terminate(procs: list[asyncio.subprocess.Process], seconds: float = 60
         except TimeoutError:
             proc.kill()
             await proc.wait()
+
+
+async def start_cli(env: dict[str, str], log: Path, *args: str) -> asyncio.subprocess.Process:
+    """`python -m artifact_search.cli ARGS` from the repository, its output appended to `log`
+    (a file, never a pipe nobody reads: a chatty process would block on a full pipe)."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "artifact_search.cli",
+            *args,
+            cwd=REPO,
+            env=env,
+            stdout=out,
+            stderr=out,
+        )

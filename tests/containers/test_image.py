@@ -9,7 +9,6 @@ recorded as test properties.
 from __future__ import annotations
 
 import contextlib
-import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -28,6 +27,7 @@ from services.config import KafkaSettings
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
 from tests.containers.docker_engine import docker
+from tests.serving import free_port
 from tests.waiting import wait_answer
 
 pytestmark = pytest.mark.timeout(1800)  # a cold machine builds the base image first
@@ -42,12 +42,6 @@ HARDENING = (
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class Deployment:
     """The names of one test's containers, topics and indices on the shared servers."""
@@ -55,8 +49,8 @@ class Deployment:
     image: str
     name: str
     env: dict[str, str]
-    api_port: int = field(default_factory=_free_port)
-    metrics_port: int = field(default_factory=_free_port)
+    api_port: int = field(default_factory=free_port)
+    metrics_port: int = field(default_factory=free_port)
     containers: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
 

@@ -28,7 +28,6 @@ import json
 import os
 import secrets
 import socket
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -50,9 +49,8 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as ProtoSpan
 from datagen.events import dataset_events
 from services.config import KafkaSettings
 from tests.ops.cleanup import drop_test_names
-from tests.waiting import terminate
+from tests.waiting import start_cli, terminate
 
-REPO = Path(__file__).resolve().parents[2]
 ENV_PREFIXES = ("KAFKA_", "ELASTICSEARCH_", "INDEXER_", "QUERY_", "ALERTS_", "SYNC_", "LOG_")
 ENV_PREFIXES += ("OTEL_",)
 
@@ -153,20 +151,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-async def _cli(env: dict[str, str], log: Path, *args: str) -> asyncio.subprocess.Process:
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "artifact_search.cli",
-            *args,
-            cwd=REPO,
-            env=env,
-            stdout=out,
-            stderr=out,
-        )
-
-
 async def _wait(what: str, check: Callable[[], Any], seconds: float = 120) -> Any:
     """Poll `check` (sync or async) until it returns something truthy, at most `seconds`."""
     deadline = time.monotonic() + seconds
@@ -235,10 +219,10 @@ async def traced(
             await terminate(procs)
 
         try:
-            boot = await _cli(env, logs["bootstrap"], "bootstrap")
+            boot = await start_cli(env, logs["bootstrap"], "bootstrap")
             assert await asyncio.wait_for(boot.wait(), 120) == 0, logs["bootstrap"].read_text()
-            api = await _cli(env, logs["api"], "api")
-            indexer = await _cli(env, logs["indexer"], "indexer")
+            api = await start_cli(env, logs["api"], "api")
+            indexer = await start_cli(env, logs["indexer"], "indexer")
             procs = [api, indexer]
             async with httpx.AsyncClient(timeout=10) as http:
                 for name, url in (

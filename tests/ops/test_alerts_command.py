@@ -7,7 +7,6 @@ import asyncio
 import contextlib
 import os
 import signal
-import socket
 import sys
 import time
 from pathlib import Path
@@ -19,20 +18,15 @@ from elasticsearch import AsyncElasticsearch
 from services.config import KafkaSettings
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
+from tests.serving import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_alerts_command_starts_ready_and_stops_on_sigterm(
     kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
 ) -> None:
-    port = _free_port()
+    port = free_port()
     prefix = f"{unique_name}."
     env = {
         k: v

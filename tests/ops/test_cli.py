@@ -19,7 +19,7 @@ import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
 
-from artifact_search.cli import build_parser
+from artifact_search.cli import cli_source
 from datagen.dataset import DatasetScale, generate_dataset
 from datagen.events import HARD, dataset_records, records_jsonl
 from indexer.app import Indexer
@@ -122,7 +122,7 @@ async def _indices(es_settings: ElasticsearchSettings) -> list[str]:
 
 
 def _subparsers() -> dict[str, Any]:
-    parser = build_parser()
+    parser = cli_source().root_parser
     action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
     return dict(action.choices)  # type: ignore[arg-type]
 
@@ -156,9 +156,9 @@ def test_every_help_exits_0_and_mentions_every_option() -> None:
             for option in action.option_strings:
                 assert option in proc.stdout, f"{name} --help does not mention {option}"
             if not action.option_strings:
-                assert action.dest in proc.stdout
-            if action.option_strings and action.dest != "help":
-                assert action.help, f"{name} {action.option_strings} has no help text"
+                assert str(action.metavar or action.dest) in proc.stdout
+            if action.dest != "help":
+                assert action.help, f"{name} {action.option_strings or action.dest} has no help"
     backfill_help = " ".join(
         subprocess.run(
             [sys.executable, "-m", "artifact_search.cli", "backfill-prefect", "--help"],

@@ -17,8 +17,6 @@ import contextlib
 import json
 import os
 import re
-import socket
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -30,7 +28,8 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from tests.ops.cleanup import drop_test_names
-from tests.waiting import terminate
+from tests.serving import free_port
+from tests.waiting import start_cli, terminate
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "deploy" / "grafana" / "artifact-search.json"
@@ -125,27 +124,12 @@ def test_dashboard_and_rules_query_something() -> None:
 # --- the real processes ----------------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def _cli(env: dict[str, str], *args: str) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "artifact_search.cli",
-        *args,
-        cwd=REPO,
-        env=env,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.PIPE,
-    )
-
-
 async def _scrape_when_ready(
-    proc: asyncio.subprocess.Process, ready_url: str, metrics_url: str, seconds: float = 120
+    proc: asyncio.subprocess.Process,
+    log: Path,
+    ready_url: str,
+    metrics_url: str,
+    seconds: float = 120,
 ) -> str:
     async with httpx.AsyncClient() as http:
         deadline = time.monotonic() + seconds
@@ -156,10 +140,8 @@ async def _scrape_when_ready(
                     assert metrics.status_code == 200, metrics.text
                     return metrics.text
             await asyncio.sleep(0.3)
-    stderr = b""
-    if proc.returncode is not None and proc.stderr is not None:
-        stderr = await proc.stderr.read()
-    pytest.fail(f"{ready_url} never answered 200 (exit {proc.returncode}): {stderr[-2000:]!r}")
+    output = (await asyncio.to_thread(log.read_text, errors="replace"))[-2000:]
+    pytest.fail(f"{ready_url} never answered 200 (exit {proc.returncode}): {output}")
 
 
 @pytest.fixture
@@ -169,7 +151,7 @@ async def scrapes(
     """The /metrics text of api, indexer, alerts and sync-prefect, each started here."""
     prefix = f"{unique_name}."
     env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIXES)}
-    ports = {name: _free_port() for name in ("api", "indexer", "alerts", "sync")}
+    ports = {name: free_port() for name in ("api", "indexer", "alerts", "sync")}
     env.update(
         KAFKA_BOOTSTRAP_SERVERS=kafka_bootstrap,
         KAFKA_TOPIC_PREFIX=prefix,
@@ -192,30 +174,29 @@ async def scrapes(
     )
     procs: list[asyncio.subprocess.Process] = []
     try:
-        boot = await _cli(env, "bootstrap")
-        _, err = await asyncio.wait_for(boot.communicate(), 120)
-        assert boot.returncode == 0, err.decode()[-2000:]
-        api, indexer, alerts, sync = [
-            await _cli(env, *args) for args in (["api"], ["indexer"], ["alerts"], ["sync-prefect"])
-        ]
-        procs = [api, indexer, alerts, sync]
+        boot = await start_cli(env, tmp_path / "bootstrap.log", "bootstrap")
+        await asyncio.wait_for(boot.wait(), 120)
+        assert boot.returncode == 0, (tmp_path / "bootstrap.log").read_text()[-2000:]
+        names = ("api", "indexer", "alerts", "sync")
+        logs = {name: tmp_path / f"{name}.log" for name in names}
+        commands = {"api": "api", "indexer": "indexer", "alerts": "alerts", "sync": "sync-prefect"}
+        procs = [await start_cli(env, logs[name], commands[name]) for name in names]
         base = "http://127.0.0.1:{}".format
+        # the API's probes are under /api; the sync bridge is never ready (no database):
+        # alive is enough to read its metrics
+        probes = {"api": "/api/ready", "indexer": "/readyz", "alerts": "/readyz", "sync": "/livez"}
         texts = await asyncio.gather(
-            _scrape_when_ready(
-                api, base(ports["api"]) + "/api/ready", base(ports["api"]) + "/metrics"
-            ),
-            _scrape_when_ready(
-                indexer, base(ports["indexer"]) + "/readyz", base(ports["indexer"]) + "/metrics"
-            ),
-            _scrape_when_ready(
-                alerts, base(ports["alerts"]) + "/readyz", base(ports["alerts"]) + "/metrics"
-            ),
-            # never ready (no database): alive is enough to read its metrics
-            _scrape_when_ready(
-                sync, base(ports["sync"]) + "/livez", base(ports["sync"]) + "/metrics"
-            ),
+            *(
+                _scrape_when_ready(
+                    proc,
+                    logs[name],
+                    base(ports[name]) + probes[name],
+                    base(ports[name]) + "/metrics",
+                )
+                for name, proc in zip(names, procs, strict=True)
+            )
         )
-        yield dict(zip(("api", "indexer", "alerts", "sync"), texts, strict=True))
+        yield dict(zip(names, texts, strict=True))
     finally:
         await terminate(procs)
         await drop_test_names(kafka_bootstrap, elasticsearch_url, unique_name)

@@ -8,7 +8,7 @@ from typing import Any
 
 import yaml
 
-from artifact_search.cli import build_parser
+from artifact_search.cli import subcommand_flags
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -92,7 +92,7 @@ def test_compose_services_commands_ports_and_order() -> None:
     kafka_env = services["kafka"]["environment"]
     assert "controller" in kafka_env["KAFKA_PROCESS_ROLES"]  # KRaft, no ZooKeeper
     assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka_env
-    subcommands = set(build_parser()._subparsers._group_actions[0].choices)  # type: ignore[union-attr]
+    subcommands = set(subcommand_flags())
     sync = services["sync-prefect"]
     assert sync["command"][0] == "sync-prefect" and sync["profiles"] == ["sync"]
     assert sync["volumes"][0].split(":")[0] in compose["volumes"]

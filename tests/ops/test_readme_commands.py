@@ -21,11 +21,9 @@ A command of any other program fails the test until a check for it is written he
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import os
 import re
-import shlex
 import subprocess
 import sys
 from functools import cache
@@ -36,58 +34,14 @@ import yaml
 from fastapi.routing import APIRoute
 
 from artifact_search.api import create_api
-from artifact_search.cli import build_parser
+from artifact_search.cli import subcommand_flags
 from services.config import ElasticsearchSettings, QuerySettings
 from tests.ops.k8s_tools import go_tool
+from tests.ops.readme import commands as _commands
+from tests.ops.readme import readme_commands
 
 REPO = Path(__file__).resolve().parents[2]
-README = REPO / "README.md"
 API = "http://127.0.0.1:4200"
-# inline spans worth checking start with one of these
-INLINE = re.compile(
-    r"^(make|artifact-search|python -m|kubectl|helm|docker (build|compose)|deploy/\S+\.sh) "
-)
-
-
-def _commands(text: str) -> list[list[str]]:
-    """Shell text -> commands as token lists (continuations joined, comments dropped, split
-    on ; && || | &, leading VAR=value assignments removed)."""
-    text = text.replace("\\\n", " ")
-    # one pass over the whole text: a quoted argument may span lines; a newline outside
-    # quotes ends a command like ; does
-    lexer = shlex.shlex(text, posix=True, punctuation_chars=";&|\n")
-    lexer.whitespace = " \t\r"
-    lexer.whitespace_split = True
-    lexer.commenters = ""  # shlex's comments would swallow the newline that ends a command
-    commands: list[list[str]] = [[]]
-    comment = False
-    for token in lexer:
-        if set(token) <= set(";&|\n"):
-            comment = comment and "\n" not in token
-            if not comment:
-                commands.append([])
-        elif comment or token.startswith("#"):
-            comment = True
-        else:
-            commands[-1].append(token)
-    result = []
-    for cmd in commands:
-        while cmd and re.fullmatch(r"[A-Z_][A-Z0-9_]*=.*", cmd[0]):
-            cmd = cmd[1:]
-        if cmd:
-            result.append(cmd)
-    return result
-
-
-def readme_commands() -> list[list[str]]:
-    """The README's commands: its bash blocks whole, its inline spans that look like one."""
-    text = README.read_text()
-    blocks = re.findall(r"```(?:bash|sh|shell)\n(.*?)```", text, re.S)
-    prose = re.sub(r"```.*?```", "", text, flags=re.S)
-    spans = [s for s in re.findall(r"`([^`\n]+)`", prose) if INLINE.match(s)]
-    return [cmd for chunk in [*blocks, *spans] for cmd in _commands(chunk)]
-
-
 COMMANDS = readme_commands()
 
 
@@ -113,10 +67,8 @@ def _check_make(args: list[str]) -> None:
 
 
 @cache
-def _subcommands() -> dict[str, argparse.ArgumentParser]:
-    parser = build_parser()
-    (action,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
-    return dict(action.choices)
+def _subcommands() -> dict[str, set[str]]:
+    return subcommand_flags()
 
 
 @cache
@@ -140,7 +92,7 @@ def _check_cli(args: list[str]) -> None:
         return
     sub, *rest = args
     assert sub in _subcommands(), f"artifact-search has no subcommand {sub!r}"
-    options = {s for a in _subcommands()[sub]._actions for s in a.option_strings}
+    options = _subcommands()[sub]
     for token in rest:
         if token.startswith("-"):
             assert token.split("=")[0] in options, f"artifact-search {sub} has no {token}"
