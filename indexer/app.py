@@ -41,6 +41,7 @@ from indexer.changes import ChangePublisher
 from indexer.edge import document_topics, raw_decoder, raw_parser, specification
 from indexer.outputs import KafkaOutputs, MemberRecord, dlq_headers
 from indexer.parents import Parents
+from indexer.refresh import Refresher
 from indexer.runtime import PipelineError, Processor, StepResult
 from indexer.step import Topology
 from indexer.store import RocksStore, Store
@@ -125,6 +126,8 @@ class Indexer:
         )
         self.parents: Parents | None = None
         self._pump: asyncio.Task[None] | None = None
+        self.refresher: Refresher | None = None
+        self._refreshing: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self.fatal: BaseException | None = None
         self._on_fatal: Callable[[], None] | None = None
@@ -204,6 +207,12 @@ class Indexer:
             search_text=self.settings.search_text,
         )
         index_of = {"artifact": self.names.artifacts, "collection": self.names.collections}
+        if self.settings.refresh_after_write_s > 0:
+            self.refresher = Refresher(
+                lambda indices: self.es.indices.refresh(index=indices),
+                self.settings.refresh_after_write_s,
+            )
+            self._refreshing = asyncio.create_task(self.refresher.run(), name="indexer-refresh")
         self.processor = Processor(
             store,
             topology,
@@ -220,6 +229,7 @@ class Indexer:
             defer_lag=self.settings.defer_lag,
             defer_max_s=self.settings.defer_max_s,
             publish_changes=None if self.changes is None else self.changes.publish,
+            written=None if self.refresher is None else self.refresher.request,
         )
         self.processor.backlog = self.backlog
         self.parents = Parents(
@@ -247,10 +257,11 @@ class Indexer:
                 await asyncio.wait_for(self.processor.flush(), self.settings.retry_max_s * 3)
         if self.parents is not None:
             self.parents.running = False
-        if self._pump is not None:
-            self._pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._pump
+        for task in (self._pump, self._refreshing):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.parents is not None:
             await self.parents.stop()
         await self.outputs.stop()

@@ -47,3 +47,7 @@ DEFERRED = Counter(
     "indexer_deferred_documents_total",
     "Document writes deferred while a backlog is consumed (written once it is drained)",
 )
+REFRESHES = Counter(
+    "indexer_refreshes_total",
+    "Refreshes of the written indices right after a step's writes (INDEXER_REFRESH_AFTER_WRITE_S)",
+)

@@ -75,6 +75,7 @@ class Epochs(Protocol):
 PublishMembers = Callable[[Sequence[tuple[int, Member]]], Awaitable[None]]
 DeadLetter = Callable[[Poison], Awaitable[None]]
 PublishChanges = Callable[[Sequence[Versioned]], Awaitable[None]]
+Written = Callable[[set[str]], None]
 
 
 @dataclass
@@ -111,6 +112,7 @@ class Processor:
         defer_lag: int = 0,
         defer_max_s: float = 10.0,
         publish_changes: PublishChanges | None = None,
+        written: Written | None = None,
     ) -> None:
         self.store = store
         self.topology = topology
@@ -121,6 +123,9 @@ class Processor:
         self.dead_letter = dead_letter
         # the change feed (indexer/changes.py): after the writes, before the commit
         self.publish_changes = publish_changes
+        # told the indices a step wrote, once acknowledged, unless the step deferred
+        # documents (a backlog): indexer/refresh.py makes them searchable
+        self.written = written
         self.max_event_bytes = max_event_bytes
         self.rewrite_budget = rewrite_budget
         self.retry_initial_s = retry_initial_s
@@ -263,6 +268,7 @@ class Processor:
                 tp = (record.topic, record.partition)
                 if record.offset >= self._submitted.get(tp, 0):
                     self._submitted[tp] = record.offset + 1
+            defer = self._defer(behind)
             output = run_step(
                 tx,
                 topo,
@@ -272,7 +278,7 @@ class Processor:
                 self.rewrite_budget,
                 self.refs,
                 self.suspect,
-                self._defer(behind),
+                defer,
             )
             writes = [
                 Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
@@ -280,7 +286,7 @@ class Processor:
             ]
             previous = self._inflight[-1] if self._inflight else None
             task = asyncio.create_task(
-                self._effects(tx, output, writes, previous, started, on_commit)
+                self._effects(tx, output, writes, previous, started, on_commit, not defer)
             )
             self._inflight.append(task)
             self._last, self._last_done = tx, False
@@ -294,9 +300,12 @@ class Processor:
         previous: asyncio.Task[StepResult] | None,
         started: float,
         on_commit: Callable[[StepResult], None] | None,
+        refresh: bool = True,
     ) -> StepResult:
         try:
             stats = await self._retry(lambda: self.writer.write(writes))
+            if refresh and writes and self.written is not None:
+                self.written({w.index for w in writes})
             changes_out = self.publish_changes
             if changes_out is not None and writes:
                 await self._retry(lambda: changes_out(writes))

@@ -138,6 +138,10 @@ class IndexerSettings(BaseSettings):
     # that one step every `defer_max_s` seconds writes what is pending
     defer_lag: int = Field(default=5_000, ge=0)
     defer_max_s: float = Field(default=5.0, gt=0)
+    # refresh the indices a step wrote once its writes are acknowledged, at most once every
+    # this many seconds and not while a backlog defers documents (indexer/refresh.py), so a
+    # write is searchable without waiting for the index's periodic refresh (1 s); 0: never
+    refresh_after_write_s: float = Field(default=0.25, ge=0)
     # documents carry their searchable text and typed values (`x`, `v`: the search
     # extension's `q` and `where`); false indexes faster, and those match nothing
     search_text: bool = True

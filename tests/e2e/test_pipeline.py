@@ -22,7 +22,7 @@ from services.config import ElasticsearchSettings, IndexerSettings, KafkaSetting
 from services.contract import ENTITIES, encode_event
 from services.es.admin import drop_indices
 from services.es.indices import IndexNames
-from tests.waiting import wait_answer
+from tests.waiting import wait_answer, wait_for
 
 
 @contextlib.asynccontextmanager
@@ -227,3 +227,64 @@ async def test_null_and_non_utf8_headers_never_lose_a_record(stack: Any) -> None
     assert got["dlq.reason"] == b"invalid_json"
     assert got["original.latin1"] == b"caf\xe9"
     assert got["original.nullable"] in (None, b"")
+
+
+@pytest.mark.parametrize("refresh_after_write_s", [0.25, 0.0])
+async def test_writes_are_made_searchable_by_the_indexer_without_the_periodic_refresh(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, refresh_after_write_s: float
+) -> None:
+    """The indices' periodic refresh is turned off: with `INDEXER_REFRESH_AFTER_WRITE_S` the
+    indexer's own refresh makes its writes searchable; without it (0), nothing it committed
+    is searchable until somebody refreshes (which shows the first case's refresh is the
+    indexer's)."""
+    settings = IndexerSettings(max_batch=500, refresh_after_write_s=refresh_after_write_s)
+    async with running(kafka_bootstrap, elasticsearch_url, unique_name, settings) as (
+        kafka,
+        indexer,
+        client,
+    ):
+        names = IndexNames(f"{unique_name}-")
+        es = AsyncElasticsearch(elasticsearch_url)
+        try:
+            await es.indices.put_settings(
+                index=f"{names.artifacts},{names.collections}",
+                settings={"index": {"refresh_interval": "-1"}},
+            )
+            records = [_keyed_artifact("refreshed", i) for i in range(5)]
+            await publish(kafka, records)
+            assert indexer.processor is not None
+            processor = indexer.processor
+            topic = kafka.topic_for("artifact")
+
+            async def applied() -> int:
+                return sum(processor.position(topic, p) for p in range(3))
+
+            assert await wait_for(applied, lambda n: n == len(records), 60) == len(records)
+            body = {"artifacts": {"key": {"any_": ["refreshed"]}}}
+            if refresh_after_write_s:
+                assert await wait_answer(client, "/api/artifacts/count", body, 5, 30) == 5
+                assert await wait_answer(client, "/api/artifacts/latest/count", body, 1, 30) == 1
+            else:
+                # every record is applied and committed, its documents written: not searchable
+                assert (await client.post("/api/artifacts/count", json=body)).json() == 0
+                await es.indices.refresh(index=names.artifacts)
+                assert (await client.post("/api/artifacts/count", json=body)).json() == 5
+        finally:
+            await es.close()
+
+
+def _keyed_artifact(key: str, i: int) -> tuple[str, bytes, bytes]:
+    artifact_id = str(uuid.uuid4())
+    data = {
+        "id": artifact_id,
+        "created": f"2024-01-01T00:00:0{i}Z",
+        "updated": "2024-01-01T00:00:00Z",
+        "key": key,
+        "type": "markdown",
+        "data": f"report {i}",
+    }
+    return (
+        "artifact",
+        artifact_id.encode(),
+        encode_event("artifact", artifact_id, "upsert", 1, data),
+    )

@@ -1,0 +1,166 @@
+"""Freshness of indexer variants side by side: publish -> searchable at steady rates.
+
+`python -m tests.benchmarks.freshness_ab --artifacts 20000 --rates 200:10,1000:20
+--variant off:INDEXER_REFRESH_AFTER_WRITE_S=0 --variant on: --rounds 3`
+
+Each round runs every variant once, in turn (so they share the machine's conditions): a
+fresh stack (topics, indices, the indexer and API processes, with the variant's
+environment), the dataset's initial load, then `run.freshness` at each rate (the same
+measurement as `make bench`), with the indexer's CPU seconds and step figures from its
+`/metrics`. Raw results go to `--out` (JSON); a table is printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from datagen.dataset import DatasetScale, generate_dataset
+from datagen.events import dataset_records
+from services.es.indices import IndexNames
+from tests.benchmarks import run
+from tests.benchmarks.kafka_io import create_topics, kafka_settings
+from tests.benchmarks.procs import Child, free_port
+from tests.benchmarks.side import indexer_child, stack_env, tear_down
+
+_METRICS = (
+    "indexer_batch_seconds_sum",
+    "indexer_batch_seconds_count",
+    "indexer_batch_events_sum",
+    "indexer_refreshes_total",
+    "process_cpu_seconds_total",
+)
+
+
+async def _scrape(http: httpx.AsyncClient, port: int) -> dict[str, float]:
+    text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        name, _, value = line.partition(" ")
+        if name in _METRICS:
+            out[name] = float(value)
+    return out
+
+
+async def one(
+    n: int, rates: list[tuple[int, float]], env_extra: dict[str, str], opts: run.Options
+) -> dict[str, Any]:
+    """A fresh stack with `env_extra`, the initial load of `n` artifacts, then each rate."""
+    dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
+    records = dataset_records(dataset, opts.seed)
+    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
+    log_dir = run.REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
+    kafka = kafka_settings(prefix + ".")
+    names = IndexNames(prefix + "-")
+    topics = await create_topics(kafka)
+    env = {**stack_env(kafka, names), **env_extra}
+    api_port = free_port()
+    api = Child("api", ["-m", "artifact_search.cli", "api", "--port", str(api_port)], env, log_dir)
+    indexer = indexer_child(env, log_dir, 0)
+    port: int = indexer.metrics_port  # type: ignore[attr-defined]
+    stack = run.Stack(
+        n=n,
+        prefix=prefix,
+        kafka=kafka,
+        names=names,
+        topics=topics,
+        api=api,
+        indexer=indexer,
+        prefect=api,  # not used by the freshness runs
+        api_url=f"http://127.0.0.1:{api_port}/api",
+        prefect_url="",
+    )
+    out: dict[str, Any] = {"env": env_extra, "rates": {}}
+    try:
+        await run.wait_http_ok(api, stack.api_url + "/health", 60)
+        async with httpx.AsyncClient(timeout=120) as http:
+            load = await run.initial_load(stack, dataset, records, http, opts)
+            out["load_events_per_s"] = load.get("events_per_s")
+            for rate, seconds in rates:
+                before, t0 = await _scrape(http, port), time.monotonic()
+                fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
+                after, wall = await _scrape(http, port), time.monotonic() - t0
+                d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _METRICS}
+                steps = d["indexer_batch_seconds_count"] or 1.0
+                fresh["indexer"] = {
+                    "cpu_s": round(d["process_cpu_seconds_total"], 2),
+                    "wall_s": round(wall, 1),
+                    "steps": int(d["indexer_batch_seconds_count"]),
+                    "records_per_step": round(d["indexer_batch_events_sum"] / steps, 1),
+                    "seconds_per_step": round(d["indexer_batch_seconds_sum"] / steps, 3),
+                    "refreshes": int(d["indexer_refreshes_total"]),
+                }
+                out["rates"][str(rate)] = fresh
+    finally:
+        await tear_down([api, indexer], topics, names.prefix)
+    return out
+
+
+def _table(results: list[dict[str, Any]]) -> str:
+    lines = [
+        "| round | variant | load avg | rate/s | p50 s | p95 s | p99 s | visible | saturated "
+        "| indexer CPU s | records/step | refreshes |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        for rate, f in r["rates"].items():
+            ix = f["indexer"]
+            lines.append(
+                f"| {r['round']} | {r['variant']} | {r['load_avg']} | {rate} | {f['p50_s']} "
+                f"| {f['p95_s']} | {f['p99_s']} | {f['visible']}/{f['sent']} "
+                f"| {f['saturated_after_s'] or '-'} | {ix['cpu_s']} | {ix['records_per_step']} "
+                f"| {ix['refreshes']} |"
+            )
+    return "\n".join(lines)
+
+
+def _variant(text: str) -> tuple[str, dict[str, str]]:
+    name, _, assignments = text.partition(":")
+    env = dict(a.split("=", 1) for a in assignments.split(",") if a)
+    return name, env
+
+
+async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
+    opts = run.parse_options(["--quick"])
+    rates = [(int(r), float(s)) for r, s in (p.split(":") for p in args.rates.split(","))]
+    variants = [_variant(v) for v in args.variant]
+    results: list[dict[str, Any]] = []
+    for round_ in range(1, args.rounds + 1):
+        for name, env in variants:
+            load_avg = f"{os.getloadavg()[0]:.2f}"
+            run._log(f"round {round_}, variant {name} {env} (load average {load_avg})")
+            result = await one(args.artifacts, rates, env, opts)
+            results.append({"round": round_, "variant": name, "load_avg": load_avg, **result})
+    return results
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--artifacts", type=int, default=20_000)
+    parser.add_argument("--rates", default="200:10,1000:20", help="events/s:seconds,...")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        required=True,
+        help="name:ENV=value,... (the indexer's environment; repeat for each variant)",
+    )
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--out", type=Path, help="raw results (JSON)")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    results = asyncio.run(amain(args))
+    if args.out is not None:
+        args.out.write_text(json.dumps({"started": started, "runs": results}, indent=1) + "\n")
+    print(_table(results))
+
+
+if __name__ == "__main__":
+    main()
