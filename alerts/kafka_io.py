@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any, TypeAlias
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRecord, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from services.config import KafkaSettings
@@ -19,6 +19,15 @@ from services.kafka import producer_kwargs
 log = logging.getLogger("alerts.kafka")
 
 Record: TypeAlias = "ConsumerRecord[Any, Any]"
+
+
+def next_offsets(records: list[Record]) -> dict[TopicPartition, int]:
+    """The offsets to commit once `records` are done: per partition, the last one + 1."""
+    out: dict[TopicPartition, int] = {}
+    for r in records:
+        tp = TopicPartition(r.topic, r.partition)
+        out[tp] = max(out.get(tp, 0), r.offset + 1)
+    return out
 
 
 class ConsumeProduce:
@@ -78,12 +87,13 @@ class ConsumeProduce:
         fetched = await self._consumer.getmany(timeout_ms=timeout_ms, max_records=self.max_batch)
         return [r for batch in fetched.values() for r in batch]
 
-    async def commit(self) -> None:
-        """Commit what was consumed. A refused commit (the group rebalanced meanwhile) is not
-        an error: the new owner is redelivered the batch, which the callers tolerate."""
+    async def commit(self, offsets: dict[TopicPartition, int] | None = None) -> None:
+        """Commit `offsets` (the next offset to read per partition), or else what was
+        consumed. A refused commit (the group rebalanced meanwhile) is not an error: the new
+        owner is redelivered the batch, which the callers tolerate."""
         assert self._consumer is not None, "not started"
         try:
-            await self._consumer.commit()
+            await self._consumer.commit(offsets)
         except CommitFailedError:
             log.info("offset commit refused after a rebalance; the batch will be redelivered")
         except KafkaError as exc:

@@ -22,6 +22,13 @@ only after the batch's alerts are acknowledged and marked):
    them published;
 5. commit the batch's offsets.
 
+Batches are pipelined: steps 4-5 of a batch (ledger writes and Kafka's acknowledgement, a
+few round trips) run in a task of their own while the next batch is fetched and steps 1-3
+run for it; a batch's delivery starts only after the one before it finished, so alerts go
+out and offsets are committed in batch order (the offsets of each batch explicitly, never
+the consumer's position, which is already past the next batch). At most one delivery is in
+flight; a matching version seen by two batches makes one alert (one ledger claim wins).
+
 Between batches (every `EXISTING_CHECK_S`), saved searches with `notify_existing` whose
 current fingerprint has not been scanned get a bounded scan of what already matches (a
 point in time, newest first, at most `ALERTS_EXISTING_SCAN_MAX`), claimed and published the
@@ -38,6 +45,7 @@ nothing twice (except in the window described in the ADR).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -45,15 +53,16 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import Any, TypeVar
 
+from aiokafka import TopicPartition
 from aiokafka.errors import KafkaError
 from elasticsearch import ApiError, BadRequestError, TransportError
 from tenacity import AsyncRetrying, retry_if_exception_type, wait_exponential_jitter
 
 from alerts import metrics
 from alerts.evaluator import Evaluator
-from alerts.kafka_io import ConsumeProduce
+from alerts.kafka_io import ConsumeProduce, Record, next_offsets
 from alerts.ledger import Claimed, Ledger
-from alerts.model import SavedSearch, alert_message
+from alerts.model import AlertMessage, SavedSearch, alert_message
 from alerts.searches import MAX_SAVED_SEARCHES, SavedSearchStore
 from services.changes import BadChangeRecordError, decode_changes, merge_changes
 from services.config import AlertsSettings, KafkaSettings
@@ -118,45 +127,58 @@ class AlertWorker:
         """Process batches until `stopping` is set; sweep abandoned claims at the start and
         every half claim timeout."""
         next_sweep = next_prune = next_existing = 0.0
-        while not stopping.is_set():
-            if time.monotonic() >= next_existing:
-                await self._retry(self.alert_existing)
-                next_existing = time.monotonic() + EXISTING_CHECK_S
-            if time.monotonic() >= next_sweep:
-                await self._retry(self.recover)
-                next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
-            if time.monotonic() >= next_prune:
-                await self._retry(self.prune)
-                next_prune = time.monotonic() + self.settings.ledger_prune_interval_s
-            records = await self.io.next_batch()
-            if not records:
-                continue
-            pairs: list[tuple[str, int]] = []
-            collections: list[tuple[str, int]] = []
-            for record in records:
-                try:
-                    artifacts, keys = decode_changes(record.value)
-                    pairs.extend(artifacts)
-                    collections.extend(keys)
-                except BadChangeRecordError as exc:
-                    metrics.BAD_RECORDS.inc()
-                    log.error(
-                        "skipping a change record at %s:%d: %s", record.topic, record.offset, exc
-                    )
-            changed = merge_changes(pairs)
-            await self._retry(partial(self.handle, changed, merge_changes(collections)))
-            await self.io.commit()
-            self.batches += 1
+        delivering: asyncio.Task[None] | None = None
+        try:
+            while not stopping.is_set():
+                if time.monotonic() >= next_existing:
+                    await self._retry(self.alert_existing)
+                    next_existing = time.monotonic() + EXISTING_CHECK_S
+                if time.monotonic() >= next_sweep:
+                    await self._retry(self.recover)
+                    next_sweep = time.monotonic() + max(self.settings.claim_timeout_s / 2, 1.0)
+                if time.monotonic() >= next_prune:
+                    await self._retry(self.prune)
+                    next_prune = time.monotonic() + self.settings.ledger_prune_interval_s
+                records = await self.io.next_batch()
+                if not records:
+                    continue
+                started = time.perf_counter()
+                changed, collections = _decode(records)
+                messages = await self._retry(partial(self.prepare, changed, collections))
+                if delivering is not None:
+                    await delivering  # in order; its failure stops the worker here
+                delivering = asyncio.create_task(
+                    self._deliver_batch(messages, next_offsets(records), started)
+                )
+            if delivering is not None:
+                await delivering  # a clean stop finishes the batch in flight
+        finally:
+            if delivering is not None and not delivering.done():
+                delivering.cancel()  # failing or cancelled: redelivered (uncommitted)
+                with contextlib.suppress(BaseException):
+                    await delivering
+
+    async def _deliver_batch(
+        self, messages: list[AlertMessage], offsets: dict[TopicPartition, int], started: float
+    ) -> None:
+        await self._retry(partial(self.deliver, messages))
+        await self.io.commit(offsets)
+        self.batches += 1
+        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
     async def handle(
         self, changed: dict[str, int], collections: dict[str, int] | None = None
     ) -> int:
         """Evaluate one batch of changes (artifact and collection documents) and publish its
         new alerts; return how many."""
-        collections = collections or {}
+        return await self.deliver(await self.prepare(changed, collections or {}))
+
+    async def prepare(
+        self, changed: dict[str, int], collections: dict[str, int]
+    ) -> list[AlertMessage]:
+        """Steps 1-3 for one batch of changes: the alert messages of its matches."""
         if not changed and not collections:
-            return 0
-        started = time.perf_counter()
+            return []
         metrics.CHANGES.inc(len(changed))
         # the saved searches are read while the changes are made searchable; the collections
         # too if the previous batch had a latest_per_key search (a guess, checked below)
@@ -167,7 +189,7 @@ class AlertWorker:
         searches: list[SavedSearch] = loaded
         latest = self._latest_hint = any(s.search.latest_per_key for s in searches)
         if not searches:
-            return 0
+            return []
         if latest and self.evaluator.collections not in pending:
             await self.evaluator.wait_visible({self.evaluator.collections: collections})
         matches = await self.evaluator.evaluate(
@@ -178,10 +200,14 @@ class AlertWorker:
         now = datetime.now(UTC)
         by_id = {s.id: s for s in searches}
         stamp = format_timestamp(now)
-        messages = [alert_message(m, by_id[m.search_id], stamp) for m in matches]
-        published = await self._publish(await self.ledger.claim(messages, to_micros(now)))
-        metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
-        return published
+        return [alert_message(m, by_id[m.search_id], stamp) for m in matches]
+
+    async def deliver(self, messages: list[AlertMessage]) -> int:
+        """Step 4: claim the alerts, publish those this worker holds, mark them; how many."""
+        if not messages:
+            return 0
+        claims = await self.ledger.claim(messages, to_micros(datetime.now(UTC)))  # lease start
+        return await self._publish(claims)
 
     async def recover(self) -> int:
         """Publish the alerts whose claimant died before Kafka acknowledged them."""
@@ -273,6 +299,22 @@ class AlertWorker:
 
 _RETRIED = (TransientError, BackendUnavailableError, ApiError, TransportError, KafkaError, OSError)
 """Failures a retry of the batch may overcome; anything else is a bug and stops the worker."""
+
+
+def _decode(records: Sequence[Record]) -> tuple[dict[str, int], dict[str, int]]:
+    """A batch's change records merged: ({artifact id: version}, {collection id: version});
+    an undecodable record is logged, counted and skipped."""
+    pairs: list[tuple[str, int]] = []
+    collections: list[tuple[str, int]] = []
+    for record in records:
+        try:
+            artifacts, keys = decode_changes(record.value)
+            pairs.extend(artifacts)
+            collections.extend(keys)
+        except BadChangeRecordError as exc:
+            metrics.BAD_RECORDS.inc()
+            log.error("skipping a change record at %s:%d: %s", record.topic, record.offset, exc)
+    return merge_changes(pairs), merge_changes(collections)
 
 
 def _log_retry(state: Any) -> None:
