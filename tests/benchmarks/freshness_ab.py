@@ -51,7 +51,11 @@ async def _scrape(http: httpx.AsyncClient, port: int) -> dict[str, float]:
 
 
 async def one(
-    n: int, rates: list[tuple[int, float]], env_extra: dict[str, str], opts: run.Options
+    n: int,
+    rates: list[tuple[int, float]],
+    env_extra: dict[str, str],
+    opts: run.Options,
+    ceiling: bool = False,
 ) -> dict[str, Any]:
     """A fresh stack with `env_extra`, the initial load of `n` artifacts, then each rate."""
     dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
@@ -84,6 +88,11 @@ async def one(
         async with httpx.AsyncClient(timeout=120) as http:
             load = await run.initial_load(stack, dataset, records, http, opts)
             out["load_events_per_s"] = load.get("events_per_s")
+            out["load_s"] = load["seconds"]
+            if ceiling:
+                bulk = await run.bulk_ceiling(stack, http, load["seconds"], load["events"])
+                out["bulk_s"] = bulk["seconds"]
+                out["indexer_vs_bulk"] = bulk["indexer_vs_bulk"]
             for rate, seconds in rates:
                 before, t0 = await _scrape(http, port), time.monotonic()
                 fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
@@ -137,7 +146,7 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
         for name, env in variants:
             load_avg = f"{os.getloadavg()[0]:.2f}"
             run._log(f"round {round_}, variant {name} {env} (load average {load_avg})")
-            result = await one(args.artifacts, rates, env, opts)
+            result = await one(args.artifacts, rates, env, opts, args.ceiling)
             results.append({"round": round_, "variant": name, "load_avg": load_avg, **result})
     return results
 
@@ -153,6 +162,11 @@ def main() -> None:
         help="name:ENV=value,... (the indexer's environment; repeat for each variant)",
     )
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="after each load, the raw _bulk of its final documents (run.bulk_ceiling)",
+    )
     parser.add_argument("--out", type=Path, help="raw results (JSON)")
     args = parser.parse_args()
     started = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
@@ -160,6 +174,12 @@ def main() -> None:
     if args.out is not None:
         args.out.write_text(json.dumps({"started": started, "runs": results}, indent=1) + "\n")
     print(_table(results))
+    for r in results:
+        print(
+            f"round {r['round']} {r['variant']}: load {r.get('load_s')} s "
+            f"({r.get('load_events_per_s')} events/s), raw _bulk {r.get('bulk_s', '-')} s, "
+            f"indexer/bulk {r.get('indexer_vs_bulk', '-')}"
+        )
 
 
 if __name__ == "__main__":

@@ -136,6 +136,9 @@ class Options:
     profile: str | None = None
     out: Path = DEFAULT_OUT
     drop_prefect_db: bool = False
+    indexer_only: bool = False
+    """Issue 11's figures only: no Prefect, no query latency or throughput, no alerts or
+    sync; the results go to results-indexer.json and RESULTS.md is not regenerated."""
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -150,6 +153,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     )
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder")
     parser.add_argument("--drop-prefect-db", action="store_true")
+    parser.add_argument(
+        "--indexer-only",
+        action="store_true",
+        help="the indexer's figures only (load, ceiling, noisy, replicas, freshness incl. "
+        "5,000 events/s, propagation, RSS, restart): results-indexer.json",
+    )
     parser.add_argument(
         "--report",
         type=Path,
@@ -171,6 +180,7 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     opts = Options(quick=args.quick, scales=scales, seed=args.seed, profile=args.profile)
     opts.out = args.out
     opts.drop_prefect_db = args.drop_prefect_db
+    opts.indexer_only = args.indexer_only
     if not args.quick:
         opts.warmup, opts.measured, opts.query_budget_s = 5, 30, 60.0
         opts.throughput_s, opts.fresh = 30.0, ((200, 30.0), (1000, 60.0))
@@ -179,6 +189,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         opts.alerts = (1000, 60.0)
         opts.sync = (1_000_000, 20.0, 60.0)
         opts.load_timeout_s, opts.prefect_timeout_s = 3600.0, 3600.0
+    if opts.indexer_only:  # and the sustained rate of issue 11
+        opts.fresh = (*opts.fresh, (5000, 30.0 if not opts.quick else 10.0))
     return opts
 
 
@@ -393,38 +405,34 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
 
     # (c) Prefect first, so that its load does not compete with the indexer's
     prefect_port = free_port()
-    prefect = Child(
-        "prefect",
-        [
-            "-m",
-            "tests.benchmarks.prefect_server",
-            "--seed",
-            str(opts.seed),
-            "--artifacts",
-            str(n),
-            "--port",
-            str(prefect_port),
-            "--dsn",
-            PG_DSN,
-        ],
-        {},
-        log_dir,
+    prefect = (
+        None
+        if opts.indexer_only
+        else Child(
+            "prefect",
+            [
+                "-m",
+                "tests.benchmarks.prefect_server",
+                "--seed",
+                str(opts.seed),
+                "--artifacts",
+                str(n),
+                "--port",
+                str(prefect_port),
+                "--dsn",
+                PG_DSN,
+            ],
+            {},
+            log_dir,
+        )
     )
-    children = [prefect]
+    children = [] if prefect is None else [prefect]
     kafka = kafka_settings(prefix + ".")
     names = IndexNames(prefix + "-")
     topics: list[str] = []
     try:
-        _log("  Prefect 3.9.1: preparing PostgreSQL and starting the server")
-        t0 = time.perf_counter()
-        await wait_http_ok(
-            prefect, f"http://127.0.0.1:{prefect_port}/api/health", opts.prefect_timeout_s
-        )
-        result["prefect_setup"] = {
-            "seconds": round(time.perf_counter() - t0, 1),
-            **_prefect_info(prefect),
-        }
-        _log(f"  Prefect ready in {time.perf_counter() - t0:.1f}s {result['prefect_setup']}")
+        if prefect is not None:
+            await _start_prefect(prefect, prefect_port, opts, result)
 
         topics = await create_topics(kafka)
         env = stack_env(kafka, names)
@@ -451,9 +459,9 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             topics=topics,
             api=api,
             indexer=indexer,
-            prefect=prefect,
+            prefect=api if prefect is None else prefect,  # only the query runs use it
             api_url=f"http://127.0.0.1:{api_port}/api",
-            prefect_url=f"http://127.0.0.1:{prefect_port}/api",
+            prefect_url="" if prefect is None else f"http://127.0.0.1:{prefect_port}/api",
         )
         await wait_http_ok(api, stack.api_url + "/health", 60)
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
@@ -477,9 +485,10 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 "1": {k: result["load"][k] for k in ("seconds", "events_per_s")},
                 "2": two,
             }
-            mix = load_mix()
-            result["latency"] = await latency(stack, mix, http, opts)
-            result["throughput"] = await throughput(stack, mix, opts, result["latency"])
+            if not opts.indexer_only:
+                mix = load_mix()
+                result["latency"] = await latency(stack, mix, http, opts)
+                result["throughput"] = await throughput(stack, mix, opts, result["latency"])
             result["freshness"] = {}
             for rate, seconds in opts.fresh:
                 result["freshness"][str(rate)] = await freshness(
@@ -501,7 +510,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             children.append(stack.indexer)
     finally:
         await tear_down(children, topics, names.prefix)
-        if opts.drop_prefect_db:
+        if opts.drop_prefect_db and prefect is not None:
             Child(
                 "prefect-drop",
                 [
@@ -512,6 +521,17 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 log_dir,
             ).proc.wait(120)
     return result
+
+
+async def _start_prefect(prefect: Child, port: int, opts: Options, result: dict[str, Any]) -> None:
+    _log("  Prefect 3.9.1: preparing PostgreSQL and starting the server")
+    t0 = time.perf_counter()
+    await wait_http_ok(prefect, f"http://127.0.0.1:{port}/api/health", opts.prefect_timeout_s)
+    result["prefect_setup"] = {
+        "seconds": round(time.perf_counter() - t0, 1),
+        **_prefect_info(prefect),
+    }
+    _log(f"  Prefect ready in {time.perf_counter() - t0:.1f}s {result['prefect_setup']}")
 
 
 def _prefect_info(child: Child) -> dict[str, Any]:
@@ -1130,6 +1150,12 @@ async def amain(opts: Options) -> dict[str, Any]:
     }
     for n in opts.scales:
         results["scales"][str(n)] = await run_scale(opts, n, machine)
+    if opts.indexer_only:
+        machine["load_avg_end"] = os.getloadavg()
+        results["total_s"] = round(time.perf_counter() - started, 1)
+        (opts.out / "results-indexer.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps(_indexer_summary(results), indent=1), flush=True)
+        return results
     from tests.benchmarks.alert_latency import alert_latency  # it imports `pct` from here
 
     rate, seconds = opts.alerts
@@ -1156,6 +1182,29 @@ async def amain(opts: Options) -> dict[str, Any]:
     report.write_all(results, opts.out)
     print(report.summary(results), flush=True)
     return results
+
+
+def _indexer_summary(results: dict[str, Any]) -> dict[str, Any]:
+    """The headline figures of an --indexer-only run, per scale."""
+    out: dict[str, Any] = {}
+    for n, r in results["scales"].items():
+        out[n] = {
+            "load_s": r["load"]["seconds"],
+            "load_events_per_s": r["load"]["events_per_s"],
+            "bulk_s": r["ceiling"]["seconds"],
+            "indexer_vs_bulk": r["ceiling"]["indexer_vs_bulk"],
+            "noisy_vs_bulk": r["load_noisy"]["indexer_vs_bulk"],
+            "two_replicas_vs_bulk": r["load_replicas"]["2"]["indexer_vs_bulk"],
+            "writes_per_document": r["load"].get("writes_per_document"),
+            "freshness": {
+                rate: {k: f.get(k) for k in ("p50_s", "p99_s", "saturated_after_s")}
+                for rate, f in r["freshness"].items()
+            },
+            "propagation": r["propagation"],
+            "rss_mib": r["rss_mib"],
+            "restart": r["restart"],
+        }
+    return out
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -295,10 +295,22 @@ async def restart_after_kill(
             if await lag(stack.kafka, admin, ends, ["bench-0"]) == 0:
                 break
             await asyncio.sleep(0.25)
-        want = (
-            await live_count(http, stack.names.artifacts) + extra,
-            await live_count(http, stack.names.collections),
-        )
+        # counted while the last writes are not searchable yet (or deferred documents are
+        # still being written), `want` would be short and never reached (seen at 1M): count
+        # after a refresh, until two counts a second apart agree
+        counts: tuple[int, int] | None = None
+        for _ in range(120):
+            await http.post(f"{ES_URL}/{stack.names.prefix}*/_refresh")
+            now = (
+                await live_count(http, stack.names.artifacts),
+                await live_count(http, stack.names.collections),
+            )
+            if now == counts:
+                break
+            counts = now
+            await asyncio.sleep(1.0)
+        assert counts is not None
+        want = (counts[0] + extra, counts[1])
         producer = await make_producer()
         try:
             await publish(producer, stack.kafka, records)
