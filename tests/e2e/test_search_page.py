@@ -4,6 +4,8 @@ The page is served by the real app over HTTP, on artifacts indexed by the real i
 (the same six artifacts as tests/e2e/test_search_extension.py). The test types a query
 with the keyboard, reads what the page shows, picks a facet with the keyboard, and takes
 a screenshot (docs/search-page.png with `SEARCH_PAGE_SCREENSHOT=docs/search-page.png`).
+The app is the deployed one (`create_api`: with the saved-search routes), so the page's
+saved searches are checked through the API as well.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
 from selenium import webdriver
@@ -24,8 +27,8 @@ from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from artifact_search.api import create_api
 from indexer.local import LocalPipeline
-from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
@@ -46,7 +49,7 @@ async def page_url(elasticsearch_url: str) -> AsyncIterator[str]:
     try:
         await LocalPipeline(es, names).load(_parents() + _records(SOURCE), batch=100)
         await es.indices.refresh(index=",".join(names.all_aliases()))
-        app = create_app(
+        app = create_api(
             QuerySettings(prefect_ui_url=UI + "/"),
             ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix),
         )
@@ -165,6 +168,16 @@ def test_typed_conditions_date_ranges_and_the_histogram(page_url: str, browser: 
     assert browser.find_element(By.ID, "created-from").get_attribute("value") == "2024-03-01"
     assert browser.find_element(By.ID, "created-to").get_attribute("value") == "2024-04-01"
     box.send_keys(Keys.ENTER)
+    import time
+
+    time.sleep(3)
+    print(
+        "STATUS",
+        browser.find_element(By.ID, "status").text,
+        _keys(browser),
+        browser.find_element(By.ID, "updated-from").get_attribute("value"),
+        browser.find_element(By.ID, "q").get_attribute("value"),
+    )
     _wait_status(browser, "2 results")  # a3 (March 1st) and a4 (April 1st, the last day)
     assert sorted(_keys(browser)) == ["(no key)", "model-metrics"]
 
@@ -233,3 +246,91 @@ def test_updated_range_and_sort_order_chosen_with_the_keyboard(
     browser.find_element(By.ID, "q").send_keys(Keys.ENTER)
     _wait_status(browser, "3 results")  # March, April, May (May 1st: the last day counts)
     assert _keys(browser) == ["model-metrics", "(no key)", "progress-x"]  # still oldest first
+
+
+def _saved(page_url: str) -> list[dict[str, object]]:
+    """The saved searches, read through the API (not the page)."""
+    answer = httpx.get(page_url.removesuffix("/search") + "/saved-searches", timeout=30)
+    assert answer.status_code == 200, answer.text
+    found: list[dict[str, object]] = answer.json()["saved_searches"]
+    return found
+
+
+def _save_status(driver: WebDriver, text: str) -> None:
+    WebDriverWait(driver, 20).until(
+        lambda d: text in d.find_element(By.ID, "save-status").text,
+        f"the save status never said {text!r}",
+    )
+
+
+def _saved_names(driver: WebDriver) -> list[str]:
+    return [
+        b.text for b in driver.find_elements(By.CSS_SELECTOR, "#saved-list button:not(.delete)")
+    ]
+
+
+def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
+    page_url: str, browser: WebDriver
+) -> None:
+    browser.get(page_url)
+    _wait_status(browser, "6 results")
+    assert browser.find_element(By.ID, "saved-title").text == "Saved searches"
+    assert (
+        browser.find_element(By.CSS_SELECTOR, "label[for=save-name]").text == "Name of this search"
+    )
+    box = browser.find_element(By.ID, "q")
+
+    # a query the API refuses is not saved, and the page says why
+    box.send_keys("live:false", Keys.ENTER)
+    _wait_status(browser, "Error 422")
+    browser.find_element(By.ID, "save-name").send_keys("bad", Keys.ENTER)
+    _save_status(browser, "Error 422")
+    assert _saved(page_url) == []
+
+    # the current query and its updated range saved under a name typed into the form
+    box.clear()
+    box.send_keys("revenue")
+    browser.find_element(By.ID, "updated-from").send_keys("01012024")
+    box.send_keys(Keys.ENTER)
+    _wait_status(browser, "3 results")
+    name = browser.find_element(By.ID, "save-name")
+    name.clear()
+    name.send_keys("Revenue this year", Keys.ENTER)
+    _save_status(browser, "Saved “Revenue this year”")
+    WebDriverWait(browser, 20).until(lambda d: _saved_names(d) == ["Revenue this year"])
+    (stored,) = _saved(page_url)
+    search = stored["search"]
+    assert isinstance(search, dict)
+    assert stored["name"] == "Revenue this year" and search["q"] == "revenue"
+    assert search["updated"] == {"after": "2024-01-01T00:00:00Z", "before": None}
+    assert stored["notify_existing"] is False
+
+    # a new search, then the saved one loaded back from the list with the keyboard
+    box.clear()
+    updated_from = browser.find_element(By.ID, "updated-from")
+    updated_from.clear()
+    assert updated_from.get_attribute("value") == ""
+    box.send_keys("data:emea", Keys.ENTER)
+    import time
+
+    time.sleep(3)
+    print(
+        "STATUS",
+        browser.find_element(By.ID, "status").text,
+        _keys(browser),
+        browser.find_element(By.ID, "updated-from").get_attribute("value"),
+        browser.find_element(By.ID, "q").get_attribute("value"),
+    )
+    _wait_status(browser, "2 results")
+    browser.find_element(By.CSS_SELECTOR, "#saved-list button:not(.delete)").send_keys(Keys.ENTER)
+    _save_status(browser, "Showing saved search “Revenue this year”")
+    _wait_status(browser, "3 results")
+    assert box.get_attribute("value") == "revenue"
+    assert browser.find_element(By.ID, "updated-from").get_attribute("value") == "2024-01-01"
+
+    # deleted from the list: gone from the page and from the API
+    delete = browser.find_element(By.CSS_SELECTOR, "button[aria-label='Delete Revenue this year']")
+    delete.send_keys(Keys.ENTER)
+    _save_status(browser, "Deleted “Revenue this year”")
+    WebDriverWait(browser, 20).until(lambda d: _saved_names(d) == [])
+    assert _saved(page_url) == []
