@@ -168,16 +168,6 @@ def test_typed_conditions_date_ranges_and_the_histogram(page_url: str, browser: 
     assert browser.find_element(By.ID, "created-from").get_attribute("value") == "2024-03-01"
     assert browser.find_element(By.ID, "created-to").get_attribute("value") == "2024-04-01"
     box.send_keys(Keys.ENTER)
-    import time
-
-    time.sleep(3)
-    print(
-        "STATUS",
-        browser.find_element(By.ID, "status").text,
-        _keys(browser),
-        browser.find_element(By.ID, "updated-from").get_attribute("value"),
-        browser.find_element(By.ID, "q").get_attribute("value"),
-    )
     _wait_status(browser, "2 results")  # a3 (March 1st) and a4 (April 1st, the last day)
     assert sorted(_keys(browser)) == ["(no key)", "model-metrics"]
 
@@ -311,16 +301,6 @@ def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
     updated_from.clear()
     assert updated_from.get_attribute("value") == ""
     box.send_keys("data:emea", Keys.ENTER)
-    import time
-
-    time.sleep(3)
-    print(
-        "STATUS",
-        browser.find_element(By.ID, "status").text,
-        _keys(browser),
-        browser.find_element(By.ID, "updated-from").get_attribute("value"),
-        browser.find_element(By.ID, "q").get_attribute("value"),
-    )
     _wait_status(browser, "2 results")
     browser.find_element(By.CSS_SELECTOR, "#saved-list button:not(.delete)").send_keys(Keys.ENTER)
     _save_status(browser, "Showing saved search “Revenue this year”")
