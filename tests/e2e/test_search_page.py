@@ -37,6 +37,8 @@ from tests.e2e.test_search_extension import R1, _parents, _records
 from tests.serving import ServerThread
 
 UI = "http://prefect-ui.example:4200"
+HOOKS = "hooks.example"
+"""The only host saved searches may send webhooks to (ALERTS_WEBHOOK_ALLOWED_HOSTS)."""
 # docs/search-page.png was made with SEARCH_PAGE_SCREENSHOT=docs/search-page.png
 SCREENSHOT_ENV = "SEARCH_PAGE_SCREENSHOT"
 
@@ -50,7 +52,7 @@ async def page_url(elasticsearch_url: str) -> AsyncIterator[str]:
         await LocalPipeline(es, names).load(_parents() + _records(SOURCE), batch=100)
         await es.indices.refresh(index=",".join(names.all_aliases()))
         app = create_api(
-            QuerySettings(prefect_ui_url=UI + "/"),
+            QuerySettings(prefect_ui_url=UI + "/", webhook_allowed_hosts=HOOKS),
             ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix),
         )
         with ServerThread(app) as server:
@@ -285,7 +287,18 @@ def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
     _wait_status(browser, "3 results")
     name = browser.find_element(By.ID, "save-name")
     name.clear()
+    # a webhook to a host the API does not allow: refused with the host named, not saved
+    webhook = browser.find_element(By.ID, "save-webhook")
+    label = browser.find_element(By.CSS_SELECTOR, "label[for=save-webhook]").text
+    assert label.startswith("Webhook URL")
+    webhook.send_keys("http://elsewhere.example/hook")
     name.send_keys("Revenue this year", Keys.ENTER)
+    _save_status(browser, "Error 422")
+    assert "elsewhere.example" in browser.find_element(By.ID, "save-status").text
+    assert _saved(page_url) == []
+    webhook.clear()
+    webhook.send_keys(f"http://{HOOKS}/alerts")
+    name.send_keys(Keys.ENTER)
     _save_status(browser, "Saved “Revenue this year”")
     WebDriverWait(browser, 20).until(lambda d: _saved_names(d) == ["Revenue this year"])
     (stored,) = _saved(page_url)
@@ -294,6 +307,7 @@ def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
     assert stored["name"] == "Revenue this year" and search["q"] == "revenue"
     assert search["updated"] == {"after": "2024-01-01T00:00:00Z", "before": None}
     assert stored["notify_existing"] is False
+    assert stored["webhook"] == {"url": f"http://{HOOKS}/alerts"}
 
     # a new search, then the saved one loaded back from the list with the keyboard
     box.clear()
