@@ -166,13 +166,6 @@ class AlertWorker:
         self.batches += 1
         metrics.BATCH_SECONDS.observe(time.perf_counter() - started)
 
-    async def handle(
-        self, changed: dict[str, int], collections: dict[str, int] | None = None
-    ) -> int:
-        """Evaluate one batch of changes (artifact and collection documents) and publish its
-        new alerts; return how many."""
-        return await self.deliver(await self.prepare(changed, collections or {}))
-
     async def prepare(
         self, changed: dict[str, int], collections: dict[str, int]
     ) -> list[AlertMessage]:
