@@ -192,7 +192,7 @@ def create_app(
     routers of `extensions`."""
     names = IndexNames(es_settings.index_prefix)
     es = make_es_client(es_settings)
-    repo = Repository(es, names, query.max_result_window)
+    repo = Repository(es, names, query.max_result_window, query.page_boundaries)
     default_limit = query.default_limit
 
     @asynccontextmanager

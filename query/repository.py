@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from prometheus_client import Counter
 
 from query.extension import (
     PIT_KEEP_ALIVE,
@@ -25,6 +26,7 @@ from query.extension import (
     read_hits,
 )
 from query.paging import EmptyPlan, FromSizePlan, SearchAfterPlan, plan_paging
+from query.resume import Boundaries, Start, at_or_before, shape_key
 from query.search import build_count_body, build_search_body, source_fields
 from query.sort import SortClause
 from query.translate import Query
@@ -124,6 +126,13 @@ def _search_error(exc: Exception) -> ServiceError:
 
 
 _ES_ERRORS = (TransportError, ApiError)
+
+PAGE_CONTINUATIONS = Counter(
+    "query_page_continuations_total",
+    "Pages of Prefect's endpoints asked after a remembered page boundary: continued from it, "
+    "or searched from the start because documents moved across it",
+    ["outcome"],
+)
 """Everything the Elasticsearch client raises: transport failures and error answers."""
 
 
@@ -138,10 +147,17 @@ def _raise_missing_index(resp: Any) -> None:
 class Repository:
     """Searches over the artifact and collection aliases."""
 
-    def __init__(self, es: AsyncElasticsearch, names: IndexNames, max_result_window: int) -> None:
+    def __init__(
+        self,
+        es: AsyncElasticsearch,
+        names: IndexNames,
+        max_result_window: int,
+        page_boundaries: int = 1024,
+    ) -> None:
         self.es = es
         self.names = names
         self.max_result_window = max_result_window
+        self.boundaries = Boundaries(page_boundaries)
 
     def _index(self, collection: bool) -> str:
         return self.names.collections if collection else self.names.artifacts
@@ -154,30 +170,105 @@ class Repository:
         limit: int,
         collection: bool,
     ) -> list[dict[str, Any]]:
-        """The page of response objects, in Prefect's order."""
+        """The page of response objects, in Prefect's order.
+
+        A page that starts at (or up to ``limit`` hits after) a page boundary this
+        process has seen for the same query continues from there (`query.resume`);
+        otherwise it is searched from the start, and its boundaries are remembered.
+        """
         plan = plan_paging(offset, limit, self.max_result_window)
         if isinstance(plan, EmptyPlan):
             return []
         index = self._index(collection)
+        shape = shape_key(index, query, sort)
         try:
+            # a continuation fetches its skipped hits too: keep within the result window
+            max_skip = min(limit, self.max_result_window - limit)
+            start = self.boundaries.start(shape, offset, max_skip) if max_skip >= 0 else None
+            if start is not None:
+                page = await self._continue(index, shape, query, sort, start, limit, collection)
+                if page is not None:
+                    return page
             if isinstance(plan, FromSizePlan):
-                body = build_search_body(
-                    query, sort, collection=collection, size=plan.size, from_=plan.from_
-                )
-                resp = await self.es.search(
-                    index=index,
-                    body=body,
-                    filter_path="hits.hits._source",
-                    allow_partial_search_results=False,
-                )
-                return [hit["_source"] for hit in resp.get("hits", {}).get("hits", [])]
-            return await self._walk(index, query, sort, plan, collection)
+                return await self._from_start(index, shape, query, sort, plan, collection)
+            return await self._walk(index, shape, query, sort, plan, collection)
         except _ES_ERRORS as exc:
             raise _unavailable(exc) from exc
+
+    def _remember(
+        self, shape: bytes, sort: Sequence[SortClause], end: int, hit: dict[str, Any]
+    ) -> None:
+        """``hit`` is at position ``end - 1`` of the ranking.
+
+        Under a point in time Elasticsearch appends its own tie-breaker to the sort
+        values; the sort is total without it, and it means nothing outside that PIT.
+        """
+        self.boundaries.remember(shape, end, hit["sort"][: len(sort)])
+
+    async def _from_start(
+        self,
+        index: str,
+        shape: bytes,
+        query: Query,
+        sort: Sequence[SortClause],
+        plan: FromSizePlan,
+        collection: bool,
+    ) -> list[dict[str, Any]]:
+        # one hit more in front (its sort values are the boundary before this page)
+        before = 1 if plan.from_ > 0 else 0
+        body = build_search_body(
+            query, sort, collection=collection, size=plan.size + before, from_=plan.from_ - before
+        )
+        resp = await self.es.search(
+            index=index,
+            body=body,
+            filter_path="hits.hits._source,hits.hits.sort",
+            allow_partial_search_results=False,
+        )
+        hits = resp.get("hits", {}).get("hits", [])
+        if before and hits:
+            self._remember(shape, sort, plan.from_, hits[0])
+        page = hits[before:]
+        if page:
+            self._remember(shape, sort, plan.from_ + len(page), page[-1])
+        return [hit["_source"] for hit in page]
+
+    async def _continue(
+        self,
+        index: str,
+        shape: bytes,
+        query: Query,
+        sort: Sequence[SortClause],
+        start: Start,
+        limit: int,
+        collection: bool,
+    ) -> list[dict[str, Any]] | None:
+        """The page after a remembered boundary, or None when documents moved across it."""
+        body = build_search_body(
+            query, sort, collection=collection, size=start.skip + limit, search_after=start.values
+        )
+        body["aggs"] = {"at_or_before": {"filter": at_or_before(sort, start.values)}}
+        resp = await self.es.search(
+            index=index,
+            body=body,
+            filter_path="hits.hits._source,hits.hits.sort,aggregations.at_or_before.doc_count",
+            allow_partial_search_results=False,
+        )
+        counted = resp.get("aggregations", {}).get("at_or_before", {}).get("doc_count")
+        if counted != start.boundary:
+            self.boundaries.forget(shape, start.boundary)
+            PAGE_CONTINUATIONS.labels("moved").inc()
+            return None
+        PAGE_CONTINUATIONS.labels("continued").inc()
+        page = resp.get("hits", {}).get("hits", [])[start.skip :]
+        if page:
+            self._remember(shape, sort, start.boundary + start.skip + len(page), page[-1])
+        return [hit["_source"] for hit in page]
 
     async def _walk(
         self,
         index: str,
+        shape: bytes,
         query: Query,
         sort: Sequence[SortClause],
         plan: SearchAfterPlan,
@@ -203,8 +294,9 @@ class Repository:
                 resp = await self.es.search(body=body, allow_partial_search_results=False)
                 hits = resp["hits"]["hits"]
                 pit_id = resp.get("pit_id", pit_id)
-                for hit in hits[keep_from:]:
-                    out.append(hit["_source"])
+                if 0 < keep_from <= len(hits):  # the hit just before the page
+                    self._remember(shape, sort, plan.skip, hits[keep_from - 1])
+                out.extend(hits[keep_from:])
                 seen += len(hits)
                 if len(hits) < size:
                     break
@@ -212,7 +304,10 @@ class Repository:
         finally:
             with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=pit_id)
-        return out[: plan.take]
+        page = out[: plan.take]
+        if page:
+            self._remember(shape, sort, plan.skip + len(page), page[-1])
+        return [hit["_source"] for hit in page]
 
     async def count(self, query: Query, collection: bool) -> int:
         """The exact number of matching documents."""

@@ -207,6 +207,8 @@ class QuerySettings(BaseSettings):
     # Deepest `offset + limit` answered by one search; at most the indices' own
     # `max_result_window` (services/es/indices.py), deeper pages use search_after.
     max_result_window: int = Field(default=50_000, ge=1)
+    # query shapes whose page boundaries are remembered (query/resume.py); 0: none
+    page_boundaries: int = Field(default=1024, ge=0)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
     # where the search page links runs to (the Prefect UI's base URL)

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
+from prometheus_client import REGISTRY
 
 from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from datagen.events import HARD, dataset_records
@@ -176,6 +177,31 @@ async def test_random_bodies_agree(pair: tuple[int, Dataset, PrefectOracle, Serv
                 _record(endpoint, body, problem)
     assert total >= 4 * RANDOM_PER_ENDPOINT + 400
     assert not failures, f"{len(failures)}/{total} disagreements, first: {failures[:3]}"
+
+
+async def test_sequential_pages_agree(pair: tuple[int, Dataset, PrefectOracle, Service]) -> None:
+    """Pages 0, 9, 18, ... of the same body, as Prefect's UI pages: the service continues
+    each from the previous page's last hit (query/resume.py); every page must still be
+    Prefect's own answer for that offset, and so must a page asked again."""
+    seed, dataset, oracle, service = pair
+    continued = REGISTRY.get_sample_value(
+        "query_page_continuations_total", {"outcome": "continued"}
+    )
+    failures = []
+    pages = 0
+    for endpoint in ("/artifacts/filter", "/artifacts/latest/filter"):
+        for body in generate_bodies(seed + 1000, dataset, 25, endpoint):
+            body = {k: v for k, v in body.items() if k not in ("offset", "limit")}
+            for offset in [*range(0, 9 * 12, 9), 18]:
+                paged = {**body, "offset": offset, "limit": 9}
+                pages += 1
+                problem = await compare(oracle, service, endpoint, paged)
+                if problem:
+                    failures.append((endpoint, paged, problem))
+                    _record(endpoint, paged, problem)
+    after = REGISTRY.get_sample_value("query_page_continuations_total", {"outcome": "continued"})
+    assert not failures, f"{len(failures)}/{pages} disagreements, first: {failures[:3]}"
+    assert (after or 0.0) - (continued or 0.0) >= 100, "pages were not continued"
 
 
 async def test_regression_corpus_agrees(pair: tuple[int, Dataset, PrefectOracle, Service]) -> None:

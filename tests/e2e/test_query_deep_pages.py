@@ -25,6 +25,7 @@ import httpx
 import pytest
 from elasticsearch import AsyncElasticsearch
 from elasticsearch.helpers import async_bulk
+from prometheus_client import REGISTRY
 
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
@@ -221,3 +222,66 @@ async def test_limit_zero_and_offsets_past_the_end(
         started = time.perf_counter()
         assert await _page(client, {"offset": 2**62, "limit": 200}) == []
         LATENCIES[f"window {window} offset 2**62"] = time.perf_counter() - started
+
+
+def _continuations(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("query_page_continuations_total", {"outcome": outcome})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("sort", SORTS)
+async def test_sequential_pages_continue_and_stay_exact_under_writes(
+    elasticsearch_url: str, sort: str
+) -> None:
+    """Pages 0, 150, 300, ... continue from the previous page's last hit (query/resume.py).
+
+    Between pages, documents are added that sort before the boundary, deleted before
+    it, or added after it. Every page must still be exactly its slice of the order of
+    the documents present when it was asked: a continuation whose boundary moved is
+    detected (and counted) and the page is searched from the start.
+    """
+    rng = random.Random(sort)
+    docs = {d["id"]: d for d in _artifacts(7)[:3_000]}
+    names = IndexNames(f"seq-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
+    await ensure_indices(es, names, shards=2)
+    continued, moved = _continuations("continued"), _continuations("moved")
+    try:
+        actions = ({"_index": names.artifacts, "_id": i, "_source": d} for i, d in docs.items())
+        await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
+        await es.indices.refresh(index=names.artifacts)
+        extra = iter(_artifacts(8))
+        async with _client(elasticsearch_url, names.prefix, ES_DEFAULT_WINDOW) as client:
+            for page in range(20):
+                offset = page * 150
+                want = expected_order(list(docs.values()), sort)[offset : offset + 150]
+                assert await _page(client, {"sort": sort, "offset": offset, "limit": 150}) == want
+                if page == 19:
+                    break
+                order = expected_order(list(docs.values()), sort)
+                change = page % 4
+                if change == 1:  # a new document before the next page's boundary
+                    new = next(extra)
+                    while expected_order([*docs.values(), new], sort).index(new["id"]) >= offset:
+                        new = next(extra)
+                    docs[new["id"]] = new
+                    await es.index(index=names.artifacts, id=new["id"], document=new)
+                elif change == 2:  # a document before the boundary deleted
+                    gone = order[rng.randrange(offset + 150)]
+                    del docs[gone]
+                    await es.delete(index=names.artifacts, id=gone)
+                elif change == 3:  # a new document after it: the continuation still holds
+                    new = next(extra)
+                    while expected_order([*docs.values(), new], sort).index(new["id"]) < (
+                        offset + 150
+                    ):
+                        new = next(extra)
+                    docs[new["id"]] = new
+                    await es.index(index=names.artifacts, id=new["id"], document=new)
+                await es.indices.refresh(index=names.artifacts)
+    finally:
+        await drop_indices(es, names)
+        await es.close()
+    # changes 1 and 2 move the boundary (5 + 5 pages), 0 and 3 keep it (4 + 5 continued)
+    assert _continuations("moved") - moved == 10
+    assert _continuations("continued") - continued == 9
