@@ -261,7 +261,7 @@ def _saved_names(driver: WebDriver) -> list[str]:
     ]
 
 
-def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
+def test_a_search_saved_listed_loaded_updated_and_deleted_from_the_page(
     page_url: str, browser: WebDriver
 ) -> None:
     browser.get(page_url)
@@ -321,10 +321,29 @@ def test_a_search_saved_listed_loaded_and_deleted_from_the_page(
     _wait_status(browser, "3 results")
     assert box.get_attribute("value") == "revenue"
     assert browser.find_element(By.ID, "updated-from").get_attribute("value") == "2024-01-01"
+    assert name.get_attribute("value") == "Revenue this year"
+    assert webhook.get_attribute("value") == f"http://{HOOKS}/alerts"
 
-    # deleted from the list: gone from the page and from the API
-    delete = browser.find_element(By.CSS_SELECTOR, "button[aria-label='Delete Revenue this year']")
+    # edited in place: another query and name, replaced under the same id
+    box.clear()
+    box.send_keys("data:emea", Keys.ENTER)
+    _wait_status(browser, "2 results")
+    name.clear()
+    name.send_keys("EMEA revenue")
+    update = browser.find_element(By.ID, "update-saved")
+    assert update.is_displayed() and update.text == "Update “Revenue this year”"
+    update.send_keys(Keys.ENTER)
+    _save_status(browser, "Updated “EMEA revenue”")
+    WebDriverWait(browser, 20).until(lambda d: _saved_names(d) == ["EMEA revenue"])
+    (replaced,) = _saved(page_url)
+    assert replaced["id"] == stored["id"] and replaced["name"] == "EMEA revenue"
+    assert isinstance(replaced["search"], dict) and replaced["search"]["q"] == "data:emea"
+    assert replaced["webhook"] == {"url": f"http://{HOOKS}/alerts"}
+
+    # deleted from the list: gone from the page and from the API, nothing left to update
+    delete = browser.find_element(By.CSS_SELECTOR, "button[aria-label='Delete EMEA revenue']")
     delete.send_keys(Keys.ENTER)
-    _save_status(browser, "Deleted “Revenue this year”")
+    _save_status(browser, "Deleted “EMEA revenue”")
     WebDriverWait(browser, 20).until(lambda d: _saved_names(d) == [])
     assert _saved(page_url) == []
+    assert not browser.find_element(By.ID, "update-saved").is_displayed()
