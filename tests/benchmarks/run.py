@@ -138,6 +138,10 @@ class Options:
     profile: str | None = None
     out: Path = DEFAULT_OUT
     drop_prefect_db: bool = False
+    queries_only: bool = False
+    """Prefect's endpoints only: the initial load, the query mix's latency and the paging
+    runs (`paging`), no ceiling, throughput, indexer runs, alerts or sync; the results go
+    to results-queries.json and RESULTS.md is not regenerated."""
     indexer_only: bool = False
     """Issue 11's figures only: no Prefect, no query latency or throughput, no alerts or
     sync; the results go to results-indexer.json and RESULTS.md is not regenerated."""
@@ -162,6 +166,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "5,000 events/s, propagation, RSS, restart): results-indexer.json",
     )
     parser.add_argument(
+        "--queries-only",
+        action="store_true",
+        help="Prefect's endpoints only (load, query mix latency, sequential and cold deep "
+        "pages): results-queries.json",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="RESULTS_JSON",
@@ -183,6 +193,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     opts.out = args.out
     opts.drop_prefect_db = args.drop_prefect_db
     opts.indexer_only = args.indexer_only
+    opts.queries_only = args.queries_only
+    if opts.indexer_only and opts.queries_only:
+        parser.error("--indexer-only and --queries-only exclude each other")
     if not args.quick:
         opts.warmup, opts.measured, opts.query_budget_s = 5, 30, 60.0
         opts.throughput_s, opts.fresh = 30.0, ((200, 30.0), (1000, 60.0))
@@ -468,6 +481,23 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
         await wait_http_ok(api, stack.api_url + "/health", 60)
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
             result["load"] = await initial_load(stack, dataset, records, http, opts)
+            if opts.queries_only:
+                del records
+                release_memory()
+                result["latency"] = await latency(stack, load_mix(), http, opts)
+                # the same API without page boundaries (QUERY_PAGE_BOUNDARIES=0), side by side
+                plain_port = free_port()
+                plain = Child(
+                    "api-plain",
+                    ["-m", "artifact_search.cli", "api", "--port", str(plain_port)],
+                    {**env, "QUERY_PAGE_BOUNDARIES": "0"},
+                    log_dir,
+                )
+                children.append(plain)
+                plain_url = f"http://127.0.0.1:{plain_port}/api"
+                await wait_http_ok(plain, plain_url + "/health", 60)
+                result["paging"] = await paging(stack, opts, plain_url)
+                return result
             events = len(records)
             del records  # the side loads regenerate theirs in child processes
             release_memory()  # before the ceiling, which must not compete for page cache
@@ -823,6 +853,86 @@ async def latency(
     return out
 
 
+PAGE = 200
+PAGING_DEPTH = 10_000
+
+
+async def paging(stack: Stack, opts: Options, plain_url: str) -> dict[str, Any]:
+    """Prefect's UI paging through one order, and deep pages asked cold, service vs Prefect.
+
+    - sequential: offsets 0, 200, ..., 10,000 of ``KEY_ASC`` (51 pages of 200), in turn on
+      the service (a), on Prefect (c) and on the same service without page boundaries
+      (`plain_url`, QUERY_PAGE_BOUNDARIES=0: every page ranked from the start; "p"),
+      several passes in rotating order; per-page times. The service continues each page
+      from the previous page's last hit (query/resume.py).
+    - cold: one page at offset 10,000 whose request shape neither system has seen (a
+      filter that excludes a random type no artifact has: the same hits), as a
+      first visit to a deep page would be.
+    Every page's sequence of keys must agree between the two systems (reported, not
+    assumed; the order of artifacts that share a key is PostgreSQL's choice).
+    """
+    meter = Http()
+    passes = 2 if opts.quick else 5
+    systems = ["a", "c", "p"]
+    seq: dict[str, list[float]] = {s: [] for s in systems}
+    deep: dict[str, list[float]] = {s: [] for s in systems}
+    cold: dict[str, list[float]] = {s: [] for s in systems}
+    disagreements = 0
+    urls = {"a": stack.api_url, "c": stack.prefect_url, "p": plain_url}
+    try:
+        for i in range(passes):
+            # a fresh shape per pass: a pass starts cold and continues from its own pages
+            base = {"sort": "KEY_ASC", "artifacts": {"type": {"not_any_": [str(uuid.uuid4())]}}}
+            for offset in range(0, PAGING_DEPTH + 1, PAGE):
+                body = {**base, "offset": offset, "limit": PAGE}
+                ids = {}
+                for system in systems[i % 3 :] + systems[: i % 3]:
+                    t = time.perf_counter()
+                    rows = await meter.post_json(urls[system] + "/artifacts/filter", body)
+                    dt = time.perf_counter() - t
+                    seq[system].append(dt)
+                    if offset >= PAGING_DEPTH - 1_000:
+                        deep[system].append(dt)
+                    ids[system] = [r["key"] for r in rows]
+                disagreements += not ids["a"] == ids["c"] == ids["p"]
+        for i in range(opts.measured):
+            body = {
+                "sort": "KEY_ASC",
+                "artifacts": {"type": {"not_any_": [str(uuid.uuid4())]}},
+                "offset": PAGING_DEPTH,
+                "limit": 50,
+            }
+            ids = {}
+            for system in systems[i % 3 :] + systems[: i % 3]:
+                t = time.perf_counter()
+                rows = await meter.post_json(urls[system] + "/artifacts/filter", body)
+                cold[system].append(time.perf_counter() - t)
+                ids[system] = [r["key"] for r in rows]
+            disagreements += not ids["a"] == ids["c"] == ids["p"]
+    finally:
+        await meter.close()
+    out: dict[str, Any] = {
+        "passes": passes,
+        "pages_per_pass": PAGING_DEPTH // PAGE + 1,
+        "sequential_all_pages": {s: summary_ms(v) for s, v in seq.items()},
+        "sequential_pages_9000_to_10000": {s: summary_ms(v) for s, v in deep.items()},
+        "sequential_pass_s": {s: round(sum(v) / passes, 3) for s, v in seq.items()},
+        "cold_offset_10000": {s: summary_ms(v) for s, v in cold.items()},
+        "disagreements": disagreements,
+    }
+    for name in ("sequential_all_pages", "sequential_pages_9000_to_10000", "cold_offset_10000"):
+        out[name]["c_over_a"] = round(out[name]["c"]["p50"] / out[name]["a"]["p50"], 2)
+        out[name]["p_over_a"] = round(out[name]["p"]["p50"] / out[name]["a"]["p50"], 2)
+    _log(
+        f"    paging: a pass of {out['pages_per_pass']} pages {out['sequential_pass_s']['a']}s "
+        f"vs Prefect {out['sequential_pass_s']['c']}s, without boundaries "
+        f"{out['sequential_pass_s']['p']}s; deep pages c/a "
+        f"{out['sequential_pages_9000_to_10000']['c_over_a']}; cold offset 10,000 c/a "
+        f"{out['cold_offset_10000']['c_over_a']}; {disagreements} disagreements"
+    )
+    return out
+
+
 async def _drive(base: str, usable: list[MixQuery], clients: int, seconds: float) -> dict[str, Any]:
     """`clients` workers, one connection each, cycling over the mix until the deadline."""
     times: list[float] = []
@@ -1159,6 +1269,12 @@ async def amain(opts: Options) -> dict[str, Any]:
         results["total_s"] = round(time.perf_counter() - started, 1)
         (opts.out / "results-indexer.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(_indexer_summary(results), indent=1), flush=True)
+        return results
+    if opts.queries_only:
+        machine["load_avg_end"] = os.getloadavg()
+        results["total_s"] = round(time.perf_counter() - started, 1)
+        (opts.out / "results-queries.json").write_text(json.dumps(results, indent=1))
+        print(json.dumps({n: r["paging"] for n, r in results["scales"].items()}, indent=1))
         return results
     from tests.benchmarks.alert_latency import alert_latency  # it imports `pct` from here
 
