@@ -8,6 +8,9 @@ deleted (:attr:`Dataset.deleted`): the surviving entities still reference some o
 them, which is how dangling references arise, and event-stream generators can
 replay them as an upsert followed by a delete.
 
+Most artifacts carry realistic content (``datagen.content``: reports, tables, links,
+metadata) for the search extension; the others keep the edge cases below.
+
 The generator is deterministic per ``(seed, scale)`` and uses only ``random.Random``,
 so it is fast enough for benchmark-sized datasets (about a microsecond budget per
 field). Values are drawn from small vocabularies on purpose, so that equality,
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
 
+from datagen.content import realistic_content
 from services.documents import COLLECTION_NAMESPACE as DOCUMENTS_COLLECTION_NAMESPACE
 
 __all__ = [
@@ -186,6 +190,12 @@ _DESCRIPTIONS: Final = (
     "50% done_so_far \\o/",
     "",
 )
+GENERATOR_VERSION: Final = 2
+"""Changes whenever a seed's dataset changes (2: realistic content), so that databases and
+files kept from an earlier generator are not taken for this one's."""
+REALISTIC_SHARE: Final = 0.6
+"""The share of artifacts whose content is realistic (datagen/content.py) rather than the
+edge cases below."""
 _META_KEYS: Final = ("source", "owner", "Env", "run", "ünï")
 _META_VALUES: Final = ("s3", "alice", "prod", "42", "ñ", "a%b")
 
@@ -733,6 +743,9 @@ def generate_dataset(seed: int, scale: DatasetScale | None = None) -> Dataset:
         dangling_runs,
         dangling_tasks,
     )
+    # realistic reports, tables, links, metadata (datagen/content.py) on a share of them,
+    # from a stream of their own: every other field stays what the seed gave before
+    realistic_content(random.Random(f"content-{seed}"), all_artifacts, REALISTIC_SHARE)
     artifacts = all_artifacts[: scale.artifacts]
     deleted_artifacts = all_artifacts[scale.artifacts :]
 

@@ -28,7 +28,7 @@ from typing import Any
 import asyncpg
 import orjson
 
-from datagen.dataset import DatasetScale, generate_dataset
+from datagen.dataset import GENERATOR_VERSION, DatasetScale, generate_dataset
 from tests.conformance.oracle import (
     _app,
     _dispose_engines,
@@ -41,8 +41,9 @@ from tests.conformance.oracle import (
 
 
 def database_name(seed: int, artifacts: int) -> str:
-    """The database of one (seed, scale): reused across benchmark runs."""
-    return f"bench_prefect_s{seed}_n{artifacts}"
+    """The database of one (seed, scale, generator version): reused across benchmark runs
+    while the generator gives the same dataset."""
+    return f"bench_prefect_s{seed}_n{artifacts}_g{GENERATOR_VERSION}"
 
 
 def _say(**fields: Any) -> None:
