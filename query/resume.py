@@ -25,6 +25,7 @@ Pure: no I/O. `query.repository` does the requests.
 
 from __future__ import annotations
 
+import json
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -99,7 +100,11 @@ def at_or_before(sort: Sequence[SortClause], values: Sequence[Any]) -> Query:
 
 def shape_key(index: str, query: Query, sort: Sequence[SortClause]) -> bytes:
     """What makes two requests rank the same documents the same way."""
-    return orjson.dumps([index, query, list(sort)], option=orjson.OPT_SORT_KEYS)
+    shape = [index, query, list(sort)]
+    try:
+        return orjson.dumps(shape, option=orjson.OPT_SORT_KEYS)
+    except TypeError:  # a lone surrogate in a filter value: valid JSON, not valid UTF-8
+        return json.dumps(shape, sort_keys=True).encode()
 
 
 @dataclass(frozen=True, slots=True)

@@ -172,3 +172,9 @@ def test_shape_key_ignores_dict_order_but_not_content() -> None:
     two = shape_key("i", {"bool": {"must_not": [2], "filter": [1]}}, ID_DESC)
     assert one == two
     assert one != shape_key("j", {"bool": {"filter": [1], "must_not": [2]}}, ID_DESC)
+
+
+def test_shape_key_takes_a_lone_surrogate() -> None:
+    """Prefect accepts `"\\ud800"` in a filter value; the key must not fail on it."""
+    one = shape_key("i", {"terms": {"key": ["\ud800"]}}, ID_DESC)
+    assert one != shape_key("i", {"terms": {"key": ["\ud801"]}}, ID_DESC)
