@@ -180,7 +180,7 @@ class Repository:
         if isinstance(plan, EmptyPlan):
             return []
         index = self._index(collection)
-        shape = shape_key(index, query, sort)
+        shape = shape_key(index, query, sort) if self.boundaries.enabled else b""
         try:
             # a continuation fetches its skipped hits too: keep within the result window
             max_skip = min(limit, self.max_result_window - limit)
@@ -205,6 +205,13 @@ class Repository:
         """
         self.boundaries.remember(shape, end, hit["sort"][: len(sort)])
 
+    def _remember_end(
+        self, shape: bytes, sort: Sequence[SortClause], first: int, page: list[dict[str, Any]]
+    ) -> None:
+        """``page`` holds positions ``first``, ``first + 1``, ...: its end is a boundary."""
+        if page:
+            self._remember(shape, sort, first + len(page), page[-1])
+
     async def _from_start(
         self,
         index: str,
@@ -215,7 +222,7 @@ class Repository:
         collection: bool,
     ) -> list[dict[str, Any]]:
         # one hit more in front (its sort values are the boundary before this page)
-        before = 1 if plan.from_ > 0 else 0
+        before = 1 if plan.from_ > 0 and self.boundaries.enabled else 0
         body = build_search_body(
             query, sort, collection=collection, size=plan.size + before, from_=plan.from_ - before
         )
@@ -229,8 +236,7 @@ class Repository:
         if before and hits:
             self._remember(shape, sort, plan.from_, hits[0])
         page = hits[before:]
-        if page:
-            self._remember(shape, sort, plan.from_ + len(page), page[-1])
+        self._remember_end(shape, sort, plan.from_, page)
         return [hit["_source"] for hit in page]
 
     async def _continue(
@@ -261,8 +267,7 @@ class Repository:
             return None
         PAGE_CONTINUATIONS.labels("continued").inc()
         page = resp.get("hits", {}).get("hits", [])[start.skip :]
-        if page:
-            self._remember(shape, sort, start.boundary + start.skip + len(page), page[-1])
+        self._remember_end(shape, sort, start.boundary + start.skip, page)
         return [hit["_source"] for hit in page]
 
     async def _walk(
@@ -305,8 +310,7 @@ class Repository:
             with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=pit_id)
         page = out[: plan.take]
-        if page:
-            self._remember(shape, sort, plan.skip + len(page), page[-1])
+        self._remember_end(shape, sort, plan.skip, page)
         return [hit["_source"] for hit in page]
 
     async def count(self, query: Query, collection: bool) -> int:

@@ -34,9 +34,7 @@ from typing import Any
 import orjson
 
 from query.sort import SortClause
-from query.translate import Query
-
-MATCH_NONE: Query = {"match_none": {}}
+from query.translate import MATCH_NONE, Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,6 +131,11 @@ class Boundaries:
 
     def __len__(self) -> int:
         return len(self._data)
+
+    @property
+    def enabled(self) -> bool:
+        """False when nothing is ever remembered (``shapes=0``)."""
+        return self.shapes > 0
 
     def start(self, shape: bytes, offset: int, max_skip: int) -> Start | None:
         """The nearest boundary at or before ``offset`` within ``max_skip`` hits, if any."""
