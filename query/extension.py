@@ -176,7 +176,9 @@ class Hit(BaseModel):
     """One match: the artifact (the selected fields), its relevance and snippets."""
 
     artifact: dict[str, Any]
-    score: float | None = None
+    score: float | None = Field(
+        None, description="Relevance, when the sort includes `relevance`; else null."
+    )
     highlight: dict[str, list[str]] | None = None
 
 
@@ -275,7 +277,11 @@ def _aggregations(req: SearchRequest) -> dict[str, Any]:
         else:
             inner = {"terms": {"field": FACET_FIELDS[name], "size": req.facet_size}}
             others = _selection(req, leave_out=name)
-        aggs[name] = {"filter": {"bool": {"filter": others}}, "aggs": {"v": inner}}
+        # under the other facets' selections; without any, the plain aggregation (the
+        # wrapper alone cost 10-20 ms at 1M matches-heavy queries: it is collected per hit)
+        aggs[name] = (
+            {"filter": {"bool": {"filter": others}}, "aggs": {"v": inner}} if others else inner
+        )
     return aggs
 
 
@@ -294,7 +300,10 @@ def build_body(req: SearchRequest, *, first_page: bool) -> dict[str, Any]:
         "size": req.limit,
         "_source": {"includes": response_fields(req)},
         "track_total_hits": req.track_total,
-        "track_scores": True,
+        # scores only where the order uses them: `track_scores` under another order scores
+        # every match and turns off the sort's skipping of non-competitive documents (at 1M
+        # a created-descending cursor page took 29 ms with it, 6 ms without)
+        "track_scores": False,
     }
     if selection:
         body["post_filter"] = {"bool": {"filter": selection}}
@@ -368,7 +377,8 @@ def read_facets(resp: dict[str, Any], req: SearchRequest) -> dict[str, list[Buck
         return None
     out: dict[str, list[Bucket]] = {}
     for name in dict.fromkeys(req.facets):
-        buckets = aggs[name]["v"]["buckets"]
+        node = aggs[name]
+        buckets = node.get("v", node)["buckets"]
         if name == "created":
             out[name] = [
                 Bucket(value=value, count=count)

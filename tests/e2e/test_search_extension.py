@@ -334,6 +334,13 @@ async def test_relevance_and_highlights(stack: Stack) -> None:
     assert any("<mark>emea</mark>" in s for s in by_name["a3"]["highlight"]["data"])
     plain = await search(stack, {"q": "emea", "highlight": False})
     assert all(h["highlight"] is None for h in plain["hits"])
+    # a score where the order uses relevance (first or not), none under another order
+    newest = [{"field": "created", "order": "desc"}]
+    mixed = await search(stack, {"q": "emea", "sort": [*newest, {"field": "relevance"}]})
+    assert mixed["hits"] and all(h["score"] > 0 for h in mixed["hits"])
+    by_date = await search(stack, {"q": "emea", "sort": newest, "limit": 50})
+    assert names_of(by_date) == names_of(result)
+    assert all(h["score"] is None for h in by_date["hits"])
 
 
 async def test_a_search_is_a_subset_of_the_prefect_filter(stack: Stack) -> None:

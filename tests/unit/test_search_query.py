@@ -138,6 +138,13 @@ def test_multi_select_facets_count_under_the_other_selections() -> None:
     assert histogram["interval"] == 7 * 86_400_000_000
     assert datetime.fromtimestamp(histogram["offset"] / 1e6, UTC).weekday() == 0  # Monday
     assert "aggs" not in build_body(req, first_page=False)  # facets on the first page only
+    # a facet with no other facet's selection to count under is the plain aggregation
+    only_type = SearchRequest.model_validate(
+        {"facets": ["type", "flow"], "selected": {"type": ["table"]}}
+    )
+    aggs = build_body(only_type, first_page=True)["aggs"]
+    assert aggs["type"] == {"terms": {"field": "type", "size": 10}}
+    assert aggs["flow"]["filter"] == {"bool": {"filter": [{"terms": {"type": ["table"]}}]}}
 
 
 def test_facet_buckets_are_read_back() -> None:
@@ -152,6 +159,10 @@ def test_facet_buckets_are_read_back() -> None:
     assert facets is not None
     assert [(b.value, b.count) for b in facets["type"]] == [("markdown", 3)]
     assert [(b.value, b.count) for b in facets["created"]] == [("2024-01-01T00:00:00Z", 2)]
+    # the same buckets from unwrapped aggregations (no selection to count under)
+    for name in ("type", "created"):
+        resp["aggregations"][name] = resp["aggregations"][name]["v"]
+    assert read_facets(resp, req) == facets
 
 
 def test_cursors_round_trip_and_are_bound_to_their_search() -> None:
