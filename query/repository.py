@@ -7,6 +7,7 @@ the service returns them without re-validating. Windows deeper than
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import Sequence
 from typing import Any
@@ -130,7 +131,8 @@ _ES_ERRORS = (TransportError, ApiError)
 PAGE_CONTINUATIONS = Counter(
     "query_page_continuations_total",
     "Pages of Prefect's endpoints asked after a remembered page boundary: continued from it, "
-    "or searched from the start because documents moved across it",
+    "or searched from the start because documents moved across it (moved) or the "
+    "continuation's search failed (failed)",
     ["outcome"],
 )
 """Everything the Elasticsearch client raises: transport failures and error answers."""
@@ -158,6 +160,7 @@ class Repository:
         self.names = names
         self.max_result_window = max_result_window
         self.boundaries = Boundaries(page_boundaries)
+        self._closing: set[asyncio.Task[None]] = set()
 
     def _index(self, collection: bool) -> str:
         return self.names.collections if collection else self.names.artifacts
@@ -249,26 +252,64 @@ class Repository:
         limit: int,
         collection: bool,
     ) -> list[dict[str, Any]] | None:
-        """The page after a remembered boundary, or None when documents moved across it."""
-        body = build_search_body(
-            query, sort, collection=collection, size=start.skip + limit, search_after=start.values
-        )
-        body["aggs"] = {"at_or_before": {"filter": at_or_before(sort, start.values)}}
-        resp = await self.es.search(
-            index=index,
-            body=body,
-            filter_path="hits.hits._source,hits.hits.sort,aggregations.at_or_before.doc_count",
-            allow_partial_search_results=False,
-        )
-        counted = resp.get("aggregations", {}).get("at_or_before", {}).get("doc_count")
+        """The page after a remembered boundary, or None when documents moved across it.
+
+        Two searches of one point in time, in one ``_msearch``: the page after the
+        boundary, and the number of matches at or before it. One search with the count
+        as an aggregation would be exact too, but an aggregation makes Elasticsearch
+        collect every match, which turns off the sort's skipping of non-competitive
+        documents (at 1M artifacts: 70-80 ms for a ``KEY_ASC`` page at offset 10,000,
+        against 33-38 ms this way). The point in time makes both see the same
+        documents; it is closed in the background.
+        """
+        pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
+        try:
+            pit = {"id": pit_id}
+            whole = {"allow_partial_search_results": False}  # a shard failure is an error
+            page_body = build_search_body(
+                query,
+                sort,
+                collection=collection,
+                size=start.skip + limit,
+                search_after=start.values,
+            )
+            count_body = {
+                "size": 0,
+                "track_total_hits": True,
+                "query": {"bool": {"filter": [query, at_or_before(sort, start.values)]}},
+            }
+            resp = await self.es.msearch(
+                searches=[whole, {**page_body, "pit": pit}, whole, {**count_body, "pit": pit}],
+                filter_path="responses.hits.hits._source,responses.hits.hits.sort,"
+                "responses.hits.total.value,responses.error.type,responses.status",
+            )
+        finally:
+            self._close_later(pit_id)
+        answers = resp.get("responses", [])
+        if len(answers) != 2 or any("error" in a for a in answers):
+            # the continuation is only a shortcut: the page is searched from the start
+            PAGE_CONTINUATIONS.labels("failed").inc()
+            return None
+        counted = answers[1].get("hits", {}).get("total", {}).get("value")
         if counted != start.boundary:
             self.boundaries.forget(shape, start.boundary)
             PAGE_CONTINUATIONS.labels("moved").inc()
             return None
         PAGE_CONTINUATIONS.labels("continued").inc()
-        page = resp.get("hits", {}).get("hits", [])[start.skip :]
+        page = answers[0].get("hits", {}).get("hits", [])[start.skip :]
         self._remember_end(shape, sort, start.boundary + start.skip, page)
         return [hit["_source"] for hit in page]
+
+    def _close_later(self, pit_id: str) -> None:
+        """Close a point in time without waiting for it (it expires anyway)."""
+
+        async def close() -> None:
+            with contextlib.suppress(*_ES_ERRORS):
+                await self.es.close_point_in_time(id=pit_id)
+
+        task = asyncio.create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _walk(
         self,

@@ -1,0 +1,122 @@
+"""The query service's page continuation over a fake Elasticsearch client.
+
+The continuation (query/repository.py `_continue`) is a shortcut: one point in time, one
+`_msearch` of the page after a remembered boundary and the count at or before it. These
+tests pin what the real-server tests cannot provoke: a failed continuation falls back to
+the search from the start, and every point in time opened is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from query.repository import PAGE_CONTINUATIONS, Repository
+from services.es.indices import IndexNames
+
+SORT = [{"key": {"order": "asc", "missing": "_last"}}]
+QUERY: dict[str, Any] = {"bool": {"filter": [{"term": {"live": True}}]}}
+KEYS = ["a", "b", "c", "d", "e", "f"]
+
+
+def _hit(key: str) -> dict[str, Any]:
+    return {"_source": {"key": key}, "sort": [key]}
+
+
+class FakeEs:
+    """Answers from-start searches over `KEYS`; the `_msearch` answer is set per test."""
+
+    def __init__(self, msearch_answer: dict[str, Any]) -> None:
+        self.msearch_answer = msearch_answer
+        self.searches: list[dict[str, Any]] = []
+        self.msearches: list[list[dict[str, Any]]] = []
+        self.opened: list[str] = []
+        self.closed: list[str] = []
+
+    async def search(self, *, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.searches.append(body)
+        start = body.get("from", 0)
+        return {"hits": {"hits": [_hit(k) for k in KEYS[start : start + body["size"]]]}}
+
+    async def open_point_in_time(self, *, index: str, keep_alive: str) -> dict[str, Any]:
+        pit = f"pit-{len(self.opened)}"
+        self.opened.append(pit)
+        return {"id": pit}
+
+    async def close_point_in_time(self, *, id: str) -> dict[str, Any]:
+        self.closed.append(id)
+        return {"succeeded": True}
+
+    async def msearch(self, *, searches: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+        self.msearches.append(searches)
+        return self.msearch_answer
+
+
+def _count(outcome: str) -> float:
+    return float(PAGE_CONTINUATIONS.labels(outcome)._value.get())
+
+
+async def _pages(es: FakeEs) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    repo = Repository(es, IndexNames("t-"), max_result_window=100, page_boundaries=8)  # type: ignore[arg-type]
+    first = await repo.search(QUERY, SORT, offset=0, limit=2, collection=False)
+    second = await repo.search(QUERY, SORT, offset=2, limit=2, collection=False)
+    await asyncio.sleep(0)  # the point in time is closed by a task of its own
+    await asyncio.sleep(0)
+    return first, second
+
+
+async def test_a_continued_page_is_one_msearch_of_one_point_in_time() -> None:
+    es = FakeEs(
+        {
+            "responses": [
+                {"status": 200, "hits": {"hits": [_hit("c"), _hit("d")]}},
+                {"status": 200, "hits": {"total": {"value": 2}}},
+            ]
+        }
+    )
+    before = _count("continued")
+    first, second = await _pages(es)
+    assert [d["key"] for d in first + second] == ["a", "b", "c", "d"]
+    assert _count("continued") == before + 1
+    assert len(es.searches) == 1  # only the first page searched from the start
+    (searches,) = es.msearches
+    page, count = searches[1], searches[3]
+    assert page["search_after"] == ["b"] and page["pit"] == {"id": "pit-0"}
+    assert count["pit"] == {"id": "pit-0"} and count["track_total_hits"] is True
+    assert "aggs" not in page  # an aggregation would collect every match
+    assert searches[0]["allow_partial_search_results"] is False
+    assert es.closed == es.opened == ["pit-0"]
+
+
+async def test_a_failed_continuation_falls_back_to_the_search_from_the_start() -> None:
+    es = FakeEs(
+        {
+            "responses": [
+                {"status": 500, "error": {"type": "search_phase_execution_exception"}},
+                {"status": 200, "hits": {"total": {"value": 2}}},
+            ]
+        }
+    )
+    before = _count("failed")
+    first, second = await _pages(es)
+    assert [d["key"] for d in first + second] == ["a", "b", "c", "d"]
+    assert _count("failed") == before + 1
+    assert len(es.searches) == 2 and es.searches[1]["from"] == 1  # one hit in front
+    assert es.closed == es.opened == ["pit-0"]
+
+
+async def test_a_moved_boundary_is_searched_from_the_start() -> None:
+    es = FakeEs(
+        {
+            "responses": [
+                {"status": 200, "hits": {"hits": [_hit("c"), _hit("d")]}},
+                {"status": 200, "hits": {"total": {"value": 3}}},  # one more before it
+            ]
+        }
+    )
+    before = _count("moved")
+    _, second = await _pages(es)
+    assert [d["key"] for d in second] == ["c", "d"]  # the fake's ranking from the start
+    assert _count("moved") == before + 1
+    assert len(es.searches) == 2
+    assert es.closed == es.opened
