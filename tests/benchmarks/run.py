@@ -238,6 +238,13 @@ def summary_ms(seconds: Sequence[float]) -> dict[str, float]:
 # ----------------------------------------------------------------------------- raw ES
 
 
+@dataclass
+class Ndjson:
+    """A body sent as newline-delimited JSON (`_msearch`)."""
+
+    lines: list[Any]
+
+
 class Http:
     """The measuring client: aiohttp (what elasticsearch-py uses), bodies as raw bytes.
 
@@ -258,8 +265,14 @@ class Http:
         body: Any = None,
         params: dict[str, str] | None = None,
     ) -> tuple[int, bytes]:
-        data = None if body is None else orjson.dumps(body)
-        headers = {"content-type": "application/json"} if data is not None else None
+        headers = None
+        data: bytes | None = None
+        if isinstance(body, Ndjson):
+            data = b"".join(orjson.dumps(line) + b"\n" for line in body.lines)
+            headers = {"content-type": "application/x-ndjson"}
+        elif body is not None:
+            data = orjson.dumps(body)
+            headers = {"content-type": "application/json"}
         async with self.session.request(
             method, url, data=data, params=params, headers=headers
         ) as resp:
@@ -296,6 +309,9 @@ class RawEs:
 
     async def count(self, *, index: str, body: Any, **params: Any) -> Any:
         return await self._call("POST", f"/{index}/_count", body, params)
+
+    async def msearch(self, *, searches: list[Any], **params: Any) -> Any:
+        return await self._call("POST", "/_msearch", Ndjson(searches), params)
 
     async def open_point_in_time(self, *, index: str, **params: Any) -> Any:
         return await self._call("POST", f"/{index}/_pit", None, params)
