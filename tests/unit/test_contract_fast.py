@@ -4,6 +4,7 @@ gives the same event: same op, version, event id and, built into documents, same
 from __future__ import annotations
 
 import random
+import re
 from typing import Any
 
 import orjson
@@ -15,6 +16,7 @@ import services.contract as contract
 from datagen.dataset import DatasetScale, generate_dataset
 from datagen.events import MOVING, dataset_records
 from services.contract import parse_record
+from services.contract_fast import _left_to_pydantic
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
 
@@ -137,3 +139,29 @@ def test_mutated_records_agree_or_fall_back(index: int, seed: int) -> None:
         _same(entity, key, raw)
     except PoisonEventError as exc:  # the fast path took what the full parser rejects
         pytest.fail(f"fast path accepted a record the full parser rejects: {exc}")
+
+
+_BY_DEFINITION = re.compile(rb"[0-9]:[0-9]{2}\.[0-9]{7}|\\u00[0-7]")
+"""What the fast path leaves to pydantic, written as plainly as possible."""
+
+
+@settings(max_examples=3000, deadline=None)
+@given(
+    st.lists(st.sampled_from([b"0", b"7", b"9", b":", b".", b"\\", b"u", b"8", b"a"]), max_size=40)
+)
+def test_the_fast_prefilter_is_the_plain_pattern(parts: list[bytes]) -> None:
+    value = b"".join(parts)
+    assert _left_to_pydantic(value) == (_BY_DEFINITION.search(value) is not None), value
+
+
+def test_the_fast_prefilter_on_examples() -> None:
+    for value, left in (
+        (b'"2024-01-01T00:00:00.1234567Z"', True),
+        (b'"2024-01-01T00:00:00.123456Z"', False),
+        (b'"progress": 33.3333333', False),
+        (b"a:12.1234567", False),
+        (b"9:99.12345678", True),
+        (b"\\u002e", True),
+        (b"\\u0080", False),
+    ):
+        assert _left_to_pydantic(value) is left, value
