@@ -291,14 +291,19 @@ async def restart_after_kill(
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
     await admin.start()
     try:
+        idle_before = False
         for _ in range(int(opts.idle_timeout_s * 4)):
             if await lag(stack.kafka, admin, ends, ["bench-0"]) == 0:
+                idle_before = True
                 break
             await asyncio.sleep(0.25)
+        if not idle_before:
+            _log("  restart: WARNING the indexer was still behind before the new records")
         # counted while the last writes are not searchable yet (or deferred documents are
         # still being written), `want` would be short and never reached (seen at 1M): count
         # after a refresh, until two counts a second apart agree
         counts: tuple[int, int] | None = None
+        stable = False
         for _ in range(120):
             await http.post(f"{ES_URL}/{stack.names.prefix}*/_refresh")
             now = (
@@ -306,10 +311,13 @@ async def restart_after_kill(
                 await live_count(http, stack.names.collections),
             )
             if now == counts:
+                stable = True
                 break
             counts = now
             await asyncio.sleep(1.0)
         assert counts is not None
+        if not stable:  # the wait below may then time out, or end on a moving count
+            _log("  restart: WARNING the live counts never held still for a second")
         want = (counts[0] + extra, counts[1])
         producer = await make_producer()
         try:
@@ -334,6 +342,9 @@ async def restart_after_kill(
         "restart_to_caught_up_s": round(done - t0, 2),
         "records_applied_after_restart": int(applied),
         "replayed_from_zero": applied > len(records) * 2 + 1000,
+        # how far the figure can be trusted: False means the kill did not start from rest
+        "idle_before_kill": idle_before,
+        "counts_stable_before_kill": stable,
     }
     _log(f"    caught up {out['restart_to_caught_up_s']}s after the restart")
     return out
