@@ -262,31 +262,21 @@ class Repository:
         against 33-38 ms this way). The point in time makes both see the same
         documents; it is closed in the background.
         """
-        pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
-        try:
-            pit = {"id": pit_id}
-            whole = {"allow_partial_search_results": False}  # a shard failure is an error
-            page_body = build_search_body(
-                query,
-                sort,
-                collection=collection,
-                size=start.skip + limit,
-                search_after=start.values,
-            )
-            count_body = {
-                "size": 0,
-                "track_total_hits": True,
-                "query": {"bool": {"filter": [query, at_or_before(sort, start.values)]}},
-            }
-            resp = await self.es.msearch(
-                searches=[whole, {**page_body, "pit": pit}, whole, {**count_body, "pit": pit}],
-                filter_path="responses.hits.hits._source,responses.hits.hits.sort,"
-                "responses.hits.total.value,responses.error.type,responses.status",
-            )
-        finally:
-            self._close_later(pit_id)
-        answers = resp.get("responses", [])
-        if len(answers) != 2 or any("error" in a for a in answers):
+        page_body = build_search_body(
+            query, sort, collection=collection, size=start.skip + limit, search_after=start.values
+        )
+        count_body = {
+            "size": 0,
+            "track_total_hits": True,
+            "query": {"bool": {"filter": [query, at_or_before(sort, start.values)]}},
+        }
+        answers = await self._in_one_pit(
+            index,
+            [page_body, count_body],
+            filter_path="responses.hits.hits._source,responses.hits.hits.sort,"
+            "responses.hits.total.value,responses.error.type,responses.status",
+        )
+        if answers is None:
             # the continuation is only a shortcut: the page is searched from the start
             PAGE_CONTINUATIONS.labels("failed").inc()
             return None
@@ -299,6 +289,26 @@ class Repository:
         page = answers[0].get("hits", {}).get("hits", [])[start.skip :]
         self._remember_end(shape, sort, start.boundary + start.skip, page)
         return [hit["_source"] for hit in page]
+
+    async def _in_one_pit(
+        self, index: str, bodies: list[dict[str, Any]], filter_path: str | None = None
+    ) -> list[dict[str, Any]] | None:
+        """The answers of `bodies`, searched in one `_msearch` over one new point in time
+        (so they see the same documents), or None when any of them failed. The point in
+        time is closed in the background."""
+        pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
+        whole = {"allow_partial_search_results": False}  # a shard failure is an error
+        try:
+            searches: list[dict[str, Any]] = []
+            for body in bodies:
+                searches += [whole, {**body, "pit": {"id": pit_id}}]
+            resp = await self.es.msearch(searches=searches, filter_path=filter_path)
+        finally:
+            self._close_later(pit_id)
+        answers: list[dict[str, Any]] = resp.get("responses", [])
+        if len(answers) != len(bodies) or any("error" in a for a in answers):
+            return None
+        return answers
 
     def _close_later(self, pit_id: str) -> None:
         """Close a point in time without waiting for it (it expires anyway)."""
@@ -463,17 +473,8 @@ class Repository:
         """
         aggs = body.pop("aggs")
         counts = {"query": body["query"], "size": 0, "track_total_hits": False, "aggs": aggs}
-        pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
-        try:
-            pit = {"id": pit_id}
-            whole = {"allow_partial_search_results": False}
-            resp = await self.es.msearch(
-                searches=[whole, {**body, "pit": pit}, whole, {**counts, "pit": pit}]
-            )
-        finally:
-            self._close_later(pit_id)
-        answers = resp.get("responses", [])
-        if len(answers) != 2 or any("error" in a for a in answers):
+        answers = await self._in_one_pit(index, [body, counts])
+        if answers is None:
             return await self.es.search(
                 index=index, body={**body, "aggs": aggs}, allow_partial_search_results=False
             )
