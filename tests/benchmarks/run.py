@@ -39,10 +39,9 @@ import json
 import os
 import random
 import statistics
-import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from query.sort import sort_clauses
 from query.translate import translate_artifact_query, translate_collection_query
 from services.config import KafkaSettings, QuerySettings
 from services.contract import encode_event
-from services.es.indices import IndexNames, index_settings
+from services.es.indices import IndexNames
 from services.prefect.filters import ArtifactFilter
 from services.prefect.requests import (
     ArtifactCollectionCountRequest,
@@ -70,6 +69,7 @@ from services.prefect.requests import (
     parse_count_request,
     parse_read_request,
 )
+from tests.benchmarks.ceiling import bulk_ceiling
 from tests.benchmarks.kafka_io import (
     KAFKA,
     create_topics,
@@ -519,7 +519,9 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             events = len(records)
             del records  # the side loads regenerate theirs in child processes
             release_memory()  # before the ceiling, which must not compete for page cache
-            result["ceiling"] = await bulk_ceiling(stack, http, result["load"]["seconds"], events)
+            result["ceiling"] = await bulk_ceiling(
+                stack.names, http, result["load"]["seconds"], events
+            )
             docs = result["ceiling"]["documents"]
             result["load"]["writes_per_document"] = await writes_per_document(stack.indexer, docs)
             result["state"] = state_size(log_dir / "state-0", dataset)
@@ -554,6 +556,15 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             result["load_noisy"]["indexer_vs_bulk"] = round(
                 result["ceiling"]["seconds"] / result["load_noisy"]["seconds"], 3
             )
+            # the same streams published first, then consumed by an indexer started on them
+            # (an initial load on topics that hold the history, a rebuilt replica): no
+            # producer competes with it for the CPUs, and it starts with the whole backlog
+            for key, noisy in (("load_backlog", False), ("load_noisy_backlog", True)):
+                side = await run_side_load(
+                    n, opts.seed, key.removeprefix("load_"), noisy, 1, opts.load_timeout_s, True
+                )
+                side["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / side["seconds"], 3)
+                result[key] = side
             two = await run_side_load(n, opts.seed, "replicas", False, 2, opts.load_timeout_s)
             two["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / two["seconds"], 3)
             result["load_replicas"] = {
@@ -667,141 +678,6 @@ async def initial_load(
         "lag_samples": samples[:: max(1, len(samples) // 60)],
     }
     _log(f"  indexed end-to-end in {seconds:.1f}s: {out['events_per_s']:,} events/s")
-    return out
-
-
-async def _scan(http: httpx.AsyncClient, alias: str) -> AsyncIterator[list[tuple[str, bytes]]]:
-    """Every document of an index as pages of (id, source JSON), via a PIT and search_after."""
-    pit = (await http.post(f"{ES_URL}/{alias}/_pit", params={"keep_alive": "2m"})).json()["id"]
-    after: list[Any] | None = None
-    try:
-        for _ in range(100_000):
-            body: dict[str, Any] = {
-                "size": 5000,
-                "pit": {"id": pit, "keep_alive": "2m"},
-                "sort": [{"_shard_doc": "asc"}],
-                "track_total_hits": False,
-            }
-            if after is not None:
-                body["search_after"] = after
-            resp = await http.post(
-                f"{ES_URL}/_search",
-                content=orjson.dumps(body),
-                headers={"content-type": "application/json"},
-            )
-            hits = orjson.loads(resp.content)["hits"]["hits"]
-            yield [(h["_id"], orjson.dumps(h["_source"])) for h in hits]
-            if len(hits) < 5000:
-                break
-            after = hits[-1]["sort"]
-    finally:
-        await http.request("DELETE", f"{ES_URL}/_pit", json={"id": pit})
-
-
-async def bulk_ceiling(
-    stack: Stack, http: httpx.AsyncClient, indexer_seconds: float, events: int
-) -> dict[str, Any]:
-    """Raw `_bulk` of the loaded final documents into fresh indices with the same mappings.
-
-    The bulk bodies are spooled to a temporary file while the documents are scanned and
-    read back (page cache) as they are sent: at 1M the runner held 19.5 GB when it kept
-    them in memory, which starved the servers of page cache.
-    """
-    with tempfile.TemporaryFile() as spool:
-        return await _ceiling(stack, http, indexer_seconds, events, spool)
-
-
-async def _ceiling(
-    stack: Stack, http: httpx.AsyncClient, indexer_seconds: float, events: int, spool: Any
-) -> dict[str, Any]:
-    _log("  ceiling: raw _bulk of the final documents into scratch indices")
-    scratch = IndexNames(stack.prefix + "-scratch-")
-    spans: list[tuple[int, int]] = []  # (offset, length) of each bulk body in the spool
-    per_index: dict[str, dict[str, Any]] = {}
-    pending: list[bytes] = []
-
-    def flush() -> None:
-        body = b"\n".join(pending) + b"\n"
-        spans.append((spool.tell(), len(body)))
-        spool.write(body)
-        pending.clear()
-
-    for alias, target in zip(stack.names.all_aliases(), scratch.all_aliases(), strict=True):
-        concrete = scratch.concrete(target)
-        resp = await http.put(
-            f"{ES_URL}/{concrete}",
-            json={
-                "settings": index_settings(1, 0, stack.names.mapping_for(alias)),
-                "mappings": stack.names.mapping_for(alias),
-            },
-        )
-        resp.raise_for_status()
-        count = 0
-        async for page in _scan(http, alias):
-            for doc_id, source in page:
-                pending.append(orjson.dumps({"index": {"_index": concrete, "_id": doc_id}}))
-                pending.append(source)
-                count += 1
-                if len(pending) >= 2000:  # 1,000 documents per request
-                    flush()
-        if pending:
-            flush()
-        per_index[alias.removeprefix(stack.names.prefix)] = {"docs": count, "scratch": concrete}
-    spool.flush()
-    total_docs = sum(v["docs"] for v in per_index.values())
-    sem = asyncio.Semaphore(2)  # the indexer's default INDEXER_BULK_CONCURRENCY
-
-    async def send(body: bytes) -> None:
-        async with sem:
-            resp = await http.post(
-                f"{ES_URL}/_bulk",
-                content=body,
-                headers={"content-type": "application/x-ndjson"},
-                params={"filter_path": "errors"},
-            )
-            if resp.status_code != 200 or orjson.loads(resp.content).get("errors"):
-                raise RuntimeError(f"bulk failed: {resp.text[:300]}")
-
-    async def send_span(offset: int, length: int) -> None:
-        await send(os.pread(spool.fileno(), length, offset))
-
-    t0 = time.perf_counter()
-    await asyncio.gather(*(send_span(o, n) for o, n in spans))
-    await http.post(f"{ES_URL}/{scratch.prefix}*/_refresh")
-    seconds = time.perf_counter() - t0
-    # sizes per document on clean, merged indices (for SIZING.md)
-    await http.post(
-        f"{ES_URL}/{scratch.prefix}*/_forcemerge", params={"max_num_segments": "1"}, timeout=600
-    )
-    for info in per_index.values():
-        stats = (await http.get(f"{ES_URL}/{info['scratch']}/_stats/store,docs")).json()
-        prim = stats["indices"][info["scratch"]]["primaries"]
-        info["store_bytes"] = prim["store"]["size_in_bytes"]
-        info["bytes_per_doc"] = round(prim["store"]["size_in_bytes"] / max(info["docs"], 1), 1)
-    loaded = (await http.get(f"{ES_URL}/{stack.names.prefix}*/_stats/store,docs")).json()
-    live_store = {
-        k: {
-            "docs": v["primaries"]["docs"]["count"],
-            "deleted_docs": v["primaries"]["docs"]["deleted"],
-            "store_bytes": v["primaries"]["store"]["size_in_bytes"],
-        }
-        for k, v in loaded["indices"].items()
-        if not k.startswith(scratch.prefix)
-    }
-    await http.delete(f"{ES_URL}/{scratch.prefix}*")
-    out = {
-        "documents": total_docs,
-        "seconds": round(seconds, 2),
-        "documents_per_s": round(total_docs / seconds),
-        "events_per_s_equivalent": round(events / seconds),
-        "indexer_vs_bulk": round(seconds / indexer_seconds, 3),
-        "indices": per_index,
-        "loaded_indices": live_store,
-    }
-    _log(
-        f"  _bulk of {total_docs:,} docs in {seconds:.2f}s; "
-        f"indexer/bulk = {out['indexer_vs_bulk']:.3f}"
-    )
     return out
 
 
@@ -1427,6 +1303,8 @@ def _indexer_summary(results: dict[str, Any]) -> dict[str, Any]:
             "bulk_s": r["ceiling"]["seconds"],
             "indexer_vs_bulk": r["ceiling"]["indexer_vs_bulk"],
             "noisy_vs_bulk": r["load_noisy"]["indexer_vs_bulk"],
+            "backlog_vs_bulk": r["load_backlog"]["indexer_vs_bulk"],
+            "noisy_backlog_vs_bulk": r["load_noisy_backlog"]["indexer_vs_bulk"],
             "two_replicas_vs_bulk": r["load_replicas"]["2"]["indexer_vs_bulk"],
             "writes_per_document": r["load"].get("writes_per_document"),
             "freshness": {

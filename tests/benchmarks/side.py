@@ -27,6 +27,7 @@ from datagen.dataset import Dataset
 from services.config import KafkaSettings
 from services.contract import encode_event
 from services.es.indices import IndexNames
+from tests.benchmarks.ceiling import bulk_ceiling
 from tests.benchmarks.kafka_io import (
     KAFKA,
     create_topics,
@@ -236,23 +237,35 @@ async def side_load(
     records: Sequence[Record],
     replicas: int,
     http: httpx.AsyncClient,
+    backlog: bool = False,
+    ceiling: bool = False,
 ) -> dict[str, Any]:
     """Load `records` with `replicas` indexer processes into fresh topics and indices,
-    published while they consume (as the main load); removed afterwards."""
+    published while they consume (as the main load), or with `backlog` published first
+    and consumed by indexers started afterwards (timed from their start: an indexer
+    deployed on topics that hold the history); removed afterwards. `ceiling`: the raw
+    `_bulk` of the loaded documents too, once the indexers are stopped."""
     prefix = f"bench-{n}-{label}-{uuid.uuid4().hex[:6]}"
     log_dir = REPO_ROOT / ".local" / "bench" / prefix
     kafka = kafka_settings(prefix + ".")
     names = IndexNames(prefix + "-")
     topics = await create_topics(kafka)
     env = stack_env(kafka, names)
-    children = [indexer_child(env, log_dir, i) for i in range(replicas)]
+    children: list[Child] = []
     _log(f"  {label}: {len(records):,} events, {replicas} indexer process(es)")
     try:
         producer = await make_producer()
         try:
-            await wait_consuming(producer, kafka, names, children, http)
-            t0 = time.perf_counter()
-            await publish(producer, kafka, records)
+            if backlog:
+                await publish(producer, kafka, records)
+                release_memory()
+                t0 = time.perf_counter()
+                children += [indexer_child(env, log_dir, i) for i in range(replicas)]
+            else:
+                children += [indexer_child(env, log_dir, i) for i in range(replicas)]
+                await wait_consuming(producer, kafka, names, children, http)
+                t0 = time.perf_counter()
+                await publish(producer, kafka, records)
         finally:
             await producer.stop()
         want = (len(dataset.artifacts), len(dataset.collections()))
@@ -262,12 +275,18 @@ async def side_load(
         out = {
             "events": len(records),
             "replicas": replicas,
+            "backlog": backlog,
             "seconds": round(seconds, 2),
             "events_per_s": round(len(records) / seconds),
             "writes_per_document": await writes_per_document(children, docs),
             "rss_mib": [c.peak_rss_mib() for c in children],
         }
         _log(f"    {label}: {seconds:.1f}s, {out['events_per_s']:,} events/s")
+        if ceiling:
+            for child in reversed(children):
+                child.stop()
+            out["ceiling"] = await bulk_ceiling(names, http, seconds, len(records))
+            out["indexer_vs_bulk"] = out["ceiling"]["indexer_vs_bulk"]
         return out
     finally:
         await tear_down(children, topics, names.prefix)
@@ -363,7 +382,14 @@ def release_memory() -> None:
 
 
 async def run_side_load(
-    n: int, seed: int, label: str, noisy: bool, replicas: int, load_timeout_s: float
+    n: int,
+    seed: int,
+    label: str,
+    noisy: bool,
+    replicas: int,
+    load_timeout_s: float,
+    backlog: bool = False,
+    ceiling: bool = False,
 ) -> dict[str, Any]:
     """`side_load` in a child process: it generates its own dataset and stream and exits
     afterwards, so neither stays in the runner's memory (gigabytes at 1M)."""
@@ -374,6 +400,8 @@ async def run_side_load(
         *("--scale", str(n), "--seed", str(seed), "--label", label),
         *("--replicas", str(replicas), "--load-timeout", str(load_timeout_s)),
         *(("--noisy",) if noisy else ()),
+        *(("--backlog",) if backlog else ()),
+        *(("--ceiling",) if ceiling else ()),
         cwd=REPO_ROOT,
         stdout=asyncio.subprocess.PIPE,
     )
@@ -398,6 +426,12 @@ def main() -> None:
     parser.add_argument("--replicas", type=int, default=1)
     parser.add_argument("--noisy", action="store_true")
     parser.add_argument("--load-timeout", type=float, default=3600.0)
+    parser.add_argument(
+        "--backlog", action="store_true", help="publish everything, then start the indexers"
+    )
+    parser.add_argument(
+        "--ceiling", action="store_true", help="and the raw _bulk of the loaded documents"
+    )
     args = parser.parse_args()
     dataset = generate_dataset(args.seed, DatasetScale.for_artifacts(args.scale))
     records = dataset_records(dataset, args.seed, HARD if args.noisy else NONE)
@@ -405,7 +439,15 @@ def main() -> None:
     async def go() -> dict[str, Any]:
         async with httpx.AsyncClient(timeout=120) as http:
             return await side_load(
-                args.load_timeout, args.scale, args.label, dataset, records, args.replicas, http
+                args.load_timeout,
+                args.scale,
+                args.label,
+                dataset,
+                records,
+                args.replicas,
+                http,
+                args.backlog,
+                args.ceiling,
             )
 
     print(json.dumps(asyncio.run(go())), flush=True)

@@ -51,6 +51,20 @@ def new_format(old: dict[str, Any], name: str = "100000") -> dict[str, Any]:
         "writes_per_document": None,
         "rss_mib": [190.5],
     }
+    for key, events, seconds in (
+        ("load_backlog", load["events"], 8.0 * k),
+        ("load_noisy_backlog", noisy_events, 12.0 * k),
+    ):
+        scale[key] = {
+            "events": events,
+            "seconds": seconds,
+            "events_per_s": round(events / seconds),
+            "indexer_vs_bulk": round(ceiling["seconds"] / seconds, 3),
+            "replicas": 1,
+            "backlog": True,
+            "writes_per_document": 1.05,
+            "rss_mib": [180.0],
+        }
     scale["load_replicas"] = {
         "1": {"seconds": load["seconds"], "events_per_s": load["events_per_s"]},
         "2": {
@@ -117,6 +131,12 @@ def test_new_results_render_beside_previous(tmp_path: Path, embedded: bool) -> N
     table = text.split("### Targets of the indexer redesign")[0]
     assert "| **noisy stream: indexer / raw `_bulk`** | - | 0.42x |" in table
     assert "| 2 indexers / 1 indexer (clean stream) | - | 1.48x |" in table
+    bulk_s = new["scales"]["100000"]["ceiling"]["seconds"]  # loads: 8 s and 12 s at 100k
+    clean, noisy = f"{bulk_s / 8.0:.2f}x", f"{bulk_s / 12.0:.2f}x"
+    assert f"| **clean stream from a backlog: indexer / raw `_bulk`** | - | {clean} |" in table
+    assert f"| **noisy stream from a backlog: indexer / raw `_bulk`** | - | {noisy} |" in table
+    targets = text.split("### Targets of the indexer redesign")[1]
+    assert f"clean stream, from a backlog (published first) | 100,000 | {clean}" in targets
     assert "peak RSS 150 and 150 MiB" in table
     assert "366 B per entity" in table
     # only the noisy load's writes per document is None in the synthetic results
@@ -149,7 +169,7 @@ def test_missing_kinds_and_sections(tmp_path: Path) -> None:
     new = new_format(_old())
     scale = new["scales"]["100000"]
     del scale["ceiling"]["indices"]["collections"]
-    for key in ("load_noisy", "load_replicas", "restart", "state"):
+    for key in ("load_noisy", "load_backlog", "load_noisy_backlog", "load_replicas", "restart"):
         del scale[key]
     report.write_all(new, tmp_path)
     assert report.NOT_MEASURED in (tmp_path / "RESULTS.md").read_text()
