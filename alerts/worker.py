@@ -6,10 +6,11 @@ only after the batch's alerts are acknowledged and marked):
 1. merge them into {artifact id: highest document version} and {collection id: ...};
 2. **make those versions searchable**, while the saved searches are loaded: the indexer's
    `_bulk` makes documents durable and readable by id at once, but searchable only after
-   the next refresh (`refresh_interval`, 1 s). A search for the ids with `version: true`
+   the next refresh (the indexer's, within 0.25 s of the write, ADR 0012; the indices'
+   periodic one is a 30 s backstop, ADR 0013). A search for the ids with `version: true`
    tells which versions are searchable; if some are not, the worker forces one refresh of
    the indices concerned (artifacts, and collections when a latest_per_key search exists)
-   at once, or, with `ALERTS_VISIBILITY_WAIT_S` > 0, polls that long for the periodic
+   at once, or, with `ALERTS_VISIBILITY_WAIT_S` > 0, polls that long for a
    refresh first (ADR 0008, "Latency"). Every search of a batch uses the same
    `preference`, so it reads the same shard copies (refreshes only move a copy forward);
 3. run every saved search restricted to the changed ids: one search per 1,000 ids and

@@ -269,7 +269,11 @@ async def _bootstrap() -> None:
     try:
         names = IndexNames(es_settings.index_prefix)
         created = await ensure_indices(
-            es, names, es_settings.number_of_shards, es_settings.number_of_replicas
+            es,
+            names,
+            es_settings.number_of_shards,
+            es_settings.number_of_replicas,
+            es_settings.refresh_interval,
         )
         total = len(names.all_aliases()) + len(names.alerting_indices())
         print(f"indices: {len(created)} created, {total - len(created)} already present")

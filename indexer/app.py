@@ -169,6 +169,7 @@ class Indexer:
             self.names,
             self.es_settings.number_of_shards,
             self.es_settings.number_of_replicas,
+            self.es_settings.refresh_interval,
         )
 
     def _open_store(self, member_partitions: int) -> Store:

@@ -91,9 +91,15 @@ async def next_version(es: AsyncElasticsearch, names: IndexNames) -> int:
 
 
 async def create_version(
-    es: AsyncElasticsearch, names: IndexNames, version: int, shards: int, replicas: int
+    es: AsyncElasticsearch,
+    names: IndexNames,
+    version: int,
+    shards: int,
+    replicas: int,
+    refresh_interval: str = "1s",
 ) -> IndexNames:
-    """Create the three concrete indices of `version` (no aliases); return names targeting them."""
+    """Create the three concrete indices of `version` (no aliases); return names targeting them.
+    The artifact and collection indices are refreshed every `refresh_interval` (ADR 0013)."""
     target = names.retarget(version)
     assert target.write_targets is not None
     created: list[str] = []
@@ -101,7 +107,12 @@ async def create_version(
         for index in target.write_targets:
             await es.indices.create(
                 index=index,
-                settings=index_settings(shards, replicas, target.mapping_for(index)),
+                settings=index_settings(
+                    shards,
+                    replicas,
+                    target.mapping_for(index),
+                    refresh_interval if index != target.control else "1s",
+                ),
                 mappings=target.mapping_for(index),
             )
             created.append(index)
@@ -247,6 +258,7 @@ async def replay(
             version,
             shards or es_settings.number_of_shards,
             es_settings.number_of_replicas if replicas is None else replicas,
+            es_settings.refresh_interval,
         )
         assert target.write_targets is not None
         result = ReplayResult(version, list(target.write_targets), [], [])

@@ -123,9 +123,12 @@ class Processor:
         self.dead_letter = dead_letter
         # the change feed (indexer/changes.py): after the writes, before the commit
         self.publish_changes = publish_changes
-        # told the indices a step wrote, once acknowledged, unless the step deferred
-        # documents (a backlog): indexer/refresh.py makes them searchable
+        # told the indices a step wrote, once acknowledged: indexer/refresh.py makes them
+        # searchable. A step that defers documents (a backlog) holds them back instead
+        # (`unrefreshed`); the next step that does not defer (the one that writes what was
+        # deferred, or an empty one the idle loop runs) tells them (ADR 0013)
         self.written = written
+        self.unrefreshed: set[str] = set()
         self.max_event_bytes = max_event_bytes
         self.rewrite_budget = rewrite_budget
         self.retry_initial_s = retry_initial_s
@@ -198,6 +201,12 @@ class Processor:
             tx.put(own_key, record)
             self.store.commit(tx.changes())
             tx.committed()
+            if not continuous:
+                # rewritten whole (forced, from the cursor) under an epoch newer than any
+                # run that may have written the partition's documents: what such a run
+                # wrote is superseded or rewritten, so its records need no `replaying`
+                # step (which writes every collection it touches and defers nothing)
+                self.suspect.pop(tp, None)
             self.active[tp] = epoch
             self.pending.discard(tp)
             log.info(
@@ -304,8 +313,11 @@ class Processor:
     ) -> StepResult:
         try:
             stats = await self._retry(lambda: self.writer.write(writes))
-            if refresh and writes and self.written is not None:
-                self.written({w.index for w in writes})
+            if self.written is not None:
+                self.unrefreshed.update(w.index for w in writes)
+                if refresh and self.unrefreshed:
+                    indices, self.unrefreshed = self.unrefreshed, set()
+                    self.written(indices)
             changes_out = self.publish_changes
             if changes_out is not None and writes:
                 await self._retry(lambda: changes_out(writes))
@@ -374,8 +386,12 @@ class Processor:
 
     def has_work(self) -> bool:
         """Whether a step without records would do something (activate partitions, write
-        marked documents — not while a backlog defers them —, rewrite a partition)."""
-        return bool(self.pending) or self._has_pending_work(marks=not self.deferring())
+        marked documents — not while a backlog defers them —, rewrite a partition, ask for
+        the refresh of what deferring steps wrote)."""
+        if self.pending:
+            return True
+        marks = not self.deferring()
+        return (marks and bool(self.unrefreshed)) or self._has_pending_work(marks=marks)
 
     def _has_pending_work(self, marks: bool = True) -> bool:
         tx = Tx(self.store, self.cache)

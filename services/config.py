@@ -103,6 +103,14 @@ class ElasticsearchSettings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     number_of_shards: int = Field(default=1, ge=1)
     number_of_replicas: int = Field(default=0, ge=0)
+    # the periodic refresh of the artifact and collection indices, a backstop only: the
+    # indexer refreshes what it wrote (INDEXER_REFRESH_AFTER_WRITE_S, ADR 0012) and a
+    # backlog is refreshed when its deferred documents are written (ADR 0013). Each refresh
+    # cuts a segment that is merged later: a 1 s refresh during an initial load made
+    # Elasticsearch do more than twice the work of the same documents in one bulk load.
+    # Set it to 1s if the indexer's refresh is turned off. Applied when the indexer or
+    # `bootstrap` starts, to existing indices too.
+    refresh_interval: str = Field(default="30s", pattern=r"^(-1|[1-9][0-9]*(ms|s|m|h))$")
 
     @field_validator("url")
     @classmethod
@@ -135,9 +143,10 @@ class IndexerSettings(BaseSettings):
     max_batch: int = Field(default=5000, ge=1)
     # a backlog of more than this many records (0: never) defers document writes: a
     # document changed again and again while it is consumed is written once, except
-    # that one step every `defer_max_s` seconds writes what is pending
+    # that one step every `defer_max_s` seconds writes what is pending (at 5 s, a 100k
+    # initial load still wrote each collection 2.3 times; at 30 s about once: ADR 0013)
     defer_lag: int = Field(default=5_000, ge=0)
-    defer_max_s: float = Field(default=5.0, gt=0)
+    defer_max_s: float = Field(default=30.0, gt=0)
     # refresh the indices a step wrote once its writes are acknowledged, at most once every
     # this many seconds and not while a backlog defers documents (indexer/refresh.py), so a
     # write is searchable without waiting for the index's periodic refresh (1 s); 0: never

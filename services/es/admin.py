@@ -10,19 +10,27 @@ from services.es.indices import MAX_RESULT_WINDOW, IndexNames, index_settings
 
 
 async def ensure_indices(
-    es: AsyncElasticsearch, names: IndexNames, shards: int = 1, replicas: int = 0
+    es: AsyncElasticsearch,
+    names: IndexNames,
+    shards: int = 1,
+    replicas: int = 0,
+    refresh_interval: str | None = None,
 ) -> list[str]:
     """Create each alias's concrete index if the alias does not exist; return what was created.
 
     Without write targets (every caller but replay) the alerting indices (saved searches and
-    the alert ledger) are ensured too.
+    the alert ledger) are ensured too. `refresh_interval` (`ELASTICSEARCH_REFRESH_INTERVAL`,
+    ADR 0013) is set on the artifact and collection indices, existing ones included; None
+    leaves existing ones alone and creates them with Elasticsearch's usual 1 s.
     """
     wanted = {alias: names.mapping_for(alias) for alias in names.all_aliases()}
     if names.write_targets is None:
         wanted.update(names.alerting_indices())
+    documents = {names.artifacts, names.collections}
     created = []
     for alias, mapping in wanted.items():
-        index = await _ensure(es, names, alias, mapping, shards, replicas)
+        interval = refresh_interval if alias in documents else None
+        index = await _ensure(es, names, alias, mapping, shards, replicas, interval)
         if index is not None:
             created.append(index)
     return created
@@ -35,20 +43,22 @@ async def _ensure(
     mapping: dict[str, Any],
     shards: int,
     replicas: int,
+    refresh_interval: str | None,
 ) -> str | None:
     if await es.indices.exists_alias(name=alias):
         # indices made by an earlier release may have a smaller window (dynamic) and
         # lack fields added since (additive: Elasticsearch refuses any other change)
-        await es.indices.put_settings(
-            index=alias, settings={"index": {"max_result_window": MAX_RESULT_WINDOW}}
-        )
+        dynamic: dict[str, Any] = {"max_result_window": MAX_RESULT_WINDOW}
+        if refresh_interval is not None:
+            dynamic["refresh_interval"] = refresh_interval
+        await es.indices.put_settings(index=alias, settings={"index": dynamic})
         await es.indices.put_mapping(index=alias, properties=mapping["properties"])
         return None
     index = names.concrete(alias)
     try:
         await es.indices.create(
             index=index,
-            settings=index_settings(shards, replicas, mapping),
+            settings=index_settings(shards, replicas, mapping, refresh_interval or "1s"),
             mappings=mapping,
             aliases={alias: {"is_write_index": True}},
         )

@@ -231,8 +231,11 @@ queue of `from + size` sort keys, a few MiB at most); deeper pages are walked wi
 `search_after` under a point in time (query/paging.py)."""
 
 
-def index_settings(shards: int, replicas: int, mapping: dict[str, Any]) -> dict[str, Any]:
-    """Settings for an index with `mapping`: sized by configuration, 1 s refresh.
+def index_settings(
+    shards: int, replicas: int, mapping: dict[str, Any], refresh_interval: str = "1s"
+) -> dict[str, Any]:
+    """Settings for an index with `mapping`: sized by configuration, refreshed every
+    `refresh_interval` (the documents' indices: `ELASTICSEARCH_REFRESH_INTERVAL`, ADR 0013).
 
     Artifact and collection indices are *sorted* by id, descending: Prefect's default
     order (`ID_DESC`) then reads the first hits of each segment and stops (early
@@ -241,7 +244,7 @@ def index_settings(shards: int, replicas: int, mapping: dict[str, Any]) -> dict[
     settings: dict[str, Any] = {
         "number_of_shards": shards,
         "number_of_replicas": replicas,
-        "refresh_interval": "1s",
+        "refresh_interval": refresh_interval,
         "max_result_window": MAX_RESULT_WINDOW,
     }
     if "id_hi" in mapping["properties"]:

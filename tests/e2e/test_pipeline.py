@@ -33,10 +33,13 @@ async def running(
     settings: IndexerSettings,
     backlog: list[tuple[str, bytes, bytes | None]] | None = None,
     prepare: Callable[[Indexer], None] | None = None,
+    refresh_interval: str = "30s",
 ) -> AsyncIterator[tuple[KafkaSettings, Indexer, httpx.AsyncClient]]:
     """Fresh topics and indices, an indexer and the API; `backlog` is published first."""
     kafka = KafkaSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=f"{name}.", group_id=name)
-    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{name}-")
+    es_settings = ElasticsearchSettings(
+        url=elasticsearch_url, index_prefix=f"{name}-", refresh_interval=refresh_interval
+    )
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
@@ -252,14 +255,7 @@ async def test_writes_are_made_searchable_by_the_indexer_without_the_periodic_re
             )
             records = [_keyed_artifact("refreshed", i) for i in range(5)]
             await publish(kafka, records)
-            assert indexer.processor is not None
-            processor = indexer.processor
-            topic = kafka.topic_for("artifact")
-
-            async def applied() -> int:
-                return sum(processor.position(topic, p) for p in range(3))
-
-            assert await wait_for(applied, lambda n: n == len(records), 60) == len(records)
+            assert await _all_applied(kafka, indexer, len(records))
             body = {"artifacts": {"key": {"any_": ["refreshed"]}}}
             if refresh_after_write_s:
                 assert await wait_answer(client, "/api/artifacts/count", body, 5, 30) == 5
@@ -271,6 +267,68 @@ async def test_writes_are_made_searchable_by_the_indexer_without_the_periodic_re
                 assert (await client.post("/api/artifacts/count", json=body)).json() == 5
         finally:
             await es.close()
+
+
+async def test_a_backlog_is_made_searchable_by_the_indexer_without_the_periodic_refresh(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str
+) -> None:
+    """The indices never refresh by themselves (`ELASTICSEARCH_REFRESH_INTERVAL=-1`) and a
+    backlog is consumed by steps that defer their documents (no refresh asked): the step
+    that stops deferring asks for the refresh of everything they wrote — here a step that
+    writes nothing itself (the backlog ends with records already applied)."""
+    fresh = [_keyless_artifact(i) for i in range(200)]
+    backlog = fresh + fresh  # the second half: duplicates, applied without any write
+    settings = IndexerSettings(max_batch=50, defer_lag=10, refresh_after_write_s=0.25)
+    async with running(
+        kafka_bootstrap,
+        elasticsearch_url,
+        unique_name,
+        settings,
+        backlog=backlog,
+        refresh_interval="-1",
+    ) as (kafka, indexer, client):
+        names = IndexNames(f"{unique_name}-")
+        es = AsyncElasticsearch(elasticsearch_url)
+        try:
+            got = await es.indices.get_settings(
+                index=names.artifacts, name="index.refresh_interval"
+            )
+            ((_, body),) = got.body.items()
+            assert body["settings"]["index"]["refresh_interval"] == "-1"
+            assert await _all_applied(kafka, indexer, len(backlog))
+            body = {"artifacts": {"type": {"any_": ["backlog"]}}}
+            assert await wait_answer(client, "/api/artifacts/count", body, 200, 30) == 200
+        finally:
+            await es.close()
+
+
+async def _all_applied(kafka: KafkaSettings, indexer: Indexer, records: int) -> bool:
+    """Wait until the store's positions on the artifact topic's 3 partitions sum to
+    `records` (every record applied and committed); whether they did within 60 s."""
+    processor = indexer.processor
+    assert processor is not None
+    topic = kafka.topic_for("artifact")
+
+    async def applied() -> int:
+        return sum(processor.position(topic, p) for p in range(3))
+
+    return bool(await wait_for(applied, lambda n: n == records, 60) == records)
+
+
+def _keyless_artifact(i: int) -> tuple[str, bytes, bytes]:
+    artifact_id = str(uuid.UUID(int=10_000 + i, version=4))
+    data = {
+        "id": artifact_id,
+        "created": "2024-01-01T00:00:00Z",
+        "updated": "2024-01-01T00:00:00Z",
+        "type": "backlog",
+        "data": f"item {i}",
+    }
+    return (
+        "artifact",
+        artifact_id.encode(),
+        encode_event("artifact", artifact_id, "upsert", 1, data),
+    )
 
 
 def _keyed_artifact(key: str, i: int) -> tuple[str, bytes, bytes]:

@@ -1,6 +1,7 @@
 """Refreshes after writes (indexer/refresh.py) over fakes: coalesced, at most one per
-interval, never fatal; and the processor asks for them only for steps that wrote and did
-not defer their documents (a backlog)."""
+interval, never fatal, never forgotten; and the processor asks for them for steps that
+wrote, holding back what steps deferring their documents (a backlog) wrote until a step
+that does not defer."""
 
 from __future__ import annotations
 
@@ -113,24 +114,36 @@ async def test_an_empty_request_refreshes_nothing() -> None:
     await _stop(task)
 
 
-async def test_a_failed_refresh_is_logged_and_the_next_request_refreshes_again(
+async def test_a_failed_refresh_is_logged_and_asked_again_after_a_growing_pause(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock, refresh = Clock(), FakeRefresh(failures=1)
-    refresher = Refresher(refresh, 0.25, clock=clock, sleep=clock.sleep)
+    clock, refresh = Clock(), FakeRefresh(failures=2)
+    refresher = Refresher(refresh, 0.25, clock=clock, sleep=clock.sleep, max_backoff_s=0.75)
     task = await _running(refresher)
     with caplog.at_level(logging.WARNING, logger="indexer.refresh"):
         refresher.request({"artifacts"})
         await _settle()
-    assert "refresh of {'artifacts'} failed" in caplog.text
+    assert "refresh of ['artifacts'] failed" in caplog.text
     assert refresher.refreshes == 0
     assert not task.done()  # the loop goes on
+    assert refresher.pending == {"artifacts"}  # not forgotten: nobody has to ask again
 
-    clock.now += 1
+    assert clock.slept == [pytest.approx(0.5)]  # twice the interval after one failure
+    refresher.request({"collections"})  # joins the retry
+    clock.release.set()
+    await _settle()
+    assert refresh.calls == ["artifacts", "artifacts,collections"]  # failed again
+    assert clock.slept[-1] == pytest.approx(0.75)  # 1.0, capped
+    clock.release.set()
+    await _settle()
+    assert refresh.calls[-1] == "artifacts,collections"
+    assert refresher.refreshes == 1
+    assert refresher.pending == set()
+
+    clock.now += 10  # after a success the pause is the interval again
     refresher.request({"artifacts"})
     await _settle()
-    assert refresh.calls == ["artifacts", "artifacts"]
-    assert refresher.refreshes == 1
+    assert refresh.calls[-1] == "artifacts" and len(refresh.calls) == 4
     await _stop(task)
 
 
@@ -168,11 +181,32 @@ async def test_a_step_that_wrote_asks_for_the_indices_it_wrote() -> None:
     assert asked == [{"artifacts", "collections"}]
 
 
-async def test_a_step_deferring_its_documents_behind_a_backlog_does_not_ask() -> None:
+async def test_a_step_deferring_its_documents_behind_a_backlog_asks_later() -> None:
     replica, asked = _replica(defer=True)
     records = number([_artifact(i) for i in range(3)])
     await replica.processor.process(records, behind=1_000)  # a backlog: more than defer_lag
     assert replica.index.docs  # its artifacts' own documents are written all the same
     assert asked == []
     await replica.processor.drain()  # the backlog is gone: the marks are written
-    assert asked == [{"collections"}]
+    # and what the deferring step wrote is refreshed with them
+    assert asked == [{"artifacts", "collections"}]
+    assert not replica.processor.has_work()
+
+
+async def test_what_a_deferring_step_wrote_is_refreshed_when_nothing_else_is_left() -> None:
+    replica, asked = _replica(defer=True)
+    await replica.processor.drain()  # the marks of the new partitions: none left after it
+    assert not replica.processor.has_work()
+    keyless = []
+    for i in range(3):  # no key: no collection, so no mark is left for a later step
+        topic, key, value = _artifact(i)
+        keyless.append((topic, key, value.replace(f'"key":"k{i}",'.encode(), b"")))
+    assert all(b'"key"' not in v for _, _, v in keyless)
+    await replica.processor.process(number(keyless), behind=1_000)
+    assert {index for index, _ in replica.index.docs} == {"artifacts"}
+    assert asked == []
+    assert not replica.processor._has_pending_work()  # no mark, no rewrite
+    assert replica.processor.has_work()  # but a refresh is owed: the idle loop steps
+    await replica.processor.drain()
+    assert asked == [{"artifacts"}]
+    assert not replica.processor.has_work()
