@@ -146,6 +146,17 @@ class Options:
     indexer_only: bool = False
     """Issue 11's figures only: no Prefect, no query latency or throughput, no alerts or
     sync; the results go to results-indexer.json and RESULTS.md is not regenerated."""
+    skip: frozenset[str] = frozenset()
+    """Side loads left out (`SIDE_LOADS`): absent from the results, "not measured"."""
+
+
+SIDE_LOADS: dict[str, tuple[bool, int, bool]] = {
+    "noisy": (True, 1, False),
+    "backlog": (False, 1, True),
+    "noisy_backlog": (True, 1, True),
+    "replicas": (False, 2, False),
+}
+"""The side loads of an indexer run: label -> (noisy stream, replicas, from a backlog)."""
 
 
 def parse_options(argv: Sequence[str] | None = None) -> Options:
@@ -173,6 +184,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "pages, the search extension): results-queries.json",
     )
     parser.add_argument(
+        "--skip",
+        default="",
+        help=f"comma-separated side loads to leave out ({', '.join(SIDE_LOADS)}): each "
+        "is a whole load of its own, tens of minutes at 1M",
+    )
+    parser.add_argument(
         "--report",
         type=Path,
         metavar="RESULTS_JSON",
@@ -195,6 +212,9 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     opts.drop_prefect_db = args.drop_prefect_db
     opts.indexer_only = args.indexer_only
     opts.queries_only = args.queries_only
+    opts.skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
+    if not opts.skip <= set(SIDE_LOADS):
+        parser.error(f"--skip takes {', '.join(SIDE_LOADS)}")
     if opts.indexer_only and opts.queries_only:
         parser.error("--indexer-only and --queries-only exclude each other")
     if not args.quick:
@@ -549,28 +569,24 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             )
             children.append(stack.indexer)
             # last: their runner's memory (13 GB for the noisy stream at 1M) empties the page
-            # cache, which the measurements above would then pay for in disk reads
-            result["load_noisy"] = await run_side_load(
-                n, opts.seed, "noisy", True, 1, opts.load_timeout_s
-            )
-            result["load_noisy"]["indexer_vs_bulk"] = round(
-                result["ceiling"]["seconds"] / result["load_noisy"]["seconds"], 3
-            )
-            # the same streams published first, then consumed by an indexer started on them
-            # (an initial load on topics that hold the history, a rebuilt replica): no
-            # producer competes with it for the CPUs, and it starts with the whole backlog
-            for key, noisy in (("load_backlog", False), ("load_noisy_backlog", True)):
+            # cache, which the measurements above would then pay for in disk reads.
+            # `backlog`: the same streams published first, then consumed by an indexer
+            # started on them (an initial load on topics that hold the history, a rebuilt
+            # replica): no producer competes with it, and it starts with the whole backlog
+            for label, (noisy, replicas, backlog) in SIDE_LOADS.items():
+                if label in opts.skip:
+                    continue
                 side = await run_side_load(
-                    n, opts.seed, key.removeprefix("load_"), noisy, 1, opts.load_timeout_s, True
+                    n, opts.seed, label, noisy, replicas, opts.load_timeout_s, backlog
                 )
                 side["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / side["seconds"], 3)
-                result[key] = side
-            two = await run_side_load(n, opts.seed, "replicas", False, 2, opts.load_timeout_s)
-            two["indexer_vs_bulk"] = round(result["ceiling"]["seconds"] / two["seconds"], 3)
-            result["load_replicas"] = {
-                "1": {k: result["load"][k] for k in ("seconds", "events_per_s")},
-                "2": two,
-            }
+                if label == "replicas":
+                    result["load_replicas"] = {
+                        "1": {k: result["load"][k] for k in ("seconds", "events_per_s")},
+                        "2": side,
+                    }
+                else:
+                    result[f"load_{label}"] = side
     finally:
         await tear_down(children, topics, names.prefix)
         if opts.drop_prefect_db and prefect is not None:
@@ -1246,7 +1262,12 @@ async def amain(opts: Options) -> dict[str, Any]:
         "mode": "quick" if opts.quick else "full",
         "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
         "options": {
-            k: (_repo_relative(v) if isinstance(v, Path) else v) for k, v in asdict(opts).items()
+            k: _repo_relative(v)
+            if isinstance(v, Path)
+            else sorted(v)
+            if isinstance(v, frozenset)
+            else v
+            for k, v in asdict(opts).items()
         },
         "machine": machine,
         "scales": {},
@@ -1293,6 +1314,12 @@ async def amain(opts: Options) -> dict[str, Any]:
     return results
 
 
+def _dig_ratio(scale: dict[str, Any], label: str) -> float:
+    """A side load's indexer / raw `_bulk` ratio in a scale's results."""
+    side = scale["load_replicas"]["2"] if label == "replicas" else scale[f"load_{label}"]
+    return float(side["indexer_vs_bulk"])
+
+
 def _indexer_summary(results: dict[str, Any]) -> dict[str, Any]:
     """The headline figures of an --indexer-only run, per scale."""
     out: dict[str, Any] = {}
@@ -1302,10 +1329,11 @@ def _indexer_summary(results: dict[str, Any]) -> dict[str, Any]:
             "load_events_per_s": r["load"]["events_per_s"],
             "bulk_s": r["ceiling"]["seconds"],
             "indexer_vs_bulk": r["ceiling"]["indexer_vs_bulk"],
-            "noisy_vs_bulk": r["load_noisy"]["indexer_vs_bulk"],
-            "backlog_vs_bulk": r["load_backlog"]["indexer_vs_bulk"],
-            "noisy_backlog_vs_bulk": r["load_noisy_backlog"]["indexer_vs_bulk"],
-            "two_replicas_vs_bulk": r["load_replicas"]["2"]["indexer_vs_bulk"],
+            **{
+                f"{label}_vs_bulk": _dig_ratio(r, label)
+                for label in SIDE_LOADS
+                if label not in results["options"]["skip"]
+            },
             "writes_per_document": r["load"].get("writes_per_document"),
             "freshness": {
                 rate: {k: f.get(k) for k in ("p50_s", "p99_s", "saturated_after_s")}
