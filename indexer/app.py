@@ -224,6 +224,7 @@ class Indexer:
             self.outputs.dead_letter,
             max_event_bytes=self.settings.max_event_bytes,
             rewrite_budget=self.settings.rewrite_budget,
+            cache_entries=self.settings.state_cache_entries,
             retry_initial_s=self.settings.retry_initial_s,
             retry_max_s=self.settings.retry_max_s,
             depth=self.settings.pipeline_depth,

@@ -76,6 +76,7 @@ class LocalPipeline:
             collect,
             max_event_bytes=settings.max_event_bytes,
             rewrite_budget=settings.rewrite_budget,
+            cache_entries=settings.state_cache_entries,
             retry_initial_s=settings.retry_initial_s,
             retry_max_s=settings.retry_max_s,
         )

@@ -113,6 +113,7 @@ class Processor:
         defer_max_s: float = 10.0,
         publish_changes: PublishChanges | None = None,
         written: Written | None = None,
+        cache_entries: int = 100_000,
     ) -> None:
         self.store = store
         self.topology = topology
@@ -133,7 +134,7 @@ class Processor:
         self.rewrite_budget = rewrite_budget
         self.retry_initial_s = retry_initial_s
         self.retry_max_s = retry_max_s
-        self.cache = Cache()
+        self.cache = Cache(cache_entries)
         self.active: dict[TP, int] = {}
         self.pending: set[TP] = set()
         self.lock = asyncio.Lock()

@@ -132,6 +132,10 @@ class IndexerSettings(BaseSettings):
     # Kafka static membership (group.instance.id = instance_id): a restarted replica gets
     # its partitions back without a rebalance, so it resumes without rewriting them
     static_membership: bool = False
+    # decoded values of hot state keys (parents, counters) kept across steps: at 1M, from a
+    # backlog, 200,000 peaked at 1,046 MiB RSS (380 s), 100,000 at 976 MiB (348 s), one
+    # run each back to back (RESULTS.md, "Indexer after ADR 0013")
+    state_cache_entries: int = Field(default=100_000, ge=1_000)
     # documents of a partition rewritten per step while a partition is resynchronised
     rewrite_budget: int = Field(default=5_000, ge=1)
     # steps whose writes may be in flight while the next one is computed

@@ -99,6 +99,9 @@ def test_defaults_match_the_readme(clean_env: pytest.MonkeyPatch) -> None:
         ("QUERY_DEFAULT_LIMIT", str(query.default_limit)),
         ("BACKFILL_MAX_EVENTS_PER_SECOND", "0"),
         ("INDEXER_METRICS_PORT", str(IndexerSettings().metrics_port)),
+        ("INDEXER_STATE_CACHE_ENTRIES", str(IndexerSettings().state_cache_entries)),
+        ("ELASTICSEARCH_REFRESH_INTERVAL", es.refresh_interval),
+        ("INDEXER_DEFER_MAX_S", "30"),
     ]:
         row = next(
             (ln for ln in readme.splitlines() if ln.startswith("|") and f"`{name}`" in ln), None

@@ -754,3 +754,19 @@ async def test_marks_a_dead_run_drained_are_written_again_even_if_unchanged_sinc
     await restarted.feed([])  # drains the marks
     arts, cols = index.sources("artifacts"), index.sources("collections")
     assert "fr" not in arts[art] and "fr" not in cols[cid], cols[cid].get("fr")
+
+
+def test_the_shared_cache_is_bounded_by_the_configured_entries() -> None:
+    from indexer.runtime import Processor
+    from indexer.state import Cache
+    from services.config import IndexerSettings
+
+    assert IndexerSettings().state_cache_entries == 100_000
+    cache = Cache(4)
+    for i in range(10):
+        cache.put(bytes([i]), i)
+        assert len(cache.data) <= 4
+    assert cache.get(bytes([9])) == 9  # the newest stay
+    assert cache.get(bytes([0])) is cache.get(b"never put")  # the oldest went
+    processor = Processor(MemoryStore(), None, None, None, str, cache_entries=1_234)  # type: ignore[arg-type]
+    assert processor.cache.capacity == 1_234
