@@ -108,10 +108,7 @@ async def create_version(
             await es.indices.create(
                 index=index,
                 settings=index_settings(
-                    shards,
-                    replicas,
-                    target.mapping_for(index),
-                    refresh_interval if index != target.control else "1s",
+                    shards, replicas, target.mapping_for(index), refresh_interval
                 ),
                 mappings=target.mapping_for(index),
             )

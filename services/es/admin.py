@@ -6,7 +6,12 @@ from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError
 
-from services.es.indices import MAX_RESULT_WINDOW, IndexNames, index_settings
+from services.es.indices import (
+    MAX_RESULT_WINDOW,
+    IndexNames,
+    index_settings,
+    is_document_mapping,
+)
 
 
 async def ensure_indices(
@@ -26,11 +31,9 @@ async def ensure_indices(
     wanted = {alias: names.mapping_for(alias) for alias in names.all_aliases()}
     if names.write_targets is None:
         wanted.update(names.alerting_indices())
-    documents = {names.artifacts, names.collections}
     created = []
     for alias, mapping in wanted.items():
-        interval = refresh_interval if alias in documents else None
-        index = await _ensure(es, names, alias, mapping, shards, replicas, interval)
+        index = await _ensure(es, names, alias, mapping, shards, replicas, refresh_interval)
         if index is not None:
             created.append(index)
     return created
@@ -49,7 +52,7 @@ async def _ensure(
         # indices made by an earlier release may have a smaller window (dynamic) and
         # lack fields added since (additive: Elasticsearch refuses any other change)
         dynamic: dict[str, Any] = {"max_result_window": MAX_RESULT_WINDOW}
-        if refresh_interval is not None:
+        if refresh_interval is not None and is_document_mapping(mapping):
             dynamic["refresh_interval"] = refresh_interval
         await es.indices.put_settings(index=alias, settings={"index": dynamic})
         await es.indices.put_mapping(index=alias, properties=mapping["properties"])

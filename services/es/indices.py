@@ -231,11 +231,17 @@ queue of `from + size` sort keys, a few MiB at most); deeper pages are walked wi
 `search_after` under a point in time (query/paging.py)."""
 
 
+def is_document_mapping(mapping: dict[str, Any]) -> bool:
+    """Whether `mapping` is an artifact or collection index's (the documents searched)."""
+    return "id_hi" in mapping["properties"]
+
+
 def index_settings(
     shards: int, replicas: int, mapping: dict[str, Any], refresh_interval: str = "1s"
 ) -> dict[str, Any]:
-    """Settings for an index with `mapping`: sized by configuration, refreshed every
-    `refresh_interval` (the documents' indices: `ELASTICSEARCH_REFRESH_INTERVAL`, ADR 0013).
+    """Settings for an index with `mapping`: sized by configuration; an artifact or
+    collection index is refreshed every `refresh_interval` (`ELASTICSEARCH_REFRESH_INTERVAL`,
+    ADR 0013), any other every second.
 
     Artifact and collection indices are *sorted* by id, descending: Prefect's default
     order (`ID_DESC`) then reads the first hits of each segment and stops (early
@@ -244,10 +250,10 @@ def index_settings(
     settings: dict[str, Any] = {
         "number_of_shards": shards,
         "number_of_replicas": replicas,
-        "refresh_interval": refresh_interval,
+        "refresh_interval": refresh_interval if is_document_mapping(mapping) else "1s",
         "max_result_window": MAX_RESULT_WINDOW,
     }
-    if "id_hi" in mapping["properties"]:
+    if is_document_mapping(mapping):
         settings["sort.field"] = ["id_hi", "id_lo"]
         settings["sort.order"] = ["desc", "desc"]
     return settings
