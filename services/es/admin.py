@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from elasticsearch import AsyncElasticsearch, BadRequestError
@@ -11,7 +12,10 @@ from services.es.indices import (
     IndexNames,
     index_settings,
     is_document_mapping,
+    mapping_additions,
 )
+
+log = logging.getLogger(__name__)
 
 
 async def ensure_indices(
@@ -55,7 +59,20 @@ async def _ensure(
         if refresh_interval is not None and is_document_mapping(mapping):
             dynamic["refresh_interval"] = refresh_interval
         await es.indices.put_settings(index=alias, settings={"index": dynamic})
-        await es.indices.put_mapping(index=alias, properties=mapping["properties"])
+        live = await es.indices.get_mapping(index=alias)
+        for index, body in live.body.items():
+            have = body.get("mappings", {}).get("properties", {})
+            additions, differing = mapping_additions(have, mapping["properties"])
+            if additions:
+                await es.indices.put_mapping(index=index, properties=additions)
+            if differing:
+                log.warning(
+                    "index %s was made by an earlier schema (fields %s differ from "
+                    "version %d); it keeps working, `replay` rebuilds it with this one",
+                    index,
+                    ", ".join(differing),
+                    names.version,
+                )
         return None
     index = names.concrete(alias)
     try:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _KW: dict[str, Any] = {"type": "keyword"}
 _LONG: dict[str, Any] = {"type": "long"}
@@ -13,7 +13,10 @@ _BOOL: dict[str, Any] = {"type": "boolean"}
 _SORT_LONG: dict[str, Any] = {"type": "long", "index": False}  # doc values only
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
 _OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
-_TEXT: dict[str, Any] = {"type": "text"}  # the standard analyzer (core)
+# the standard analyzer (core); two-word shingles indexed too (`index_phrases`), so a phrase
+# query reads the postings of its word pairs instead of checking the positions of every
+# document that has all its words (schema version 4: docs/document-model.md)
+_TEXT: dict[str, Any] = {"type": "text", "index_phrases": True}
 
 
 def _obj(**fields: dict[str, Any]) -> dict[str, Any]:
@@ -234,6 +237,37 @@ queue of `from + size` sort keys, a few MiB at most); deeper pages are walked wi
 def is_document_mapping(mapping: dict[str, Any]) -> bool:
     """Whether `mapping` is an artifact or collection index's (the documents searched)."""
     return "id_hi" in mapping["properties"]
+
+
+def mapping_additions(
+    existing: dict[str, Any], wanted: dict[str, Any], path: str = ""
+) -> tuple[dict[str, Any], list[str]]:
+    """What `wanted` (a mapping's `properties`) adds to `existing` (an index's live ones),
+    and the fields both have but define differently.
+
+    Elasticsearch adds fields to a live index but refuses to change one, and refuses the
+    whole request when any field would change. The additions alone are what an index made
+    by an earlier release can take; the differing fields (e.g. `index_phrases`, added by
+    schema version 4) stay as they are until `replay` builds new indices.
+    """
+    additions: dict[str, Any] = {}
+    differing: list[str] = []
+    for name, field in wanted.items():
+        where = f"{path}{name}"
+        have = existing.get(name)
+        if have is None:
+            additions[name] = field
+            continue
+        if "properties" in field and "properties" in have:
+            inner, diff = mapping_additions(have["properties"], field["properties"], where + ".")
+            if inner:
+                additions[name] = {**field, "properties": inner}
+            differing += diff
+            continue
+        # Elasticsearch leaves defaults out of what it returns: compare what we ask for
+        if any(have.get(k) != v for k, v in field.items() if k != "properties"):
+            differing.append(where)
+    return additions, differing
 
 
 def index_settings(

@@ -1,0 +1,48 @@
+"""`mapping_additions`: what an index of an earlier schema can take, and what differs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from services.es.indices import ARTIFACTS_MAPPING, mapping_additions
+
+KW: dict[str, Any] = {"type": "keyword"}
+
+
+def test_the_same_mapping_adds_nothing_and_differs_nowhere() -> None:
+    props = ARTIFACTS_MAPPING["properties"]
+    assert mapping_additions(props, props) == ({}, [])
+
+
+def test_missing_fields_are_added_also_inside_objects() -> None:
+    have = {"a": KW, "o": {"dynamic": "strict", "properties": {"b": KW}}}
+    want = {
+        "a": KW,
+        "n": {"type": "long"},
+        "o": {"type": "object", "dynamic": "strict", "properties": {"b": KW, "c": KW}},
+    }
+    additions, differing = mapping_additions(have, want)
+    assert additions == {
+        "n": {"type": "long"},
+        "o": {"type": "object", "dynamic": "strict", "properties": {"c": KW}},
+    }
+    assert differing == []
+
+
+def test_a_field_defined_otherwise_is_reported_by_its_path_and_not_sent() -> None:
+    have = {"x": {"properties": {"key": {"type": "text"}, "data": {"type": "text"}}}}
+    want = {
+        "x": {
+            "type": "object",
+            "properties": {
+                "key": {"type": "text", "index_phrases": True},
+                "data": {"type": "text", "index_phrases": True},
+            },
+        }
+    }
+    assert mapping_additions(have, want) == ({}, ["x.key", "x.data"])
+
+
+def test_parameters_elasticsearch_reports_but_we_do_not_ask_for_are_no_difference() -> None:
+    have = {"k": {"type": "keyword", "ignore_above": 256}}
+    assert mapping_additions(have, {"k": KW}) == ({}, [])
