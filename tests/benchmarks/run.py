@@ -521,6 +521,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             if opts.queries_only:
                 del records
                 release_memory()
+                result["settled"] = await settle(http, stack.names)
                 result["latency"] = await latency(stack, load_mix(), http, opts)
                 # the same API without page boundaries (QUERY_PAGE_BOUNDARIES=0), side by side
                 plain_port = free_port()
@@ -547,6 +548,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             result["state"] = state_size(log_dir / "state-0", dataset)
             if not opts.indexer_only:
                 mix = load_mix()
+                result["settled"] = await settle(http, stack.names)
                 result["latency"] = await latency(stack, mix, http, opts)
                 result["throughput"] = await throughput(stack, mix, opts, result["latency"])
             result["freshness"] = {}
@@ -698,6 +700,44 @@ async def initial_load(
 
 
 # ----------------------------------------------------------------------------- 2. queries
+
+
+async def settle(
+    http: httpx.AsyncClient, names: IndexNames, limit_s: float = 900.0
+) -> dict[str, Any]:
+    """Wait until Elasticsearch runs no merge on the stack's indices (at most `limit_s`).
+
+    Right after a load, Elasticsearch still merges the segments the load wrote (at 1M for
+    minutes, on one of the two cores): query latencies measured then measure the merges
+    too. A served index spends its life between such bursts, so the query runs start once
+    they are over; the segments and deleted documents left are recorded with the wait.
+    """
+    pattern = f"{names.prefix}*"
+    started = time.perf_counter()
+    quiet = 0
+    merging = 0
+    while time.perf_counter() - started < limit_s:
+        resp = await http.get(f"{ES_URL}/{pattern}/_stats/merge", params={"level": "indices"})
+        merging = int(resp.json()["_all"]["primaries"]["merges"]["current"])
+        quiet = quiet + 1 if merging == 0 else 0
+        if quiet >= 3:  # three polls a second apart: not the gap between two merges
+            break
+        await asyncio.sleep(1.0)
+    waited = round(time.perf_counter() - started, 1)
+    stats = (
+        await http.get(f"{ES_URL}/{pattern}/_stats/docs,segments", params={"level": "indices"})
+    ).json()["indices"]
+    out: dict[str, Any] = {"waited_s": waited, "merging_at_end": merging, "indices": {}}
+    for index, body in sorted(stats.items()):
+        if body["primaries"]["docs"]["count"] == 0:
+            continue
+        out["indices"][index.removeprefix(names.prefix)] = {
+            "docs": body["primaries"]["docs"]["count"],
+            "deleted_docs": body["primaries"]["docs"]["deleted"],
+            "segments": body["primaries"]["segments"]["count"],
+        }
+    _log(f"  merges settled after {waited:.0f}s: {out['indices']}")
+    return out
 
 
 def _shape(answer: Any) -> Any:
