@@ -67,7 +67,7 @@ async def _ensure(
                 await es.indices.put_mapping(index=index, properties=additions)
             if differing:
                 log.warning(
-                    "index %s was made by an earlier schema (fields %s differ from "
+                    "index %s was made by another release (fields %s differ from schema "
                     "version %d); it keeps working, `replay` rebuilds it with this one",
                     index,
                     ", ".join(differing),

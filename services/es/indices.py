@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 3
 
 _KW: dict[str, Any] = {"type": "keyword"}
 _LONG: dict[str, Any] = {"type": "long"}
@@ -13,10 +13,10 @@ _BOOL: dict[str, Any] = {"type": "boolean"}
 _SORT_LONG: dict[str, Any] = {"type": "long", "index": False}  # doc values only
 _STORED_ONLY: dict[str, Any] = {"type": "keyword", "index": False, "doc_values": False}
 _OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
-# the standard analyzer (core); two-word shingles indexed too (`index_phrases`), so a phrase
-# query reads the postings of its word pairs instead of checking the positions of every
-# document that has all its words (schema version 4: docs/document-model.md)
-_TEXT: dict[str, Any] = {"type": "text", "index_phrases": True}
+# the standard analyzer (core). Not `index_phrases`: at 1M it took a phrase query from 13
+# to 10 ms of Elasticsearch, and cost 30 % more Elasticsearch time on a raw bulk load, 8 %
+# on the indexer's, and 5 % more index (docs/benchmarks/RESULTS.md)
+_TEXT: dict[str, Any] = {"type": "text"}
 
 
 def _obj(**fields: dict[str, Any]) -> dict[str, Any]:
@@ -247,8 +247,8 @@ def mapping_additions(
 
     Elasticsearch adds fields to a live index but refuses to change one, and refuses the
     whole request when any field would change. The additions alone are what an index made
-    by an earlier release can take; the differing fields (e.g. `index_phrases`, added by
-    schema version 4) stay as they are until `replay` builds new indices.
+    by an earlier release can take; the differing fields (another analyzer, another type)
+    stay as they are until `replay` builds new indices.
     """
     additions: dict[str, Any] = {}
     differing: list[str] = []
@@ -264,8 +264,10 @@ def mapping_additions(
                 additions[name] = {**field, "properties": inner}
             differing += diff
             continue
-        # Elasticsearch leaves defaults out of what it returns: compare what we ask for
-        if any(have.get(k) != v for k, v in field.items() if k != "properties"):
+        # Elasticsearch returns what was set, defaults left out, as this module writes them
+        if {k: v for k, v in have.items() if k != "properties"} != {
+            k: v for k, v in field.items() if k != "properties"
+        }:
             differing.append(where)
     return additions, differing
 

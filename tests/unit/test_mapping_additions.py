@@ -30,19 +30,19 @@ def test_missing_fields_are_added_also_inside_objects() -> None:
 
 
 def test_a_field_defined_otherwise_is_reported_by_its_path_and_not_sent() -> None:
-    have = {"x": {"properties": {"key": {"type": "text"}, "data": {"type": "text"}}}}
+    have = {"x": {"properties": {"key": {"type": "text"}, "data": {"type": "keyword"}}}}
     want = {
         "x": {
             "type": "object",
             "properties": {
                 "key": {"type": "text", "index_phrases": True},
-                "data": {"type": "text", "index_phrases": True},
+                "data": {"type": "text"},
             },
         }
     }
     assert mapping_additions(have, want) == ({}, ["x.key", "x.data"])
 
 
-def test_parameters_elasticsearch_reports_but_we_do_not_ask_for_are_no_difference() -> None:
+def test_a_parameter_set_on_the_live_field_only_is_a_difference_too() -> None:
     have = {"k": {"type": "keyword", "ignore_above": 256}}
-    assert mapping_additions(have, {"k": KW}) == ({}, [])
+    assert mapping_additions(have, {"k": KW}) == ({}, ["k"])
