@@ -9,6 +9,8 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_delay, wait_fixed
 
 from services.config import KafkaSettings
 from services.contract import ENTITIES
@@ -73,7 +75,15 @@ async def lag(
     replica (each commits its copy of the parent topics under `<group>.global.<id>`)."""
 
     async def committed(group: str) -> dict[Any, int]:
-        got = await admin.list_consumer_group_offsets(group)
+        # a broker just started has no group coordinator until its offsets topic exists
+        async for attempt in AsyncRetrying(
+            retry=retry_if_exception(lambda e: isinstance(e, KafkaError) and e.retriable),
+            stop=stop_after_delay(60),
+            wait=wait_fixed(0.5),
+            reraise=True,
+        ):
+            with attempt:
+                got = await admin.list_consumer_group_offsets(group)
         return {tp: m.offset for tp, m in got.items() if m.offset >= 0}
 
     grouped = {kafka.topic_for("artifact"), kafka.members_topic}
