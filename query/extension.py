@@ -321,57 +321,6 @@ def build_body(req: SearchRequest, *, first_page: bool) -> dict[str, Any]:
     return body
 
 
-_BY_SCORE = [{"_score": {"order": "desc"}}]
-
-
-def top_scored_body(req: SearchRequest, body: dict[str, Any]) -> dict[str, Any] | None:
-    """A first page in relevance order, asked as Elasticsearch's top-k by score; None when
-    the request is not such a page.
-
-    Sorted by score *and* id, Elasticsearch scores every match (a field sort collects
-    them all); by score alone it keeps the k best and skips documents that cannot enter
-    them (block-max WAND). The page is then one more hit than asked, with the ids' sort
-    values, put in the full order by `order_top_scored` — which refuses (None) when hits of
-    one score straddle the page's end, and the page is searched the slow way.
-    """
-    if req.cursor is not None or req.track_total or not req.limit:
-        return None
-    if body.get("sort") != _BY_SCORE + _TIEBREAK:
-        return None
-    fast = {k: v for k, v in body.items() if k not in ("sort", "track_scores", "aggs")}
-    fast["size"] = req.limit + 1
-    fast["docvalue_fields"] = ["id_hi", "id_lo"]
-    fast["track_total_hits"] = False
-    return fast
-
-
-def order_top_scored(answer: dict[str, Any], limit: int) -> dict[str, Any] | None:
-    """The answer of a `top_scored_body` search as the full-order search would give it
-    (hits by score, then id descending, each with its `sort` values; `limit` of them), or
-    None when that order cannot be known from these hits.
-
-    Elasticsearch's k best by score hold every document scoring above the k-th one's
-    score, and some of those scoring equal to it (ties go by internal position). So the
-    first `limit` hits in the full order are known exactly when the extra hit scores
-    strictly less than the `limit`-th, or when there is no extra hit (every match is here).
-    """
-    raw = answer.get("hits", {}).get("hits", [])
-    hits = []
-    for hit in raw:
-        fields = hit.get("fields") or {}
-        score = hit.get("_score")
-        if score is None or not fields.get("id_hi") or not fields.get("id_lo"):
-            return None
-        key = [score, fields["id_hi"][0], fields["id_lo"][0]]
-        hits.append({k: v for k, v in hit.items() if k != "fields"} | {"sort": key})
-    hits.sort(key=lambda h: (h["sort"][0], h["sort"][1], h["sort"][2]), reverse=True)
-    if len(hits) > limit:
-        if not hits[limit]["sort"][0] < hits[limit - 1]["sort"][0]:
-            return None
-        hits = hits[:limit]
-    return {**answer, "hits": {**answer.get("hits", {}), "hits": hits}}
-
-
 # -- cursors --------------------------------------------------------------------------------
 class CursorError(TranslationError):
     """A cursor that is malformed, expired or for another request."""

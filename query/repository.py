@@ -23,10 +23,8 @@ from query.extension import (
     build_body,
     decode_cursor,
     encode_cursor,
-    order_top_scored,
     read_facets,
     read_hits,
-    top_scored_body,
 )
 from query.paging import EmptyPlan, FromSizePlan, SearchAfterPlan, plan_paging
 from query.resume import Boundaries, Start, at_or_before, shape_key
@@ -138,22 +136,6 @@ PAGE_CONTINUATIONS = Counter(
     ["outcome"],
 )
 """Everything the Elasticsearch client raises: transport failures and error answers."""
-
-TOP_SCORED_PAGES = Counter(
-    "query_top_scored_pages_total",
-    "First pages of the search extension in relevance order, asked as Elasticsearch's top-k "
-    "by score: put in order from those hits (ordered), or searched again in the full order "
-    "because hits of one score straddled the page's end (tied)",
-    ["outcome"],
-)
-
-
-def _top_scored(resp: Any, limit: int) -> dict[str, Any] | None:
-    """`order_top_scored` of an answer, counted by outcome."""
-    answer = resp if isinstance(resp, dict) else resp.body
-    ordered = order_top_scored(answer, limit)
-    TOP_SCORED_PAGES.labels("tied" if ordered is None else "ordered").inc()
-    return ordered
 
 
 def _raise_missing_index(resp: Any) -> None:
@@ -453,9 +435,11 @@ class Repository:
                 resp = await self.es.search(body=body, allow_partial_search_results=False)
                 pit_id = resp.get("pit_id", pit_id)
             elif "aggs" in body and req.limit:
-                resp = await self._hits_and_facets(index, body, top_scored_body(req, body))
+                resp = await self._hits_and_facets(index, body)
             else:
-                resp = await self._first_page(index, body, top_scored_body(req, body))
+                resp = await self.es.search(
+                    index=index, body=body, allow_partial_search_results=False
+                )
         except _ES_ERRORS as exc:
             raise _search_error(exc) from exc
         answer: dict[str, Any] = resp if isinstance(resp, dict) else resp.body
@@ -476,21 +460,7 @@ class Repository:
             facets=read_facets(answer, req),
         )
 
-    async def _first_page(
-        self, index: str, body: dict[str, Any], top: dict[str, Any] | None
-    ) -> Any:
-        """A first page without facets: by `top` (`query.extension.top_scored_body`) when
-        given and its hits can be put in order, else by `body`."""
-        if top is not None:
-            got = await self.es.search(index=index, body=top, allow_partial_search_results=False)
-            ordered = _top_scored(got, body["size"])
-            if ordered is not None:
-                return ordered
-        return await self.es.search(index=index, body=body, allow_partial_search_results=False)
-
-    async def _hits_and_facets(
-        self, index: str, body: dict[str, Any], top: dict[str, Any] | None = None
-    ) -> Any:
+    async def _hits_and_facets(self, index: str, body: dict[str, Any]) -> Any:
         """A first page with facets: its hits and its facet counts as two searches of one
         point in time, sent together in one `_msearch`, answered as one search would be.
 
@@ -500,23 +470,15 @@ class Repository:
         artifacts, six facets: 41-109 ms in one search, 22-74 ms apart). The point in
         time makes both see the same documents; it is closed in the background. If
         either search fails, the single search is run, so its error is the one answered.
-        `top`: the hits asked as a top-k by score (`_first_page`); if they cannot be put
-        in order, both searches are sent again with `body`.
         """
         aggs = body.pop("aggs")
         counts = {"query": body["query"], "size": 0, "track_total_hits": False, "aggs": aggs}
-        hits: dict[str, Any] | None = None
-        if top is not None:
-            answers = await self._in_one_pit(index, [top, counts])
-            hits = None if answers is None else _top_scored(answers[0], body["size"])
-        if hits is None:  # no top-k page asked, or it could not be put in order
-            answers = await self._in_one_pit(index, [body, counts])
-            hits = None if answers is None else answers[0]
-        if answers is None or hits is None:
+        answers = await self._in_one_pit(index, [body, counts])
+        if answers is None:
             return await self.es.search(
                 index=index, body={**body, "aggs": aggs}, allow_partial_search_results=False
             )
-        return {**hits, "aggregations": answers[1].get("aggregations", {})}
+        return {**answers[0], "aggregations": answers[1].get("aggregations", {})}
 
     async def ping(self) -> bool:
         """Whether the artifact alias is reachable."""

@@ -136,13 +136,7 @@ async def test_hits_and_facets_are_two_searches_of_one_point_in_time() -> None:
         }
     )
     repo = Repository(es, IndexNames("t-"), max_result_window=100)  # type: ignore[arg-type]
-    req = SearchRequest(
-        q="revenue",
-        limit=1,
-        facets=["type"],
-        selected={"type": ["markdown"]},
-        sort=[{"field": "created", "order": "desc"}],
-    )
+    req = SearchRequest(q="revenue", limit=1, facets=["type"], selected={"type": ["markdown"]})
     answer = await repo.extension_search(req)
     await asyncio.sleep(0)
     await asyncio.sleep(0)
@@ -165,47 +159,6 @@ async def test_a_failed_search_of_hits_and_facets_is_run_as_one_search() -> None
     await asyncio.sleep(0)
     await asyncio.sleep(0)
     (single,) = es.searches  # the one search, aggregations included, whose error counts
-    assert (
-        single["aggs"]
-        and single["size"] == 1
-        and single["sort"][0] == {"_score": {"order": "desc"}}
-    )
+    assert single["aggs"] and single["size"] == 1
     assert [h.artifact["key"] for h in answer.hits] == ["a"]
-    # the top-k by score, then the full order, each with the counts in a point in time
-    first, second = es.msearches
-    assert "sort" not in first[1] and first[1]["size"] == 2 and second[1]["sort"]
-    assert es.closed == es.opened == ["pit-0", "pit-1"]
-
-
-def _scored(key: str, score: float, n: int) -> dict[str, Any]:
-    return {"_source": {"key": key}, "_score": score, "fields": {"id_hi": [n], "id_lo": [n]}}
-
-
-async def test_a_relevance_page_with_facets_is_a_top_k_put_in_order() -> None:
-    facets = {"type": {"buckets": [{"key": "markdown", "doc_count": 3}]}}
-    hits = [_scored("b", 2.0, 1), _scored("c", 2.0, 5), _scored("a", 1.0, 9)]
-    es = FakeEs({"responses": [{"hits": {"hits": hits}}, {"aggregations": facets}]})
-    repo = Repository(es, IndexNames("t-"), max_result_window=100)  # type: ignore[arg-type]
-    answer = await repo.extension_search(SearchRequest(q="x", limit=2, facets=["type"]))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    assert [h.artifact["key"] for h in answer.hits] == ["c", "b"]  # a tie: id descending
-    assert answer.facets is not None and answer.facets["type"][0].count == 3
-    assert answer.next_cursor is not None
-    ((_, top, _, counts),) = es.msearches
-    assert "sort" not in top and top["size"] == 3 and top["docvalue_fields"] == ["id_hi", "id_lo"]
-    assert counts["aggs"] and es.searches == [] and es.closed == es.opened == ["pit-0"]
-
-
-async def test_a_tie_across_the_page_end_is_searched_again_in_full_order() -> None:
-    hits = [_scored("b", 2.0, 1), _scored("c", 1.0, 5), _scored("a", 1.0, 9)]
-    facets = {"type": {"buckets": []}}
-    es = FakeEs({"responses": [{"hits": {"hits": hits}}, {"aggregations": facets}]})
-    repo = Repository(es, IndexNames("t-"), max_result_window=100)  # type: ignore[arg-type]
-    await repo.extension_search(SearchRequest(q="x", limit=2, facets=["type"]))
-    await asyncio.sleep(0)
-    await asyncio.sleep(0)
-    first, second = es.msearches
-    assert "sort" not in first[1] and second[1]["sort"][0] == {"_score": {"order": "desc"}}
-    assert second[1]["size"] == 2 and "docvalue_fields" not in second[1]
-    assert es.closed == es.opened == ["pit-0", "pit-1"]
+    assert es.closed == es.opened == ["pit-0"]
