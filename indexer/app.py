@@ -28,10 +28,6 @@ from typing import Any
 import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.abc import ConsumerRebalanceListener
-from aiokafka.errors import (
-    CommitFailedError,
-    KafkaError,
-)
 from elasticsearch import AsyncElasticsearch
 from faststream import AckPolicy, FastStream
 from faststream.kafka import KafkaBroker, KafkaMessage
@@ -52,7 +48,7 @@ from services.errors import PermanentError
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client
 from services.es.indices import IndexNames
-from services.kafka import broker_kwargs
+from services.kafka import broker_kwargs, commit_offsets
 from services.telemetry import kafka_middlewares
 
 log = logging.getLogger("indexer")
@@ -81,8 +77,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         if processor is None or consumer is None:
             return
         processor.assigned([(tp.topic, tp.partition) for tp in assigned])
-        for tp in assigned:
-            consumer.seek(tp, processor.position(tp.topic, tp.partition))
+        positions = {tp: processor.position(tp.topic, tp.partition) for tp in assigned}
+        for tp, position in positions.items():
+            consumer.seek(tp, position)
+        # the group's offsets show the store's positions at once: a previous run may have
+        # stopped before committing its last steps to Kafka, or the group was rewound, and
+        # with nothing new to consume no step would commit (a lag shown for ever)
+        await commit_offsets(consumer, positions)
         if assigned:  # what a previous run of this replica may have applied uncommitted
             for tp, end in (await consumer.end_offsets(list(assigned))).items():
                 processor.suspect_below((tp.topic, tp.partition), end)
@@ -389,13 +390,7 @@ class Indexer:
             for tp, pos in result.positions.items()
             if TopicPartition(*tp) in assigned
         }
-        if positions:
-            try:
-                await consumer.commit(positions)
-            except CommitFailedError:
-                log.info("commit refused after a rebalance (positions live in the store)")
-            except KafkaError as exc:
-                log.warning("offset commit failed (%s); positions live in the store", exc)
+        await commit_offsets(consumer, positions)
         for tp, position in positions.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:

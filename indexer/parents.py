@@ -19,7 +19,7 @@ from indexer import metrics
 from indexer.runtime import Processor
 from services.config import IndexerSettings, KafkaSettings
 from services.errors import PermanentError
-from services.kafka import producer_kwargs
+from services.kafka import commit_offsets, producer_kwargs
 
 log = logging.getLogger("indexer.parents")
 
@@ -70,8 +70,10 @@ class Parents:
                 raise PermanentError(f"topic {topic} does not exist: run `bootstrap` first")
             tps += [TopicPartition(topic, p) for p in sorted(partitions)]
         consumer.assign(tps)
-        for tp in tps:
-            consumer.seek(tp, self.processor.position(tp.topic, tp.partition))
+        positions = {tp: self.processor.position(tp.topic, tp.partition) for tp in tps}
+        for tp, position in positions.items():
+            consumer.seek(tp, position)
+        await commit_offsets(consumer, positions)  # monitoring shows the store's positions
         for tp, end in (await consumer.end_offsets(tps)).items():
             self.processor.suspect_below((tp.topic, tp.partition), end)
 

@@ -1,17 +1,21 @@
-"""Kafka from `KafkaSettings`: connection arguments for aiokafka/FastStream (TLS, SASL), and
-publishing ready-made records to the entity topics."""
+"""Kafka from `KafkaSettings`: connection arguments for aiokafka/FastStream (TLS, SASL),
+publishing ready-made records to the entity topics, and committing monitoring offsets."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import ssl
 from collections.abc import Sequence
 from typing import Any
 
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
 from faststream.security import BaseSecurity, SASLPlaintext, SASLScram256, SASLScram512
 
 from services.config import KafkaSettings
+
+log = logging.getLogger("services.kafka")
 
 
 def _security(settings: KafkaSettings) -> dict[str, Any]:
@@ -90,3 +94,19 @@ async def send_records(
             await asyncio.gather(*batch)
             batch.clear()
     await asyncio.gather(*batch)
+
+
+COMMIT_TIMEOUT_S = 10.0
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+    """Commit positions to Kafka, for monitoring only (the store holds the real ones): a
+    refused or failed commit is logged, never raised."""
+    if not positions:
+        return
+    try:
+        await asyncio.wait_for(consumer.commit(positions), COMMIT_TIMEOUT_S)
+    except CommitFailedError:
+        log.info("commit refused after a rebalance (positions live in the store)")
+    except (KafkaError, TimeoutError) as exc:
+        log.warning("offset commit failed (%r); positions live in the store", exc)

@@ -198,3 +198,87 @@ async def test_three_replicas_then_a_rewind_converge(
         await admin.close()
         await drop_indices(es, names)
         await es.close()
+
+
+async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Kafka's group offsets only serve monitoring; the store holds the positions. A replica
+    that restarts with nothing new to consume commits its store's positions when its
+    partitions are assigned, so a rewound group (or a run stopped before its last commits)
+    does not show a lag for ever."""
+    dataset = generate_dataset(5, DatasetScale.for_artifacts(120))
+    kafka = KafkaSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
+    )
+    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
+    names = IndexNames(es_settings.index_prefix)
+    es = AsyncElasticsearch(elasticsearch_url)
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    await admin.start()
+    topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
+    await admin.create_topics([NewTopic(t, 2, 1) for t in topics])
+    settings = IndexerSettings(state_dir=str(tmp_path / "a"), instance_id="a", retry_max_s=1)
+    groups = [unique_name, f"{unique_name}.global.a"]
+    indexer = Indexer(kafka, es_settings, settings)
+    try:
+        await indexer.start()
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        await producer.start()
+        try:
+            for entity, key, value in dataset_records(dataset, 5):
+                await producer.send(kafka.topic_for(entity), value=value, key=key)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await _wait_oracle(es, names, dataset, 120)
+        await indexer.stop()
+        ends: dict[Any, int] = {}
+        for group in groups:  # rewind both groups to 0, as `--reset-offsets` would
+            committed = await admin.list_consumer_group_offsets(group)
+            ends.update(await _end_offsets(kafka_bootstrap, list(committed)))
+            await _commit(kafka_bootstrap, group, {tp: 0 for tp in committed})
+        assert {tp.topic for tp in ends} == {kafka.topic_for(e) for e in ENTITIES} | {
+            kafka.members_topic
+        }
+        assert all(end > 0 for end in ends.values())
+        indexer = Indexer(kafka, es_settings, settings)
+        await indexer.start()
+        deadline = time.monotonic() + 60
+        while True:
+            got: dict[Any, int] = {}
+            for group in groups:
+                offsets = await admin.list_consumer_group_offsets(group)
+                got.update({tp: meta.offset for tp, meta in offsets.items()})
+            if got == ends:
+                break
+            assert time.monotonic() < deadline, {tp: (got.get(tp), e) for tp, e in ends.items()}
+            await asyncio.sleep(0.5)
+        await _assert_oracle(es, names, dataset)  # and it re-applied nothing wrong
+    finally:
+        await indexer.stop()
+        await admin.delete_topics([*topics, kafka.members_topic])
+        await admin.close()
+        await drop_indices(es, names)
+        await es.close()
+
+
+async def _commit(bootstrap: str, group: str, offsets: dict[Any, int]) -> None:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        consumer.assign(list(offsets))
+        await consumer.commit(offsets)
+    finally:
+        await consumer.stop()
+
+
+async def _end_offsets(bootstrap: str, tps: list[Any]) -> dict[Any, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
