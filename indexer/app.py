@@ -77,13 +77,13 @@ class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
         if processor is None or consumer is None:
             return
         processor.assigned([(tp.topic, tp.partition) for tp in assigned])
-        positions = {tp: processor.position(tp.topic, tp.partition) for tp in assigned}
-        for tp, position in positions.items():
-            consumer.seek(tp, position)
-        # the group's offsets show the store's positions at once: a previous run may have
+        for tp in assigned:
+            consumer.seek(tp, processor.position(tp.topic, tp.partition))
+        # the group's offsets show the store's positions soon: a previous run may have
         # stopped before committing its last steps to Kafka, or the group was rewound, and
-        # with nothing new to consume no step would commit (a lag shown for ever)
-        await commit_offsets(consumer, positions)
+        # with nothing new to consume no step would commit (a lag shown for ever). Not
+        # awaited here: a commit waits for the rebalance, which waits for this callback
+        self.indexer._spawn(self.indexer.commit_positions(consumer, assigned))
         if assigned:  # what a previous run of this replica may have applied uncommitted
             for tp, end in (await consumer.end_offsets(list(assigned))).items():
                 processor.suspect_below((tp.topic, tp.partition), end)
@@ -376,6 +376,16 @@ class Indexer:
                 self.parents.running = False
             if self._on_fatal is not None:
                 self._on_fatal()
+
+    async def commit_positions(self, consumer: AIOKafkaConsumer, tps: set[TopicPartition]) -> None:
+        """Commit the store's positions of `tps` still assigned (monitoring only)."""
+        processor = self.processor
+        if processor is None:
+            return
+        still = tps & consumer.assignment()
+        await commit_offsets(
+            consumer, {tp: processor.position(tp.topic, tp.partition) for tp in still}
+        )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

@@ -19,7 +19,8 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 from hypothesis import HealthCheck, given, settings
@@ -27,6 +28,8 @@ from hypothesis import strategies as st
 
 from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from datagen.events import MOVING, dataset_records
+from indexer import app as indexer_app
+from indexer import parents as indexer_parents
 from indexer.app import Indexer
 from indexer.local import LocalPipeline
 from indexer.store import MemoryStore
@@ -200,13 +203,21 @@ async def test_three_replicas_then_a_rewind_converge(
         await es.close()
 
 
+@pytest.mark.parametrize("lost", ["rewound", "never_committed"])
 async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
-    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
+    kafka_bootstrap: str,
+    elasticsearch_url: str,
+    unique_name: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    lost: str,
 ) -> None:
     """Kafka's group offsets only serve monitoring; the store holds the positions. A replica
-    that restarts with nothing new to consume commits its store's positions when its
-    partitions are assigned, so a rewound group (or a run stopped before its last commits)
-    does not show a lag for ever."""
+    that restarts with nothing new to consume commits its store's positions once its
+    partitions are assigned, so a rewound group, or a run whose commits to Kafka were lost
+    (stopped before them; here: never made), does not show a lag for ever. The second case
+    runs with static membership, as the StatefulSet does (a commit awaited inside the
+    assignment callback deadlocked there: the group rejoined over and over)."""
     dataset = generate_dataset(5, DatasetScale.for_artifacts(120))
     kafka = KafkaSettings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
@@ -218,30 +229,38 @@ async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
     await admin.start()
     topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
     await admin.create_topics([NewTopic(t, 2, 1) for t in topics])
-    settings = IndexerSettings(state_dir=str(tmp_path / "a"), instance_id="a", retry_max_s=1)
+    settings = IndexerSettings(
+        state_dir=str(tmp_path / "a"),
+        instance_id="a",
+        retry_max_s=1,
+        static_membership=lost == "never_committed",
+    )
     groups = [unique_name, f"{unique_name}.global.a"]
-    indexer = Indexer(kafka, es_settings, settings)
+    if lost == "never_committed":
+        with monkeypatch.context() as patch:
+            for module in (indexer_app, indexer_parents):
+                patch.setattr(module, "commit_offsets", _no_commit)
+            indexer = await _converge(kafka, es_settings, settings, dataset, es, names)
+    else:
+        indexer = await _converge(kafka, es_settings, settings, dataset, es, names)
     try:
-        await indexer.start()
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
-        await producer.start()
-        try:
-            for entity, key, value in dataset_records(dataset, 5):
-                await producer.send(kafka.topic_for(entity), value=value, key=key)
-            await producer.flush()
-        finally:
-            await producer.stop()
-        await _wait_oracle(es, names, dataset, 120)
         await indexer.stop()
-        ends: dict[Any, int] = {}
-        for group in groups:  # rewind both groups to 0, as `--reset-offsets` would
+        ends = await _end_offsets(
+            kafka_bootstrap,
+            [
+                TopicPartition(t, p)
+                for t in [*(kafka.topic_for(e) for e in ENTITIES), kafka.members_topic]
+                for p in (await _partitions(kafka_bootstrap, t))
+            ],
+        )
+        assert all(end > 0 for tp, end in ends.items() if "artifact" in tp.topic)
+        before: dict[Any, int] = {}
+        for group in groups:
             committed = await admin.list_consumer_group_offsets(group)
-            ends.update(await _end_offsets(kafka_bootstrap, list(committed)))
-            await _commit(kafka_bootstrap, group, {tp: 0 for tp in committed})
-        assert {tp.topic for tp in ends} == {kafka.topic_for(e) for e in ENTITIES} | {
-            kafka.members_topic
-        }
-        assert all(end > 0 for end in ends.values())
+            before.update({tp: meta.offset for tp, meta in committed.items()})
+            if lost == "rewound":  # both groups to 0, as `--reset-offsets` would
+                await _commit(kafka_bootstrap, group, {tp: 0 for tp in committed})
+        assert (before == ends) == (lost == "rewound")  # the commits were made, or not
         indexer = Indexer(kafka, es_settings, settings)
         await indexer.start()
         deadline = time.monotonic() + 60
@@ -261,6 +280,47 @@ async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
         await admin.close()
         await drop_indices(es, names)
         await es.close()
+
+
+async def _no_commit(consumer: Any, positions: Any) -> None:
+    return None
+
+
+async def _converge(
+    kafka: KafkaSettings,
+    es_settings: ElasticsearchSettings,
+    settings: IndexerSettings,
+    dataset: Dataset,
+    es: AsyncElasticsearch,
+    names: IndexNames,
+) -> Indexer:
+    """A started indexer that applied the whole dataset, published here."""
+    indexer = Indexer(kafka, es_settings, settings)
+    await indexer.start()
+    producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
+    await producer.start()
+    try:
+        for entity, key, value in dataset_records(dataset, 5):
+            await producer.send(kafka.topic_for(entity), value=value, key=key)
+        await producer.flush()
+    finally:
+        await producer.stop()
+    await _wait_oracle(es, names, dataset, 120)
+    return indexer
+
+
+async def _partitions(bootstrap: str, topic: str) -> set[int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        for _ in range(50):
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return set(found)
+            await consumer._client.force_metadata_update()
+        raise AssertionError(f"no partitions for {topic}")
+    finally:
+        await consumer.stop()
 
 
 async def _commit(bootstrap: str, group: str, offsets: dict[Any, int]) -> None:
