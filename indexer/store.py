@@ -35,6 +35,17 @@ from indexer.state import Store
 __all__ = ["MemoryStore", "RocksStore", "Store"]
 
 
+def _options(cache_mb: int) -> Options:
+    options = Options(raw_mode=True)
+    options.create_if_missing(True)
+    table = BlockBasedOptions()
+    table.set_block_cache(Cache(cache_mb * 1024 * 1024))
+    table.set_bloom_filter(10, False)
+    options.set_block_based_table_factory(table)
+    options.increase_parallelism(2)
+    return options
+
+
 def _prefix_end(prefix: bytes) -> bytes | None:
     """The smallest key greater than every key starting with `prefix` (None: no bound)."""
     raw = bytearray(prefix)
@@ -94,14 +105,13 @@ class RocksStore:
     def __init__(self, path: str | Path, *, sync: bool = True, cache_mb: int = 64) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
-        options = Options(raw_mode=True)
-        options.create_if_missing(True)
-        table = BlockBasedOptions()
-        table.set_block_cache(Cache(cache_mb * 1024 * 1024))
-        table.set_bloom_filter(10, False)
-        options.set_block_based_table_factory(table)
-        options.increase_parallelism(2)
-        self._db = Rdict(str(self.path), options)
+        # rocksdict applies the options given only to column families it creates: an
+        # existing store reopened without them for its "default" family fell back to an
+        # 8 MB block cache and no bloom filters (every lookup read a block of every level;
+        # gets of a 1M-artifact store took 14-20 µs instead of 7-8 after a restart)
+        self._db = Rdict(
+            str(self.path), _options(cache_mb), column_families={"default": _options(cache_mb)}
+        )
         writes = WriteOptions()
         writes.sync = sync
         self._db.set_write_options(writes)
