@@ -1109,7 +1109,9 @@ async def freshness(
     """Steady rate of new keyed artifacts; produce -> visible to a key `any_` search."""
     idle = await wait_caught_up(stack, opts.idle_timeout_s)
     _log(f"  freshness: {rate} events/s for {seconds:.0f}s (caught up after {idle:.1f}s)")
-    factory = ArtifactFactory(dataset, opts.seed + 1)
+    # new ids at every rate: with one seed the 1,000/s run re-sent the 200/s run's ids
+    # under new keys, so its first 4,000 artifacts were key moves, not new artifacts
+    factory = ArtifactFactory(dataset, opts.seed + 1 + rate)
     tag = uuid.uuid4().hex[:8]
     producer = await make_producer()
     sent: dict[str, float] = {}
