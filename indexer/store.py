@@ -109,9 +109,8 @@ class RocksStore:
         # existing store reopened without them for its "default" family fell back to an
         # 8 MB block cache and no bloom filters (every lookup read a block of every level;
         # gets of a 1M-artifact store took 14-20 µs instead of 7-8 after a restart)
-        self._db = Rdict(
-            str(self.path), _options(cache_mb), column_families={"default": _options(cache_mb)}
-        )
+        options = _options(cache_mb)  # one block cache, shared by the family and the DB
+        self._db = Rdict(str(self.path), options, column_families={"default": options})
         writes = WriteOptions()
         writes.sync = sync
         self._db.set_write_options(writes)

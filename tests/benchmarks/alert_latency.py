@@ -58,7 +58,6 @@ from tests.benchmarks.kafka_io import (
     kafka_settings,
     lag,
     make_producer,
-    partitions,
     publish,
 )
 from tests.benchmarks.procs import Child, free_port, wait_http_ok
@@ -70,6 +69,7 @@ from tests.benchmarks.side import (
     stack_env,
     tear_down,
 )
+from tests.kafka_helpers import partitions
 
 WARMUP = 20
 DRAIN_S = 30.0

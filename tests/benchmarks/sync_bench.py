@@ -66,7 +66,6 @@ from tests.benchmarks.kafka_io import (
     create_topics,
     delete_topics,
     kafka_settings,
-    partitions,
 )
 from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
 from tests.benchmarks.run import pct
@@ -79,6 +78,7 @@ from tests.benchmarks.sync_report import (
 )
 from tests.conformance.oracle import _with_database as with_database
 from tests.conformance.oracle import load_dataset
+from tests.kafka_helpers import partitions
 from tests.sync.conftest import clone_database, drop_database, ensure_template
 from tests.sync.test_live_prefect import prefect_server
 

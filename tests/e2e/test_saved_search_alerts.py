@@ -51,6 +51,7 @@ from services.contract import ENTITIES, encode_event
 from services.documents import to_micros
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
+from tests.kafka_helpers import partitions
 from tests.waiting import wait_for
 
 SAVED = "/ext/v1/saved-searches"
@@ -211,7 +212,7 @@ async def _read_topic(kafka: KafkaSettings, topic: str) -> list[Any]:
     consumer = AIOKafkaConsumer(bootstrap_servers=kafka.bootstrap_servers, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in await partitions(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
         ends = await consumer.end_offsets(tps)
@@ -227,22 +228,12 @@ async def _read_topic(kafka: KafkaSettings, topic: str) -> list[Any]:
         await consumer.stop()
 
 
-async def _partitions(consumer: AIOKafkaConsumer, topic: str) -> set[int]:
-    for _ in range(50):
-        await consumer._client.force_metadata_update()
-        parts = consumer.partitions_for_topic(topic)
-        if parts:
-            return set(parts)
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"topic {topic} has no partitions")
-
-
 async def _lag(stack: Stack, group: str, topic: str) -> dict[TopicPartition, tuple[Any, int]]:
     """The partitions of `topic` whose end `group` has not committed yet."""
     consumer = AIOKafkaConsumer(bootstrap_servers=stack.kafka.bootstrap_servers)
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in await partitions(consumer, topic)]
         ends = await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
@@ -595,7 +586,7 @@ async def _rewind(stack: Stack, group: str, topic: str) -> None:
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for p in await partitions(consumer, topic)]
         consumer.assign(tps)
         await consumer.commit({tp: 0 for tp in tps})
     finally:

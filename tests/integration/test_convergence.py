@@ -16,11 +16,14 @@ import asyncio
 import random
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from elasticsearch import AsyncElasticsearch
 from hypothesis import HealthCheck, given, settings
@@ -37,6 +40,7 @@ from services.config import ElasticsearchSettings, IndexerSettings, KafkaSetting
 from services.contract import ENTITIES
 from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
+from tests.kafka_helpers import commit_group, end_offsets
 from tests.unit.indexer_oracle import comparable, expected_documents
 
 
@@ -135,10 +139,21 @@ async def _wait_oracle(
             await asyncio.sleep(1)
 
 
-async def test_three_replicas_then_a_rewind_converge(
-    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
-) -> None:
-    dataset = generate_dataset(31, DatasetScale.for_artifacts(600))
+@dataclass
+class _Servers:
+    """A test's own topics (entities and dead letters), indices and clients."""
+
+    kafka: KafkaSettings
+    es_settings: ElasticsearchSettings
+    names: IndexNames
+    es: AsyncElasticsearch
+    admin: AIOKafkaAdminClient
+
+
+@asynccontextmanager
+async def _servers(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, partitions: int
+) -> AsyncIterator[_Servers]:
     kafka = KafkaSettings(
         bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
     )
@@ -148,20 +163,41 @@ async def test_three_replicas_then_a_rewind_converge(
     admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
     await admin.start()
     topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
-    await admin.create_topics([NewTopic(t, 4, 1) for t in topics])
+    await admin.create_topics([NewTopic(t, partitions, 1) for t in topics])
+    try:
+        yield _Servers(kafka, es_settings, names, es, admin)
+    finally:
+        await admin.delete_topics([*topics, kafka.members_topic])
+        await admin.close()
+        await drop_indices(es, names)
+        await es.close()
+
+
+async def test_three_replicas_then_a_rewind_converge(
+    kafka_bootstrap: str, elasticsearch_url: str, unique_name: str, tmp_path: Path
+) -> None:
+    dataset = generate_dataset(31, DatasetScale.for_artifacts(600))
+    async with _servers(kafka_bootstrap, elasticsearch_url, unique_name, 4) as servers:
+        await _three_replicas_then_a_rewind(servers, dataset, tmp_path)
+
+
+async def _three_replicas_then_a_rewind(
+    servers: _Servers, dataset: Dataset, tmp_path: Path
+) -> None:
+    kafka, es, names, admin = servers.kafka, servers.es, servers.names, servers.admin
 
     def replica(name: str) -> Indexer:
         settings = IndexerSettings(
             state_dir=str(tmp_path / name), instance_id=name, max_batch=300, retry_max_s=1
         )
-        return Indexer(kafka, es_settings, settings)
+        return Indexer(kafka, servers.es_settings, settings)
 
     replicas: list[Indexer] = []
     try:
         for name in ("a", "b", "c"):
             replicas.append(replica(name))
             await replicas[-1].start()
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+        producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
         await producer.start()
         try:
             for entity, key, value in dataset_records(dataset, 31, MOVING):
@@ -175,18 +211,10 @@ async def test_three_replicas_then_a_rewind_converge(
             await r.stop()
         replicas.clear()
         # rewind the whole group to offset 0 and restart: the stores know what was applied
-        committed = await admin.list_consumer_group_offsets(unique_name)
+        committed = await admin.list_consumer_group_offsets(kafka.group_id)
         rewound = {tp: 0 for tp in committed}
-        rewinder = AIOKafkaConsumer(
-            bootstrap_servers=kafka_bootstrap, group_id=unique_name, enable_auto_commit=False
-        )
-        await rewinder.start()
-        try:
-            rewinder.assign(list(rewound))
-            await rewinder.commit(rewound)  # what `kafka-consumer-groups --reset-offsets` does
-        finally:
-            await rewinder.stop()
-        after = await admin.list_consumer_group_offsets(unique_name)
+        await commit_group(kafka.bootstrap_servers, kafka.group_id, rewound)
+        after = await admin.list_consumer_group_offsets(kafka.group_id)
         assert {tp: meta.offset for tp, meta in after.items()} == rewound
         for name in ("a", "b", "c"):
             replicas.append(replica(name))
@@ -197,10 +225,6 @@ async def test_three_replicas_then_a_rewind_converge(
     finally:
         for r in replicas:
             await r.stop()
-        await admin.delete_topics([*topics, kafka.members_topic])
-        await admin.close()
-        await drop_indices(es, names)
-        await es.close()
 
 
 @pytest.mark.parametrize("lost", ["rewound", "never_committed"])
@@ -219,83 +243,59 @@ async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
     runs with static membership, as the StatefulSet does (a commit awaited inside the
     assignment callback deadlocked there: the group rejoined over and over)."""
     dataset = generate_dataset(5, DatasetScale.for_artifacts(120))
-    kafka = KafkaSettings(
-        bootstrap_servers=kafka_bootstrap, topic_prefix=f"{unique_name}.", group_id=unique_name
-    )
-    es_settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=f"{unique_name}-")
-    names = IndexNames(es_settings.index_prefix)
-    es = AsyncElasticsearch(elasticsearch_url)
-    admin = AIOKafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    await admin.start()
-    topics = [kafka.topic_for(e) for e in ENTITIES] + [kafka.dlq_topic]
-    await admin.create_topics([NewTopic(t, 2, 1) for t in topics])
     settings = IndexerSettings(
         state_dir=str(tmp_path / "a"),
         instance_id="a",
         retry_max_s=1,
         static_membership=lost == "never_committed",
     )
-    groups = [unique_name, f"{unique_name}.global.a"]
-    if lost == "never_committed":
-        with monkeypatch.context() as patch:
-            for module in (indexer_app, indexer_parents):
-                patch.setattr(module, "commit_offsets", _no_commit)
-            indexer = await _converge(kafka, es_settings, settings, dataset, es, names)
-    else:
-        indexer = await _converge(kafka, es_settings, settings, dataset, es, names)
-    try:
-        await indexer.stop()
-        ends = await _end_offsets(
-            kafka_bootstrap,
-            [
-                TopicPartition(t, p)
-                for t in [*(kafka.topic_for(e) for e in ENTITIES), kafka.members_topic]
-                for p in (await _partitions(kafka_bootstrap, t))
-            ],
-        )
-        assert all(end > 0 for tp, end in ends.items() if "artifact" in tp.topic)
-        before: dict[Any, int] = {}
-        for group in groups:
-            committed = await admin.list_consumer_group_offsets(group)
-            before.update({tp: meta.offset for tp, meta in committed.items()})
-            if lost == "rewound":  # both groups to 0, as `--reset-offsets` would
-                await _commit(kafka_bootstrap, group, {tp: 0 for tp in committed})
-        assert (before == ends) == (lost == "rewound")  # the commits were made, or not
-        indexer = Indexer(kafka, es_settings, settings)
-        await indexer.start()
-        deadline = time.monotonic() + 60
-        while True:
-            got: dict[Any, int] = {}
+    async with _servers(kafka_bootstrap, elasticsearch_url, unique_name, 2) as servers:
+        kafka, admin = servers.kafka, servers.admin
+        groups = [kafka.group_id, f"{kafka.group_id}.global.a"]
+        if lost == "never_committed":
+            with monkeypatch.context() as patch:
+                for module in (indexer_app, indexer_parents):
+                    patch.setattr(module, "commit_offsets", _no_commit)
+                indexer = await _converge(servers, settings, dataset)
+        else:
+            indexer = await _converge(servers, settings, dataset)
+        try:
+            await indexer.stop()
+            topics = [*(kafka.topic_for(e) for e in ENTITIES), kafka.members_topic]
+            ends = await end_offsets(kafka.bootstrap_servers, topics)
+            assert all(end > 0 for tp, end in ends.items() if "artifact" in tp.topic)
+            before: dict[Any, int] = {}
             for group in groups:
-                offsets = await admin.list_consumer_group_offsets(group)
-                got.update({tp: meta.offset for tp, meta in offsets.items()})
-            if got == ends:
-                break
-            assert time.monotonic() < deadline, {tp: (got.get(tp), e) for tp, e in ends.items()}
-            await asyncio.sleep(0.5)
-        await _assert_oracle(es, names, dataset)  # and it re-applied nothing wrong
-    finally:
-        await indexer.stop()
-        await admin.delete_topics([*topics, kafka.members_topic])
-        await admin.close()
-        await drop_indices(es, names)
-        await es.close()
+                committed = await admin.list_consumer_group_offsets(group)
+                before.update({tp: meta.offset for tp, meta in committed.items()})
+                if lost == "rewound":  # both groups to 0, as `--reset-offsets` would
+                    await commit_group(kafka.bootstrap_servers, group, {tp: 0 for tp in committed})
+            assert (before == ends) == (lost == "rewound")  # the commits were made, or not
+            indexer = Indexer(kafka, servers.es_settings, settings)
+            await indexer.start()
+            deadline = time.monotonic() + 60
+            while True:
+                got: dict[Any, int] = {}
+                for group in groups:
+                    offsets = await admin.list_consumer_group_offsets(group)
+                    got.update({tp: meta.offset for tp, meta in offsets.items()})
+                if got == ends:
+                    break
+                assert time.monotonic() < deadline, {tp: (got.get(tp), e) for tp, e in ends.items()}
+                await asyncio.sleep(0.5)
+            await _assert_oracle(servers.es, servers.names, dataset)  # re-applied nothing wrong
+        finally:
+            await indexer.stop()
 
 
 async def _no_commit(consumer: Any, positions: Any) -> None:
     return None
 
 
-async def _converge(
-    kafka: KafkaSettings,
-    es_settings: ElasticsearchSettings,
-    settings: IndexerSettings,
-    dataset: Dataset,
-    es: AsyncElasticsearch,
-    names: IndexNames,
-) -> Indexer:
+async def _converge(servers: _Servers, settings: IndexerSettings, dataset: Dataset) -> Indexer:
     """A started indexer that applied the whole dataset, published here."""
-    indexer = Indexer(kafka, es_settings, settings)
+    kafka = servers.kafka
+    indexer = Indexer(kafka, servers.es_settings, settings)
     await indexer.start()
     producer = AIOKafkaProducer(bootstrap_servers=kafka.bootstrap_servers, acks="all")
     await producer.start()
@@ -305,40 +305,5 @@ async def _converge(
         await producer.flush()
     finally:
         await producer.stop()
-    await _wait_oracle(es, names, dataset, 120)
+    await _wait_oracle(servers.es, servers.names, dataset, 120)
     return indexer
-
-
-async def _partitions(bootstrap: str, topic: str) -> set[int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        for _ in range(50):
-            found = consumer.partitions_for_topic(topic)
-            if found:
-                return set(found)
-            await consumer._client.force_metadata_update()
-        raise AssertionError(f"no partitions for {topic}")
-    finally:
-        await consumer.stop()
-
-
-async def _commit(bootstrap: str, group: str, offsets: dict[Any, int]) -> None:
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
-    )
-    await consumer.start()
-    try:
-        consumer.assign(list(offsets))
-        await consumer.commit(offsets)
-    finally:
-        await consumer.stop()
-
-
-async def _end_offsets(bootstrap: str, tps: list[Any]) -> dict[Any, int]:
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
-    await consumer.start()
-    try:
-        return dict(await consumer.end_offsets(tps))
-    finally:
-        await consumer.stop()
