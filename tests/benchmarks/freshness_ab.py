@@ -27,8 +27,9 @@ from datagen.dataset import DatasetScale, generate_dataset
 from datagen.events import dataset_records
 from services.es.indices import IndexNames
 from tests.benchmarks import run
+from tests.benchmarks.ceiling import bulk_ceiling
 from tests.benchmarks.kafka_io import create_topics, kafka_settings
-from tests.benchmarks.procs import Child, free_port
+from tests.benchmarks.procs import REPO_ROOT, Child, free_port, wait_http_ok
 from tests.benchmarks.side import indexer_child, stack_env, tear_down
 
 _METRICS = (
@@ -37,6 +38,17 @@ _METRICS = (
     "indexer_batch_events_sum",
     "indexer_refreshes_total",
     "process_cpu_seconds_total",
+    "indexer_deferred_documents_total",
+    "indexer_documents_total",
+    "indexer_batch_retries_total",
+    "indexer_consumer_lag",
+)
+"""Sums over label sets (`indexer_documents_total` counts written and superseded ones)."""
+
+_ES_STATS = (
+    "nodes.*.indices.merges.current,nodes.*.indices.merges.current_docs,"
+    "nodes.*.indices.refresh.total,nodes.*.indices.refresh.total_time_in_millis,"
+    "nodes.*.indices.indexing.index_total"
 )
 
 
@@ -44,10 +56,41 @@ async def _scrape(http: httpx.AsyncClient, port: int) -> dict[str, float]:
     text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
     out: dict[str, float] = {}
     for line in text.splitlines():
-        name, _, value = line.partition(" ")
+        head, _, value = line.rpartition(" ")
+        name = head.partition("{")[0]
         if name in _METRICS:
-            out[name] = float(value)
+            out[name] = out.get(name, 0.0) + float(value)
     return out
+
+
+async def _es_stats(http: httpx.AsyncClient) -> dict[str, float]:
+    resp = await http.get(f"{run.ES_URL}/_nodes/stats/indices", params={"filter_path": _ES_STATS})
+    out: dict[str, float] = {}
+    for node in resp.json().get("nodes", {}).values():
+        idx = node.get("indices", {})
+        out["es_merges_current"] = idx.get("merges", {}).get("current", 0)
+        out["es_merges_current_docs"] = idx.get("merges", {}).get("current_docs", 0)
+        out["es_refreshes"] = idx.get("refresh", {}).get("total", 0)
+        out["es_refresh_ms"] = idx.get("refresh", {}).get("total_time_in_millis", 0)
+        out["es_index_ops"] = idx.get("indexing", {}).get("index_total", 0)
+    return out
+
+
+async def _timeline(
+    http: httpx.AsyncClient, port: int, samples: list[dict[str, float]], every_s: float = 0.5
+) -> None:
+    """Sample the indexer's /metrics and Elasticsearch's node stats until cancelled: what
+    the indexer and Elasticsearch did second by second while a rate was measured."""
+    t0 = time.monotonic()
+    while True:
+        try:
+            sample = {"t": round(time.monotonic() - t0, 2)}
+            sample.update(await _scrape(http, port))
+            sample.update(await _es_stats(http))
+            samples.append(sample)
+        except httpx.HTTPError:
+            pass
+        await asyncio.sleep(every_s)
 
 
 async def one(
@@ -61,7 +104,7 @@ async def one(
     dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
     records = dataset_records(dataset, opts.seed)
     prefix = f"fresh-{uuid.uuid4().hex[:8]}"
-    log_dir = run.REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
+    log_dir = REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
     kafka = kafka_settings(prefix + ".")
     names = IndexNames(prefix + "-")
     topics = await create_topics(kafka)
@@ -84,18 +127,23 @@ async def one(
     )
     out: dict[str, Any] = {"env": env_extra, "rates": {}}
     try:
-        await run.wait_http_ok(api, stack.api_url + "/health", 60)
+        await wait_http_ok(api, stack.api_url + "/health", 60)
         async with httpx.AsyncClient(timeout=120) as http:
             load = await run.initial_load(stack, dataset, records, http, opts)
             out["load_events_per_s"] = load.get("events_per_s")
             out["load_s"] = load["seconds"]
             if ceiling:
-                bulk = await run.bulk_ceiling(stack, http, load["seconds"], load["events"])
+                bulk = await bulk_ceiling(names, http, load["seconds"], load["events"])
                 out["bulk_s"] = bulk["seconds"]
                 out["indexer_vs_bulk"] = bulk["indexer_vs_bulk"]
             for rate, seconds in rates:
                 before, t0 = await _scrape(http, port), time.monotonic()
-                fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
+                samples: list[dict[str, float]] = []
+                sampler = asyncio.create_task(_timeline(http, port, samples))
+                try:
+                    fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
+                finally:
+                    sampler.cancel()
                 after, wall = await _scrape(http, port), time.monotonic() - t0
                 d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _METRICS}
                 steps = d["indexer_batch_seconds_count"] or 1.0
@@ -106,7 +154,10 @@ async def one(
                     "records_per_step": round(d["indexer_batch_events_sum"] / steps, 1),
                     "seconds_per_step": round(d["indexer_batch_seconds_sum"] / steps, 3),
                     "refreshes": int(d["indexer_refreshes_total"]),
+                    "deferred": int(d["indexer_deferred_documents_total"]),
+                    "retries": int(d["indexer_batch_retries_total"]),
                 }
+                fresh["timeline"] = samples
                 out["rates"][str(rate)] = fresh
     finally:
         await tear_down([api, indexer], topics, names.prefix)
