@@ -192,7 +192,13 @@ def create_app(
     routers of `extensions`."""
     names = IndexNames(es_settings.index_prefix)
     es = make_es_client(es_settings)
-    repo = Repository(es, names, query.max_result_window, query.page_boundaries)
+    repo = Repository(
+        es,
+        names,
+        query.max_result_window,
+        query.page_boundaries,
+        window_pages=query.relevance_window_pages,
+    )
     default_limit = query.default_limit
 
     @asynccontextmanager

@@ -23,6 +23,7 @@ from query.extension import (
     build_body,
     decode_cursor,
     encode_cursor,
+    fingerprint,
     read_facets,
     read_hits,
 )
@@ -31,6 +32,7 @@ from query.resume import Boundaries, Start, at_or_before, shape_key
 from query.search import build_count_body, build_search_body, source_fields
 from query.sort import SortClause
 from query.translate import Query
+from query.windows import Window, Windows, in_order, ranked, split, window_size
 from services.documents import collection_id
 from services.errors import BackendUnavailableError, ServiceError, TranslationError
 from services.es.indices import IndexNames
@@ -137,6 +139,14 @@ PAGE_CONTINUATIONS = Counter(
 )
 """Everything the Elasticsearch client raises: transport failures and error answers."""
 
+WINDOWED_PAGES = Counter(
+    "query_search_windowed_pages_total",
+    "Relevance cursor pages of the search extension: ranked with the next pages' window "
+    "(ranked), fetched from a remembered window (remembered), or searched again because the "
+    "fetch did not answer the window's hits (refused)",
+    ["outcome"],
+)
+
 
 def _raise_missing_index(resp: Any) -> None:
     """A get with ``ignore_status=404`` answers an error body when the index is missing."""
@@ -155,11 +165,16 @@ class Repository:
         names: IndexNames,
         max_result_window: int,
         page_boundaries: int = 1024,
+        window_pages: int = 5,
+        windows: int = 256,
     ) -> None:
         self.es = es
         self.names = names
         self.max_result_window = max_result_window
         self.boundaries = Boundaries(page_boundaries)
+        # relevance cursor pages ranked `window_pages` at a time (query/windows.py)
+        self.window_pages = window_pages
+        self.windows = Windows(windows)
         self._closing: set[asyncio.Task[None]] = set()
 
     def _index(self, collection: bool) -> str:
@@ -430,8 +445,13 @@ class Repository:
                         index=index, keep_alive=PIT_KEEP_ALIVE
                     )
                     pit_id = str(opened["id"])
-                body["search_after"] = after
                 body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
+                windowed = None
+                if self.window_pages > 1 and req.limit and "_score" in body["sort"][0]:
+                    windowed = await self._windowed_page(body, pit_id, after, req)
+                if windowed is not None:
+                    return windowed
+                body["search_after"] = after
                 resp = await self.es.search(body=body, allow_partial_search_results=False)
                 pit_id = resp.get("pit_id", pit_id)
             elif "aggs" in body and req.limit:
@@ -458,6 +478,67 @@ class Repository:
             next_cursor=next_cursor,
             total=total,
             facets=read_facets(answer, req),
+        )
+
+    async def _windowed_page(
+        self, body: dict[str, Any], pit_id: str, after: list[Any], req: SearchRequest
+    ) -> SearchResponse | None:
+        """A relevance cursor page from a window of ranked hits (query/windows.py): taken
+        from the one remembered under this cursor, else ranked now for this page and the
+        next ones. None when the fetch by id does not answer the window's hits in order
+        (never expected): the caller searches as without windows."""
+        bound = fingerprint(req)
+        window = self.windows.take(Windows.key(pit_id, after, bound))
+        if window is None:
+            rank = {k: v for k, v in body.items() if k != "highlight"}
+            rank.update(
+                size=window_size(req.limit, self.window_pages),
+                _source=False,
+                search_after=after,
+            )
+            resp = await self.es.search(body=rank, allow_partial_search_results=False)
+            pit_id = resp.get("pit_id", pit_id)
+            total = resp.get("hits", {}).get("total", {}).get("value")
+            window = Window(ranked(resp.get("hits", {}).get("hits", [])), total)
+            WINDOWED_PAGES.labels(outcome="ranked").inc()
+        else:
+            WINDOWED_PAGES.labels(outcome="remembered").inc()
+        page, rest = split(window, req.limit)
+        if not page:
+            with contextlib.suppress(*_ES_ERRORS):
+                await self.es.close_point_in_time(id=pit_id)
+            return SearchResponse(hits=[], next_cursor=None, total=window.total, facets=None)
+        fetch = {
+            **body,
+            "query": {
+                "bool": {
+                    "must": [body["query"]],
+                    "filter": [{"ids": {"values": [r.doc_id for r in page]}}],
+                }
+            },
+            "size": len(page),
+            "track_total_hits": False,
+            "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
+        }
+        resp = await self.es.search(body=fetch, allow_partial_search_results=False)
+        answer: dict[str, Any] = resp if isinstance(resp, dict) else resp.body
+        pit_id = answer.get("pit_id", pit_id)
+        if not in_order(page, answer.get("hits", {}).get("hits", [])):
+            WINDOWED_PAGES.labels(outcome="refused").inc()
+            return None
+        next_cursor = None
+        if len(page) == req.limit:
+            next_cursor = encode_cursor(pit_id, page[-1].sort, req)
+            if rest is not None:
+                self.windows.put(Windows.key(pit_id, page[-1].sort, bound), rest)
+        else:  # the last page: the point in time is no longer needed
+            with contextlib.suppress(*_ES_ERRORS):
+                await self.es.close_point_in_time(id=pit_id)
+        return SearchResponse(
+            hits=read_hits(answer),
+            next_cursor=next_cursor,
+            total=window.total if req.track_total else None,
+            facets=None,
         )
 
     async def _hits_and_facets(self, index: str, body: dict[str, Any]) -> Any:

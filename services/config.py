@@ -222,6 +222,9 @@ class QuerySettings(BaseSettings):
     max_result_window: int = Field(default=50_000, ge=1)
     # query shapes whose page boundaries are remembered (query/resume.py); 0: none
     page_boundaries: int = Field(default=1024, ge=0)
+    # a relevance cursor page of the search extension ranks this many pages at once and
+    # answers the next ones from that ranking (query/windows.py); 1: every page ranks
+    relevance_window_pages: int = Field(default=5, ge=1, le=50)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
     # where the search page links runs to (the Prefect UI's base URL)

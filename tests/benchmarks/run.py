@@ -143,6 +143,9 @@ class Options:
     (`paging`) and the search extension (`search_extension`); no ceiling, throughput,
     indexer runs, alerts or sync; the results go to results-queries.json and RESULTS.md
     is not regenerated."""
+    search_only: bool = False
+    """The search extension only (`search_extension`), after the initial load: no Prefect,
+    no query mix; results-search.json."""
     indexer_only: bool = False
     """Issue 11's figures only: no Prefect, no query latency or throughput, no alerts or
     sync; the results go to results-indexer.json and RESULTS.md is not regenerated."""
@@ -184,6 +187,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "pages, the search extension): results-queries.json",
     )
     parser.add_argument(
+        "--search-only",
+        action="store_true",
+        help="the search extension only (load, then `search_extension`, with the relevance "
+        "walks also without windows), no Prefect: results-search.json",
+    )
+    parser.add_argument(
         "--skip",
         default="",
         help=f"comma-separated side loads to leave out ({', '.join(SIDE_LOADS)}): each "
@@ -212,11 +221,12 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
     opts.drop_prefect_db = args.drop_prefect_db
     opts.indexer_only = args.indexer_only
     opts.queries_only = args.queries_only
+    opts.search_only = args.search_only
     opts.skip = frozenset(s.strip() for s in args.skip.split(",") if s.strip())
     if not opts.skip <= set(SIDE_LOADS):
         parser.error(f"--skip takes {', '.join(SIDE_LOADS)}")
-    if opts.indexer_only and opts.queries_only:
-        parser.error("--indexer-only and --queries-only exclude each other")
+    if opts.indexer_only + opts.queries_only + opts.search_only > 1:
+        parser.error("--indexer-only, --queries-only and --search-only exclude each other")
     if not args.quick:
         opts.warmup, opts.measured, opts.query_budget_s = 5, 30, 60.0
         opts.throughput_s, opts.fresh = 30.0, ((200, 30.0), (1000, 60.0))
@@ -459,7 +469,7 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
     prefect_port = free_port()
     prefect = (
         None
-        if opts.indexer_only
+        if opts.indexer_only or opts.search_only
         else Child(
             "prefect",
             [
@@ -518,24 +528,28 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
         await wait_http_ok(api, stack.api_url + "/health", 60)
         async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=64)) as http:
             result["load"] = await initial_load(stack, dataset, records, http, opts)
-            if opts.queries_only:
+            if opts.queries_only or opts.search_only:
                 del records
                 release_memory()
                 result["settled"] = await settle(http, stack.names)
-                result["latency"] = await latency(stack, load_mix(), http, opts)
-                # the same API without page boundaries (QUERY_PAGE_BOUNDARIES=0), side by side
+                if opts.queries_only:
+                    result["latency"] = await latency(stack, load_mix(), http, opts)
+                # the same API without what it remembers between pages, side by side: page
+                # boundaries (QUERY_PAGE_BOUNDARIES=0) and relevance windows
+                # (QUERY_RELEVANCE_WINDOW_PAGES=1)
                 plain_port = free_port()
                 plain = Child(
                     "api-plain",
                     ["-m", "artifact_search.cli", "api", "--port", str(plain_port)],
-                    {**env, "QUERY_PAGE_BOUNDARIES": "0"},
+                    {**env, "QUERY_PAGE_BOUNDARIES": "0", "QUERY_RELEVANCE_WINDOW_PAGES": "1"},
                     log_dir,
                 )
                 children.append(plain)
                 plain_url = f"http://127.0.0.1:{plain_port}/api"
                 await wait_http_ok(plain, plain_url + "/health", 60)
-                result["paging"] = await paging(stack, opts, plain_url)
-                result["search"] = await search_extension(stack, opts)
+                if opts.queries_only:
+                    result["paging"] = await paging(stack, opts, plain_url)
+                result["search"] = await search_extension(stack, opts, plain_url)
                 return result
             events = len(records)
             del records  # the side loads regenerate theirs in child processes
@@ -901,7 +915,9 @@ SEARCHES: tuple[tuple[str, dict[str, Any]], ...] = (
 SEARCH_FACETS = ["type", "flow", "deployment", "flow_run_state", "tags", "created"]
 
 
-async def search_extension(stack: Stack, opts: Options) -> dict[str, Any]:
+async def search_extension(
+    stack: Stack, opts: Options, plain_url: str | None = None
+) -> dict[str, Any]:
     """`POST /ext/v1/artifacts/search`: full text, typed values, facets, cursor pages.
 
     Each query of `SEARCHES` (20 hits, highlighted, relevance order) alone and with six
@@ -909,10 +925,14 @@ async def search_extension(stack: Stack, opts: Options) -> dict[str, Any]:
     interleaved; then cursor walks of 50-hit pages, newest first and by relevance, with and
     without highlighted snippets, as deep as 10,000 hits, with the time of every page. The
     issue's targets: full text p50 <= 25 ms, with facets <= 40 ms, a cursor page <= 15 ms
-    at any depth.
+    at any depth. With `plain_url` (an API that remembers nothing between pages), the
+    relevance walks also run there, each right after its windowed twin (query/windows.py).
     """
     meter = Http()
     url = stack.api_url.removesuffix("/api") + "/ext/v1/artifacts/search"
+    unwindowed = (
+        None if plain_url is None else plain_url.removesuffix("/api") + "/ext/v1/artifacts/search"
+    )
     out: dict[str, Any] = {}
     try:
         for name, body in SEARCHES:
@@ -941,13 +961,16 @@ async def search_extension(stack: Stack, opts: Options) -> dict[str, Any]:
                 f"with facets {faceted:7.2f}ms"
             )
         newest: list[dict[str, str]] = [{"field": "created", "order": "desc"}]
-        walks = (
-            ("created_desc", newest, True),
-            ("relevance", None, True),
-            ("created_desc_no_highlight", newest, False),
-            ("relevance_no_highlight", None, False),
-        )
-        for name, sort, highlight in walks:
+        walks: list[tuple[str, Any, bool, str]] = [
+            ("created_desc", newest, True, url),
+            ("relevance", None, True, url),
+            ("created_desc_no_highlight", newest, False, url),
+            ("relevance_no_highlight", None, False, url),
+        ]
+        if unwindowed is not None:
+            walks.insert(2, ("relevance_unwindowed", None, True, unwindowed))
+            walks.append(("relevance_no_highlight_unwindowed", None, False, unwindowed))
+        for name, sort, highlight, walk_url in walks:
             body: dict[str, Any] = {"q": "revenue", "limit": 50, "fields": ["id", "key", "type"]}
             if sort:
                 body["sort"] = sort
@@ -957,7 +980,9 @@ async def search_extension(stack: Stack, opts: Options) -> dict[str, Any]:
             cursor = None
             while len(pages) < 200:
                 t = time.perf_counter()
-                answer = await meter.post_json(url, {**body, "cursor": cursor} if cursor else body)
+                answer = await meter.post_json(
+                    walk_url, {**body, "cursor": cursor} if cursor else body
+                )
                 pages.append(time.perf_counter() - t)
                 cursor = answer.get("next_cursor")
                 if not cursor:
@@ -1322,10 +1347,11 @@ async def amain(opts: Options) -> dict[str, Any]:
         (opts.out / "results-indexer.json").write_text(json.dumps(results, indent=1))
         print(json.dumps(_indexer_summary(results), indent=1), flush=True)
         return results
-    if opts.queries_only:
+    if opts.queries_only or opts.search_only:
         machine["load_avg_end"] = os.getloadavg()
         results["total_s"] = round(time.perf_counter() - started, 1)
-        (opts.out / "results-queries.json").write_text(json.dumps(results, indent=1))
+        name = "results-queries.json" if opts.queries_only else "results-search.json"
+        (opts.out / name).write_text(json.dumps(results, indent=1))
         print(json.dumps({n: r["search"] for n, r in results["scales"].items()}, indent=1))
         return results
     from tests.benchmarks.alert_latency import alert_latency  # it imports `pct` from here

@@ -19,6 +19,7 @@ import httpx
 import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
+from prometheus_client import REGISTRY
 
 from indexer.local import LocalPipeline
 from query.app import create_app
@@ -573,6 +574,95 @@ async def test_cursors_walk_a_snapshot(stack: Stack) -> None:
     resp = await stack.client.post(PATH, json={**body, "cursor": cursor})
     assert resp.status_code == 410, resp.text
     assert "start the search again" in resp.json()["detail"]
+
+
+# relevance cursor pages from windows (query/windows.py): 13 artifacts that match `revenue`
+# in four ways (ties among each), besides a1, a2 and a6
+WINDOWED = {
+    f"w{i}": {
+        "key": f"w-{i}",
+        "type": "markdown",
+        "data": " ".join(["revenue"] * (1 + i % 4) + ["week", "over", "week"]),
+        "flow_run_id": R1,
+        "created": f"2024-07-{1 + i:02d}T00:00:00Z",
+    }
+    for i in range(13)
+}
+A.update({name: _id(100 + i) for i, name in enumerate(WINDOWED)})
+A["late"] = _id(200)
+
+
+def _windowed_count(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("query_search_windowed_pages_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def _walk(
+    clients: list[httpx.AsyncClient], body: dict[str, Any], between: Any = None
+) -> list[dict[str, Any]]:
+    """Every hit of a cursor walk; page n is asked of `clients[min(n, len - 1)]`;
+    `between(n)` runs after page n."""
+    hits: list[dict[str, Any]] = []
+    cursor = None
+    for n in range(100):
+        client = clients[min(n, len(clients) - 1)]
+        resp = await client.post(PATH, json={**body, **({"cursor": cursor} if cursor else {})})
+        assert resp.status_code == 200, resp.text[:500]
+        page = resp.json()
+        hits += page["hits"]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return hits
+        if between is not None:
+            await between(n)
+    raise AssertionError("the walk did not end")
+
+
+async def test_relevance_cursor_pages_from_windows_are_the_ranking(
+    stack: Stack, elasticsearch_url: str
+) -> None:
+    """Relevance pages answered from a window ranked by an earlier page (and a window
+    missing: another replica, or windows turned off) are exactly the hits, scores and
+    highlights of one search ranking every match, and stay in the walk's snapshot."""
+    await stack.pipeline.load(_records(WINDOWED), batch=100)
+    await stack.es.indices.refresh(index=stack.names.artifacts)
+    settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=stack.names.prefix)
+    unwindowed = httpx.AsyncClient(
+        transport=httpx.ASGITransport(
+            app=create_app(QuerySettings(relevance_window_pages=1), settings)
+        ),
+        base_url="http://svc",
+        timeout=60,
+    )
+    body: dict[str, Any] = {"q": "revenue", "limit": 2}
+    try:
+        everything = await search(stack, {**body, "limit": 50})
+        ranking = everything["hits"]
+        assert len(ranking) == 16 and everything["next_cursor"] is None
+        assert len({h["score"] for h in ranking}) >= 4  # ties and distinct scores
+        remembered = _windowed_count("remembered")
+
+        async def write_late(n: int) -> None:  # after page 2: a better match than any
+            if n == 1:
+                late = {**LATE, "data": "revenue revenue revenue revenue revenue"}
+                await stack.pipeline.load(_records({"late": late}), batch=10)
+                await stack.es.indices.refresh(index=stack.names.artifacts)
+
+        walked = await _walk([stack.client], body, write_late)
+        assert walked == ranking  # the snapshot of page 2, in the ranking's order
+        assert _windowed_count("remembered") - remembered >= 4  # pages 3.. from windows
+        assert _windowed_count("refused") == 0
+
+        after = (await search(stack, {**body, "limit": 50}))["hits"]
+        assert len(after) == 17 and after[0]["artifact"]["id"] == A["late"]
+        assert await _walk([unwindowed], body) == after  # every page ranked
+        # pages 1-3 here, then another replica without this one's windows
+        assert await _walk([stack.client, stack.client, stack.client, unwindowed], body) == after
+        # and the other way round
+        assert await _walk([unwindowed, unwindowed, stack.client], body) == after
+        assert _windowed_count("refused") == 0
+    finally:
+        await unwindowed.aclose()
 
 
 async def test_bad_queries_get_clear_errors(stack: Stack) -> None:

@@ -1,0 +1,106 @@
+"""Relevance cursor pages from a window of ranked hits, remembered between pages.
+
+A cursor page in relevance order makes Elasticsearch score every match again: a
+`search_after` on a score cannot skip the documents that score higher than the cursor
+(each must be scored to be passed over), and the id tie-breaker keeps Lucene from
+skipping by score at all. At 1M artifacts a `revenue` page of 50 took 14 ms of that
+ranking and 4 ms of fetching and highlighting its 50 hits (docs/benchmarks/RESULTS.md).
+
+So a relevance cursor page ranks the next `pages` pages at once — sort values and ids
+only, no `_source`, no highlighting: ranking 250 costs what ranking 50 does — answers its
+own page by fetching those hits by id, and remembers the rest of the window under the
+cursor it hands out. The next page asked with that cursor is fetched by id too, without
+ranking again (Solr's `queryResultWindowSize` is the same idea).
+
+Why that is exact: every page of a cursor walk searches one point in time, so the ranking
+of its matches cannot change between pages; the window holds that ranking's next hits
+after the cursor's sort values, and the fetch searches the same query, under the same
+point in time, restricted to those ids: the same documents with the same scores, sort
+values and highlights. A window is used once (taken, and what is left put back under the
+next cursor), bound to the point in time, the sort values and the request; one that is
+missing (another API replica, evicted, never made) means a plain search, as before.
+
+Pure: no I/O. `query.repository` does the requests.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+MAX_WINDOW_HITS = 1_000
+"""Ranked hits remembered per window at most (fewer pages when pages are large)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ranked:
+    """One hit of a ranking: its document id and sort values."""
+
+    doc_id: str
+    sort: list[Any]
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    """Hits ranked after a cursor, not answered yet, and the total of the search."""
+
+    hits: list[Ranked]
+    total: int | None
+
+
+def window_size(limit: int, pages: int) -> int:
+    """Hits to rank for a page of `limit` that may also serve the next pages."""
+    if limit <= 0:
+        return limit
+    return limit * max(1, min(pages, MAX_WINDOW_HITS // limit))
+
+
+def ranked(hits: Sequence[dict[str, Any]]) -> list[Ranked]:
+    """The ranking of a `_search` answer's hits (with `sort` values)."""
+    return [Ranked(str(h["_id"]), list(h["sort"])) for h in hits]
+
+
+def split(window: Window, limit: int) -> tuple[list[Ranked], Window | None]:
+    """A page of `limit` hits off the window, and what is left of it (None: nothing)."""
+    page, rest = window.hits[:limit], window.hits[limit:]
+    return page, (Window(rest, window.total) if rest else None)
+
+
+def in_order(page: Sequence[Ranked], hits: Sequence[dict[str, Any]]) -> bool:
+    """Whether a fetch answered exactly the page's documents, in the page's order."""
+    return len(page) == len(hits) and all(
+        r.doc_id == str(h.get("_id")) for r, h in zip(page, hits, strict=True)
+    )
+
+
+class Windows:
+    """Windows of ranked hits by cursor, least recently used dropped beyond `capacity`."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._windows: OrderedDict[bytes, Window] = OrderedDict()
+
+    @staticmethod
+    def key(pit_id: str, after: Sequence[Any], fingerprint: str) -> bytes:
+        """What a window is bound to: the point in time, the sort values, the request."""
+        return orjson.dumps([pit_id, list(after), fingerprint])
+
+    def take(self, key: bytes) -> Window | None:
+        """The window remembered under `key`, forgotten here (each is used once)."""
+        return self._windows.pop(key, None)
+
+    def put(self, key: bytes, window: Window) -> None:
+        """Remember `window` under `key`."""
+        if self.capacity <= 0 or not window.hits:
+            return
+        self._windows[key] = window
+        self._windows.move_to_end(key)
+        while len(self._windows) > self.capacity:
+            self._windows.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._windows)
