@@ -42,13 +42,16 @@ _METRICS = (
     "indexer_documents_total",
     "indexer_batch_retries_total",
     "indexer_consumer_lag",
+    "indexer_bulk_seconds_sum",
+    "indexer_bulk_seconds_count",
 )
 """Sums over label sets (`indexer_documents_total` counts written and superseded ones)."""
 
 _ES_STATS = (
     "nodes.*.indices.merges.current,nodes.*.indices.merges.current_docs,"
     "nodes.*.indices.refresh.total,nodes.*.indices.refresh.total_time_in_millis,"
-    "nodes.*.indices.indexing.index_total"
+    "nodes.*.indices.indexing.index_total,nodes.*.indices.indexing.index_time_in_millis,"
+    "nodes.*.jvm.mem.heap_used_percent,nodes.*.jvm.gc.collectors.*.collection_time_in_millis"
 )
 
 
@@ -64,7 +67,9 @@ async def _scrape(http: httpx.AsyncClient, port: int) -> dict[str, float]:
 
 
 async def _es_stats(http: httpx.AsyncClient) -> dict[str, float]:
-    resp = await http.get(f"{run.ES_URL}/_nodes/stats/indices", params={"filter_path": _ES_STATS})
+    resp = await http.get(
+        f"{run.ES_URL}/_nodes/stats/indices,jvm", params={"filter_path": _ES_STATS}
+    )
     out: dict[str, float] = {}
     for node in resp.json().get("nodes", {}).values():
         idx = node.get("indices", {})
@@ -73,6 +78,27 @@ async def _es_stats(http: httpx.AsyncClient) -> dict[str, float]:
         out["es_refreshes"] = idx.get("refresh", {}).get("total", 0)
         out["es_refresh_ms"] = idx.get("refresh", {}).get("total_time_in_millis", 0)
         out["es_index_ops"] = idx.get("indexing", {}).get("index_total", 0)
+        out["es_index_ms"] = idx.get("indexing", {}).get("index_time_in_millis", 0)
+        jvm = node.get("jvm", {})
+        out["es_heap_pct"] = jvm.get("mem", {}).get("heap_used_percent", 0)
+        for name, gc in jvm.get("gc", {}).get("collectors", {}).items():
+            out[f"es_gc_{name}_ms"] = gc.get("collection_time_in_millis", 0)
+    out.update(_host())
+    return out
+
+
+def _host() -> dict[str, float]:
+    """The machine's dirty and written-back page cache (kB) and CPU jiffies by state."""
+    out: dict[str, float] = {}
+    with open("/proc/meminfo") as meminfo:
+        for line in meminfo:
+            name, _, rest = line.partition(":")
+            if name in ("Dirty", "Writeback"):
+                out[f"host_{name.lower()}_kb"] = float(rest.split()[0])
+    with open("/proc/stat") as stat:
+        fields = stat.readline().split()[1:]
+    for name, value in zip(("user", "nice", "system", "idle", "iowait"), fields, strict=False):
+        out[f"host_cpu_{name}"] = float(value)
     return out
 
 
