@@ -7,7 +7,12 @@ Each round runs every variant once, in turn (so they share the machine's conditi
 fresh stack (topics, indices, the indexer and API processes, with the variant's
 environment), the dataset's initial load, then `run.freshness` at each rate (the same
 measurement as `make bench`), with the indexer's CPU seconds and step figures from its
-`/metrics`. Raw results go to `--out` (JSON); a table is printed.
+`/metrics`, and a timeline of what the indexer, Elasticsearch and the host did every
+half second. Raw results go to `--out` (JSON); a table is printed.
+
+`--same-load`: one stack and one load for all variants; each variant restarts the indexer
+on its state (a restart after a SIGKILL-free stop, as a rolling update does), round after
+round, so the variants share the index, the state and the machine's page cache.
 """
 
 from __future__ import annotations
@@ -18,12 +23,14 @@ import json
 import os
 import time
 import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from datagen.dataset import DatasetScale, generate_dataset
+from datagen.dataset import Dataset, DatasetScale, generate_dataset
 from datagen.events import dataset_records
 from services.es.indices import IndexNames
 from tests.benchmarks import run
@@ -119,6 +126,86 @@ async def _timeline(
         await asyncio.sleep(every_s)
 
 
+async def _rates(
+    stack: run.Stack,
+    dataset: Dataset,
+    http: httpx.AsyncClient,
+    opts: run.Options,
+    rates: list[tuple[int, float]],
+) -> dict[str, Any]:
+    """`run.freshness` at each rate, with the indexer's figures and a timeline."""
+    port: int = stack.indexer.metrics_port  # type: ignore[attr-defined]
+    out: dict[str, Any] = {}
+    for rate, seconds in rates:
+        before, t0 = await _scrape(http, port), time.monotonic()
+        samples: list[dict[str, float]] = []
+        sampler = asyncio.create_task(_timeline(http, port, samples))
+        try:
+            fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
+        finally:
+            sampler.cancel()
+        after, wall = await _scrape(http, port), time.monotonic() - t0
+        d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _METRICS}
+        steps = d["indexer_batch_seconds_count"] or 1.0
+        fresh["indexer"] = {
+            "cpu_s": round(d["process_cpu_seconds_total"], 2),
+            "wall_s": round(wall, 1),
+            "steps": int(d["indexer_batch_seconds_count"]),
+            "records_per_step": round(d["indexer_batch_events_sum"] / steps, 1),
+            "seconds_per_step": round(d["indexer_batch_seconds_sum"] / steps, 3),
+            "refreshes": int(d["indexer_refreshes_total"]),
+            "deferred": int(d["indexer_deferred_documents_total"]),
+            "retries": int(d["indexer_batch_retries_total"]),
+        }
+        fresh["timeline"] = samples
+        out[str(rate)] = fresh
+    return out
+
+
+@asynccontextmanager
+async def _loaded(
+    n: int, env_extra: dict[str, str], opts: run.Options, ceiling: bool, out: dict[str, Any]
+) -> AsyncIterator[tuple[run.Stack, Dataset, httpx.AsyncClient, dict[str, str], Path]]:
+    """A fresh stack whose indexer runs with `env_extra`, after the initial load of `n`
+    artifacts (and the raw `_bulk` ceiling); its figures go to `out`."""
+    dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
+    records = dataset_records(dataset, opts.seed)
+    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
+    log_dir = REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
+    kafka = kafka_settings(prefix + ".")
+    names = IndexNames(prefix + "-")
+    topics = await create_topics(kafka)
+    env = stack_env(kafka, names)
+    api_port = free_port()
+    api = Child("api", ["-m", "artifact_search.cli", "api", "--port", str(api_port)], env, log_dir)
+    stack = run.Stack(
+        n=n,
+        prefix=prefix,
+        kafka=kafka,
+        names=names,
+        topics=topics,
+        api=api,
+        indexer=indexer_child({**env, **env_extra}, log_dir, 0),
+        prefect=api,  # not used by the freshness runs
+        api_url=f"http://127.0.0.1:{api_port}/api",
+        prefect_url="",
+    )
+    try:
+        await wait_http_ok(api, stack.api_url + "/health", 60)
+        async with httpx.AsyncClient(timeout=120) as http:
+            load = await run.initial_load(stack, dataset, records, http, opts)
+            del records
+            out["load_events_per_s"] = load.get("events_per_s")
+            out["load_s"] = load["seconds"]
+            if ceiling:
+                bulk = await bulk_ceiling(names, http, load["seconds"], load["events"])
+                out["bulk_s"] = bulk["seconds"]
+                out["indexer_vs_bulk"] = bulk["indexer_vs_bulk"]
+            yield stack, dataset, http, env, log_dir
+    finally:
+        await tear_down([api, stack.indexer], topics, names.prefix)
+
+
 async def one(
     n: int,
     rates: list[tuple[int, float]],
@@ -127,67 +214,46 @@ async def one(
     ceiling: bool = False,
 ) -> dict[str, Any]:
     """A fresh stack with `env_extra`, the initial load of `n` artifacts, then each rate."""
-    dataset = generate_dataset(opts.seed, DatasetScale.for_artifacts(n))
-    records = dataset_records(dataset, opts.seed)
-    prefix = f"fresh-{uuid.uuid4().hex[:8]}"
-    log_dir = REPO_ROOT / ".local" / "bench" / prefix  # git-ignored
-    kafka = kafka_settings(prefix + ".")
-    names = IndexNames(prefix + "-")
-    topics = await create_topics(kafka)
-    env = {**stack_env(kafka, names), **env_extra}
-    api_port = free_port()
-    api = Child("api", ["-m", "artifact_search.cli", "api", "--port", str(api_port)], env, log_dir)
-    indexer = indexer_child(env, log_dir, 0)
-    port: int = indexer.metrics_port  # type: ignore[attr-defined]
-    stack = run.Stack(
-        n=n,
-        prefix=prefix,
-        kafka=kafka,
-        names=names,
-        topics=topics,
-        api=api,
-        indexer=indexer,
-        prefect=api,  # not used by the freshness runs
-        api_url=f"http://127.0.0.1:{api_port}/api",
-        prefect_url="",
-    )
-    out: dict[str, Any] = {"env": env_extra, "rates": {}}
-    try:
-        await wait_http_ok(api, stack.api_url + "/health", 60)
-        async with httpx.AsyncClient(timeout=120) as http:
-            load = await run.initial_load(stack, dataset, records, http, opts)
-            out["load_events_per_s"] = load.get("events_per_s")
-            out["load_s"] = load["seconds"]
-            if ceiling:
-                bulk = await bulk_ceiling(names, http, load["seconds"], load["events"])
-                out["bulk_s"] = bulk["seconds"]
-                out["indexer_vs_bulk"] = bulk["indexer_vs_bulk"]
-            for rate, seconds in rates:
-                before, t0 = await _scrape(http, port), time.monotonic()
-                samples: list[dict[str, float]] = []
-                sampler = asyncio.create_task(_timeline(http, port, samples))
-                try:
-                    fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
-                finally:
-                    sampler.cancel()
-                after, wall = await _scrape(http, port), time.monotonic() - t0
-                d = {k: after.get(k, 0.0) - before.get(k, 0.0) for k in _METRICS}
-                steps = d["indexer_batch_seconds_count"] or 1.0
-                fresh["indexer"] = {
-                    "cpu_s": round(d["process_cpu_seconds_total"], 2),
-                    "wall_s": round(wall, 1),
-                    "steps": int(d["indexer_batch_seconds_count"]),
-                    "records_per_step": round(d["indexer_batch_events_sum"] / steps, 1),
-                    "seconds_per_step": round(d["indexer_batch_seconds_sum"] / steps, 3),
-                    "refreshes": int(d["indexer_refreshes_total"]),
-                    "deferred": int(d["indexer_deferred_documents_total"]),
-                    "retries": int(d["indexer_batch_retries_total"]),
-                }
-                fresh["timeline"] = samples
-                out["rates"][str(rate)] = fresh
-    finally:
-        await tear_down([api, indexer], topics, names.prefix)
+    out: dict[str, Any] = {"env": env_extra}
+    async with _loaded(n, env_extra, opts, ceiling, out) as (stack, dataset, http, _, _):
+        out["rates"] = await _rates(stack, dataset, http, opts, rates)
     return out
+
+
+async def same_load(
+    n: int,
+    rates: list[tuple[int, float]],
+    variants: list[tuple[str, dict[str, str]]],
+    rounds: int,
+    opts: run.Options,
+    ceiling: bool = False,
+) -> list[dict[str, Any]]:
+    """One stack and one initial load; then, round after round, each variant in turn: the
+    indexer stopped and started again on its state with the variant's environment, and
+    each rate measured. Variants share the load, the index and the machine's state."""
+    load: dict[str, Any] = {}
+    results: list[dict[str, Any]] = []
+    async with _loaded(n, {}, opts, ceiling, load) as (stack, dataset, http, env, log_dir):
+        for round_ in range(1, rounds + 1):
+            for name, env_extra in variants:
+                stack.indexer.stop()
+                stack.indexer = indexer_child({**env, **env_extra}, log_dir, 0)
+                port = stack.indexer.metrics_port  # type: ignore[attr-defined]
+                await wait_http_ok(stack.indexer, f"http://127.0.0.1:{port}/metrics", 120)
+                load_avg = f"{os.getloadavg()[0]:.2f}"
+                run._log(f"round {round_}, variant {name} {env_extra} (load average {load_avg})")
+                measured = await _rates(stack, dataset, http, opts, rates)
+                results.append(
+                    {
+                        "round": round_,
+                        "variant": name,
+                        "load_avg": load_avg,
+                        "env": env_extra,
+                        **load,
+                        "rates": measured,
+                    }
+                )
+    return results
 
 
 def _table(results: list[dict[str, Any]]) -> str:
@@ -218,6 +284,8 @@ async def amain(args: argparse.Namespace) -> list[dict[str, Any]]:
     opts = run.parse_options(["--quick"])
     rates = [(int(r), float(s)) for r, s in (p.split(":") for p in args.rates.split(","))]
     variants = [_variant(v) for v in args.variant]
+    if args.same_load:
+        return await same_load(args.artifacts, rates, variants, args.rounds, opts, args.ceiling)
     results: list[dict[str, Any]] = []
     for round_ in range(1, args.rounds + 1):
         for name, env in variants:
@@ -243,6 +311,12 @@ def main() -> None:
         "--ceiling",
         action="store_true",
         help="after each load, the raw _bulk of its final documents (run.bulk_ceiling)",
+    )
+    parser.add_argument(
+        "--same-load",
+        action="store_true",
+        help="one load for every variant: the indexer restarted on its state with each "
+        "variant's environment, variants interleaved round after round",
     )
     parser.add_argument("--out", type=Path, help="raw results (JSON)")
     args = parser.parse_args()
