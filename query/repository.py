@@ -483,49 +483,55 @@ class Repository:
     async def _windowed_page(
         self, body: dict[str, Any], pit_id: str, after: list[Any], req: SearchRequest
     ) -> SearchResponse | None:
-        """A relevance cursor page from a window of ranked hits (query/windows.py): taken
-        from the one remembered under this cursor, else ranked now for this page and the
-        next ones. None when the fetch by id does not answer the window's hits in order
-        (never expected): the caller searches as without windows."""
+        """A relevance cursor page from a window of ranked hits (query/windows.py).
+
+        With a window remembered under this cursor, the page's hits are fetched by id.
+        Without, the window is ranked and the page searched as usual, side by side in one
+        `_msearch` (each scores every match, on a thread of its own: the page takes as
+        long as without windows), and the page must be the window's first hits. None when
+        a search failed or an answer is not the window's hits in order (never expected):
+        the caller then searches as without windows."""
         bound = fingerprint(req)
         window = self.windows.take(Windows.key(pit_id, after, bound))
+        pit = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
         if window is None:
             rank = {k: v for k, v in body.items() if k != "highlight"}
-            rank.update(
-                size=window_size(req.limit, self.window_pages),
-                _source=False,
-                search_after=after,
+            rank.update(size=window_size(req.limit, self.window_pages), _source=False)
+            whole = {"allow_partial_search_results": False}  # a shard failure is an error
+            page_body = {**body, "search_after": after, "pit": pit}
+            resp = await self.es.msearch(
+                searches=[whole, {**rank, "search_after": after, "pit": pit}, whole, page_body]
             )
-            resp = await self.es.search(body=rank, allow_partial_search_results=False)
-            pit_id = resp.get("pit_id", pit_id)
-            total = resp.get("hits", {}).get("total", {}).get("value")
-            window = Window(ranked(resp.get("hits", {}).get("hits", [])), total)
-            WINDOWED_PAGES.labels(outcome="ranked").inc()
+            answers: list[dict[str, Any]] = resp.get("responses", [])
+            if len(answers) != 2 or any("error" in a for a in answers):
+                return None
+            ranking, answer = answers
+            total = ranking.get("hits", {}).get("total", {}).get("value")
+            window = Window(ranked(ranking.get("hits", {}).get("hits", [])), total)
+            outcome = "ranked"
         else:
-            WINDOWED_PAGES.labels(outcome="remembered").inc()
-        page, rest = split(window, req.limit)
-        if not page:
-            with contextlib.suppress(*_ES_ERRORS):
-                await self.es.close_point_in_time(id=pit_id)
-            return SearchResponse(hits=[], next_cursor=None, total=window.total, facets=None)
-        fetch = {
-            **body,
-            "query": {
-                "bool": {
-                    "must": [body["query"]],
-                    "filter": [{"ids": {"values": [r.doc_id for r in page]}}],
-                }
-            },
-            "size": len(page),
-            "track_total_hits": False,
-            "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
-        }
-        resp = await self.es.search(body=fetch, allow_partial_search_results=False)
-        answer: dict[str, Any] = resp if isinstance(resp, dict) else resp.body
+            page = window.hits[: req.limit]
+            fetch = {
+                **body,
+                "query": {
+                    "bool": {
+                        "must": [body["query"]],
+                        "filter": [{"ids": {"values": [r.doc_id for r in page]}}],
+                    }
+                },
+                "size": len(page),
+                "track_total_hits": False,
+                "pit": pit,
+            }
+            resp = await self.es.search(body=fetch, allow_partial_search_results=False)
+            answer = resp if isinstance(resp, dict) else resp.body
+            outcome = "remembered"
         pit_id = answer.get("pit_id", pit_id)
+        page, rest = split(window, req.limit)
         if not in_order(page, answer.get("hits", {}).get("hits", [])):
             WINDOWED_PAGES.labels(outcome="refused").inc()
             return None
+        WINDOWED_PAGES.labels(outcome=outcome).inc()
         next_cursor = None
         if len(page) == req.limit:
             next_cursor = encode_cursor(pit_id, page[-1].sort, req)

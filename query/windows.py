@@ -6,17 +6,19 @@ A cursor page in relevance order makes Elasticsearch score every match again: a
 skipping by score at all. At 1M artifacts a `revenue` page of 50 took 14 ms of that
 ranking and 4 ms of fetching and highlighting its 50 hits (docs/benchmarks/RESULTS.md).
 
-So a relevance cursor page ranks the next `pages` pages at once — sort values and ids
-only, no `_source`, no highlighting: ranking 250 costs what ranking 50 does — answers its
-own page by fetching those hits by id, and remembers the rest of the window under the
-cursor it hands out. The next page asked with that cursor is fetched by id too, without
-ranking again (Solr's `queryResultWindowSize` is the same idea).
+So a relevance cursor page without a window ranks the next `pages` pages — sort values
+and ids only, no `_source`, no highlighting: ranking 250 costs what ranking 50 does —
+beside its own search (one `_msearch`: two threads, so the page takes as long as
+before), and remembers the window's hits after its own under the cursor it hands out.
+The next page asked with that cursor is fetched by id — the same query restricted to
+those ids — without ranking again (Solr's `queryResultWindowSize` is the same idea).
 
 Why that is exact: every page of a cursor walk searches one point in time, so the ranking
 of its matches cannot change between pages; the window holds that ranking's next hits
 after the cursor's sort values, and the fetch searches the same query, under the same
 point in time, restricted to those ids: the same documents with the same scores, sort
-values and highlights. A window is used once (taken, and what is left put back under the
+values and highlights. Every answer is checked against the window (the same ids in the
+same order) and a page that does not match is searched as without windows. A window is used once (taken, and what is left put back under the
 next cursor), bound to the point in time, the sort values and the request; one that is
 missing (another API replica, evicted, never made) means a plain search, as before.
 
