@@ -18,9 +18,10 @@ of its matches cannot change between pages; the window holds that ranking's next
 after the cursor's sort values, and the fetch searches the same query, under the same
 point in time, restricted to those ids: the same documents with the same scores, sort
 values and highlights. Every answer is checked against the window (the same ids in the
-same order) and a page that does not match is searched as without windows. A window is used once (taken, and what is left put back under the
-next cursor), bound to the point in time, the sort values and the request; one that is
-missing (another API replica, evicted, never made) means a plain search, as before.
+same order) and a page that does not match is searched as without windows. A window is
+used once (taken, and what is left put back under the next cursor), bound to the point
+in time, the sort values and the request; one that is missing (another API replica,
+evicted, never made) means a plain search, as before.
 
 Pure: no I/O. `query.repository` does the requests.
 """
