@@ -166,7 +166,7 @@ class Repository:
         max_result_window: int,
         page_boundaries: int = 1024,
         window_pages: int = 5,
-        windows: int = 256,
+        windows: int = 128,
     ) -> None:
         self.es = es
         self.names = names
