@@ -198,6 +198,7 @@ def create_app(
         query.max_result_window,
         query.page_boundaries,
         window_pages=query.relevance_window_pages,
+        window_min_matches=query.relevance_window_min_matches,
     )
     default_limit = query.default_limit
 

@@ -32,7 +32,15 @@ from query.resume import Boundaries, Start, at_or_before, shape_key
 from query.search import build_count_body, build_search_body, source_fields
 from query.sort import SortClause
 from query.translate import Query
-from query.windows import Window, Windows, in_order, ranked, split, window_size
+from query.windows import (
+    Window,
+    Windows,
+    in_order,
+    ranked,
+    split,
+    window_size,
+    worth_a_window,
+)
 from services.documents import collection_id
 from services.errors import BackendUnavailableError, ServiceError, TranslationError
 from services.es.indices import IndexNames
@@ -142,8 +150,9 @@ PAGE_CONTINUATIONS = Counter(
 WINDOWED_PAGES = Counter(
     "query_search_windowed_pages_total",
     "Relevance cursor pages of the search extension: ranked with the next pages' window "
-    "(ranked), fetched from a remembered window (remembered), or searched again because the "
-    "fetch did not answer the window's hits (refused)",
+    "(ranked), fetched from a remembered window (remembered), ranked and found to match too "
+    "few artifacts for windows (small: the walk's next pages rank as usual), or searched "
+    "again because an answer was not the window's hits (refused)",
     ["outcome"],
 )
 
@@ -167,6 +176,7 @@ class Repository:
         page_boundaries: int = 1024,
         window_pages: int = 5,
         windows: int = 128,
+        window_min_matches: int = 20_000,
     ) -> None:
         self.es = es
         self.names = names
@@ -174,6 +184,7 @@ class Repository:
         self.boundaries = Boundaries(page_boundaries)
         # relevance cursor pages ranked `window_pages` at a time (query/windows.py)
         self.window_pages = window_pages
+        self.window_min_matches = window_min_matches
         self.windows = Windows(windows)
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -447,7 +458,12 @@ class Repository:
                     pit_id = str(opened["id"])
                 body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
                 windowed = None
-                if self.window_pages > 1 and req.limit and "_score" in body["sort"][0]:
+                if (
+                    self.window_pages > 1
+                    and req.limit
+                    and "_score" in body["sort"][0]
+                    and not self.windows.is_small(Windows.walk(pit_id, fingerprint(req)))
+                ):
                     windowed = await self._windowed_page(body, pit_id, after, req)
                 if windowed is not None:
                     return windowed
@@ -497,6 +513,8 @@ class Repository:
         if window is None:
             rank = {k: v for k, v in body.items() if k != "highlight"}
             rank.update(size=window_size(req.limit, self.window_pages), _source=False)
+            if not req.track_total:  # every match is scored anyway: counting is cheap
+                rank["track_total_hits"] = max(self.window_min_matches, 1)
             whole = {"allow_partial_search_results": False}  # a shard failure is an error
             page_body = {**body, "search_after": after, "pit": pit}
             resp = await self.es.msearch(
@@ -506,9 +524,14 @@ class Repository:
             if len(answers) != 2 or any("error" in a for a in answers):
                 return None
             ranking, answer = answers
-            total = ranking.get("hits", {}).get("total", {}).get("value")
+            counted = ranking.get("hits", {}).get("total")
+            total = counted.get("value") if counted and req.track_total else None
             window = Window(ranked(ranking.get("hits", {}).get("hits", [])), total)
             outcome = "ranked"
+            if not worth_a_window(counted, self.window_min_matches):
+                self.windows.mark_small(Windows.walk(answer.get("pit_id", pit_id), bound))
+                window = Window(window.hits[: req.limit], total)  # nothing to remember
+                outcome = "small"
         else:
             page = window.hits[: req.limit]
             fetch = {

@@ -225,6 +225,8 @@ class QuerySettings(BaseSettings):
     # a relevance cursor page of the search extension ranks this many pages at once and
     # answers the next ones from that ranking (query/windows.py); 1: every page ranks
     relevance_window_pages: int = Field(default=5, ge=1, le=50)
+    # ... for searches matching at least this many artifacts (fewer: ranking is cheap)
+    relevance_window_min_matches: int = Field(default=20_000, ge=0)
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
     # where the search page links runs to (the Prefect UI's base URL)

@@ -623,19 +623,32 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
 ) -> None:
     """Relevance pages answered from a window ranked by an earlier page (and a window
     missing: another replica, or windows turned off) are exactly the hits, scores and
-    highlights of one search ranking every match, and stay in the walk's snapshot."""
+    highlights of one search ranking every match, and stay in the walk's snapshot. With
+    fewer matches than the threshold, a walk is searched without windows."""
     await stack.pipeline.load(_records(WINDOWED), batch=100)
     await stack.es.indices.refresh(index=stack.names.artifacts)
     settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=stack.names.prefix)
-    unwindowed = httpx.AsyncClient(
-        transport=httpx.ASGITransport(
-            app=create_app(QuerySettings(relevance_window_pages=1), settings)
-        ),
-        base_url="http://svc",
-        timeout=60,
-    )
+
+    def client(query: QuerySettings) -> httpx.AsyncClient:
+        app = create_app(query, settings)
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://svc", timeout=60
+        )
+
+    windowed = client(QuerySettings(relevance_window_min_matches=16))  # 16 match
+    unwindowed = client(QuerySettings(relevance_window_pages=1))
     body: dict[str, Any] = {"q": "revenue", "limit": 2}
     try:
+        # the default threshold (20,000 matches): the first cursor page ranks, finds the
+        # walk small, and the walk goes on without windows
+        before = {o: _windowed_count(o) for o in ("ranked", "small", "remembered")}
+        assert len(await _walk([stack.client], body)) == 16
+        assert {o: _windowed_count(o) - n for o, n in before.items()} == {
+            "ranked": 0,
+            "small": 1,
+            "remembered": 0,
+        }
+
         everything = await search(stack, {**body, "limit": 50})
         ranking = everything["hits"]
         assert len(ranking) == 16 and everything["next_cursor"] is None
@@ -648,7 +661,7 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
                 await stack.pipeline.load(_records({"late": late}), batch=10)
                 await stack.es.indices.refresh(index=stack.names.artifacts)
 
-        walked = await _walk([stack.client], body, write_late)
+        walked = await _walk([windowed], body, write_late)
         assert walked == ranking  # the snapshot of page 2, in the ranking's order
         assert _windowed_count("remembered") - remembered >= 4  # pages 3.. from windows
         assert _windowed_count("refused") == 0
@@ -657,11 +670,12 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
         assert len(after) == 17 and after[0]["artifact"]["id"] == A["late"]
         assert await _walk([unwindowed], body) == after  # every page ranked
         # pages 1-3 here, then another replica without this one's windows
-        assert await _walk([stack.client, stack.client, stack.client, unwindowed], body) == after
+        assert await _walk([windowed, windowed, windowed, unwindowed], body) == after
         # and the other way round
-        assert await _walk([unwindowed, unwindowed, stack.client], body) == after
+        assert await _walk([unwindowed, unwindowed, windowed], body) == after
         assert _windowed_count("refused") == 0
     finally:
+        await windowed.aclose()
         await unwindowed.aclose()
 
 

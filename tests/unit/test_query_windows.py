@@ -11,6 +11,7 @@ from query.windows import (
     ranked,
     split,
     window_size,
+    worth_a_window,
 )
 
 
@@ -69,3 +70,20 @@ def test_the_least_recently_stored_windows_go_first() -> None:
     assert len(off) == 0
     windows.put(b"empty", Window([], None))  # nothing to remember
     assert windows.take(b"empty") is None
+
+
+def test_windows_are_worth_it_from_a_number_of_matches() -> None:
+    assert worth_a_window({"value": 20_000, "relation": "gte"}, 20_000)
+    assert worth_a_window({"value": 20_000, "relation": "eq"}, 20_000)
+    assert not worth_a_window({"value": 19_999, "relation": "eq"}, 20_000)
+    assert worth_a_window(None, 20_000)  # not counted: as before
+
+
+def test_small_walks_are_remembered_within_the_capacity() -> None:
+    windows = Windows(capacity=2)
+    walks = [Windows.walk(f"pit{i}", "request") for i in range(3)]
+    for walk in walks:
+        windows.mark_small(walk)
+    assert not windows.is_small(walks[0])  # the least recently marked went first
+    assert windows.is_small(walks[1]) and windows.is_small(walks[2])
+    assert not windows.is_small(Windows.walk("pit1", "another request"))
