@@ -458,13 +458,14 @@ class Repository:
                     pit_id = str(opened["id"])
                 body["pit"] = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
                 windowed = None
+                bound = fingerprint(req)
                 if (
                     self.window_pages > 1
                     and req.limit
                     and "_score" in body["sort"][0]
-                    and not self.windows.is_small(Windows.walk(pit_id, fingerprint(req)))
+                    and not self.windows.is_small(Windows.walk(pit_id, bound))
                 ):
-                    windowed = await self._windowed_page(body, pit_id, after, req)
+                    windowed = await self._windowed_page(body, pit_id, after, req, bound)
                 if windowed is not None:
                     return windowed
                 body["search_after"] = after
@@ -497,7 +498,12 @@ class Repository:
         )
 
     async def _windowed_page(
-        self, body: dict[str, Any], pit_id: str, after: list[Any], req: SearchRequest
+        self,
+        body: dict[str, Any],
+        pit_id: str,
+        after: list[Any],
+        req: SearchRequest,
+        bound: str,
     ) -> SearchResponse | None:
         """A relevance cursor page from a window of ranked hits (query/windows.py).
 
@@ -506,8 +512,7 @@ class Repository:
         `_msearch` (each scores every match, on a thread of its own: the page takes as
         long as without windows), and the page must be the window's first hits. None when
         a search failed or an answer is not the window's hits in order (never expected):
-        the caller then searches as without windows."""
-        bound = fingerprint(req)
+        the caller then searches as without windows. `bound`: the request's fingerprint."""
         window = self.windows.take(Windows.key(pit_id, after, bound))
         pit = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
         if window is None:
@@ -533,7 +538,7 @@ class Repository:
                 window = Window(window.hits[: req.limit], total)  # nothing to remember
                 outcome = "small"
         else:
-            page = window.hits[: req.limit]
+            page, _ = split(window, req.limit)
             fetch = {
                 **body,
                 "query": {
@@ -566,7 +571,7 @@ class Repository:
         return SearchResponse(
             hits=read_hits(answer),
             next_cursor=next_cursor,
-            total=window.total if req.track_total else None,
+            total=window.total,  # None unless the request tracks totals
             facets=None,
         )
 
