@@ -31,6 +31,7 @@ from pydantic import ValidationError
 
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
+from query.openapi import PREFECT_ROUTES, Artifact, add_request_bodies, read_docs, route_docs
 from query.repository import CursorExpiredError, Repository
 from query.request_id import RequestIdMiddleware
 from query.sort import sort_clauses
@@ -276,16 +277,24 @@ def create_app(
         with ES_LATENCY.labels("count").time():
             return _json(await repo.count(q, True))
 
-    app.add_api_route("/api/artifacts/filter", endpoint("filter", read_artifacts), methods=["POST"])
-    app.add_api_route("/api/artifacts/count", endpoint("count", count_artifacts), methods=["POST"])
-    app.add_api_route(
-        "/api/artifacts/latest/filter", endpoint("latest_filter", read_latest), methods=["POST"]
-    )
-    app.add_api_route(
-        "/api/artifacts/latest/count", endpoint("latest_count", count_latest), methods=["POST"]
-    )
+    handlers = {
+        "/api/artifacts/filter": endpoint("filter", read_artifacts),
+        "/api/artifacts/count": endpoint("count", count_artifacts),
+        "/api/artifacts/latest/filter": endpoint("latest_filter", read_latest),
+        "/api/artifacts/latest/count": endpoint("latest_count", count_latest),
+    }
+    for route in PREFECT_ROUTES:  # documented by query/openapi.py, validated by the handler
+        app.add_api_route(route.path, handlers[route.path], methods=["POST"], **route_docs(route))
+    generate_openapi = app.openapi
 
-    @app.get("/api/artifacts/{artifact_id}")
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            add_request_bodies(generate_openapi(), default_limit)
+        return app.openapi_schema or generate_openapi()
+
+    app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
+
+    @app.get("/api/artifacts/{artifact_id}", **read_docs(Artifact, "artifact"))
     async def read_artifact(artifact_id: str) -> Response:
         try:
             parsed = uuid.UUID(artifact_id)
@@ -299,7 +308,7 @@ def create_app(
         REQUESTS.labels("read", "200" if row else "404").inc()
         return _json(row) if row else _json({"detail": "Artifact not found."}, 404)
 
-    @app.get("/api/artifacts/{key}/latest")
+    @app.get("/api/artifacts/{key}/latest", **read_docs(Artifact, "key's latest artifact"))
     async def read_latest_artifact(key: str) -> Response:
         try:
             row = await repo.latest_by_key(key)

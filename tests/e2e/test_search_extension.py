@@ -1,7 +1,8 @@
 """The search extension (`POST /ext/v1/artifacts/search`) on a real Elasticsearch.
 
 Six artifacts of two flows' runs, indexed by the real indexer (`LocalPipeline`), queried
-through the real app. Every expected answer is derived here by hand from the artifacts'
+through the real app (also Prefect's routes, against what the OpenAPI document says of
+them). Every expected answer is derived here by hand from the artifacts'
 text (or, for orders and counts, computed in Python from the rules docs/search.md states),
 never from the service's code.
 """
@@ -19,6 +20,7 @@ import httpx
 import orjson
 import pytest
 from elasticsearch import AsyncElasticsearch
+from jsonschema import Draft202012Validator
 from prometheus_client import REGISTRY
 
 from indexer.local import LocalPipeline
@@ -29,6 +31,7 @@ from services.es.admin import drop_indices, ensure_indices
 from services.es.indices import IndexNames
 
 PATH = "/ext/v1/artifacts/search"
+JSON = "application/json"
 
 
 def _id(n: int) -> str:
@@ -714,3 +717,79 @@ async def test_the_openapi_document_describes_the_search(stack: Stack) -> None:
     assert {"month", "year"} <= set(widths)
     assert {"q", "prefect_filter", "cursor", "facets", "selected", "latest_per_key"} <= set(props)
     assert not any(path.startswith("/api/ext") for path in doc["paths"])
+
+
+# -- Prefect's routes, as the OpenAPI document describes them (query/openapi.py) -----------
+def _validator(doc: dict[str, Any], schema: dict[str, Any]) -> Draft202012Validator:
+    """A validator of `schema` whose `#/components/...` references resolve in `doc`."""
+    return Draft202012Validator(
+        {"components": doc["components"], **schema},
+        format_checker=Draft202012Validator.FORMAT_CHECKER,
+    )
+
+
+def _answer_schema(doc: dict[str, Any], method: str, path: str, status: str) -> dict[str, Any]:
+    schema: dict[str, Any] = doc["paths"][path][method]["responses"][status]["content"][JSON][
+        "schema"
+    ]
+    return schema
+
+
+def _body_schema(doc: dict[str, Any], path: str) -> dict[str, Any]:
+    body = doc["paths"][path]["post"]["requestBody"]
+    assert body["required"] is False  # Prefect answers an empty body
+    schema: dict[str, Any] = body["content"][JSON]["schema"]
+    return schema
+
+
+async def test_prefect_routes_answer_what_the_openapi_document_describes(stack: Stack) -> None:
+    doc = (await stack.client.get("/openapi.json")).json()
+    filtered = {"limit": 3, "sort": "KEY_ASC", "artifacts": {"type": {"any_": ["markdown"]}}}
+    answers: dict[str, Any] = {}
+    for path, body in (
+        ("/api/artifacts/filter", {}),
+        ("/api/artifacts/filter", filtered),
+        ("/api/artifacts/count", {"flow_runs": {"id": {"any_": [R1]}}}),
+        ("/api/artifacts/latest/filter", {"sort": "KEY_DESC"}),
+        ("/api/artifacts/latest/count", {}),
+    ):
+        _validator(doc, _body_schema(doc, path)).validate(body)  # documented as valid
+        resp = await stack.client.post(path, json=body)
+        assert resp.status_code == 200, resp.text[:300]
+        _validator(doc, _answer_schema(doc, "post", path, "200")).validate(resp.json())
+        answers.setdefault(path, resp.json())
+    rows = answers["/api/artifacts/filter"]
+    assert len(rows) == len(ARTIFACTS)  # every artifact's shape was checked
+    assert {row["type"] for row in rows} >= {"markdown", "table"}
+    assert isinstance(answers["/api/artifacts/count"], int)
+    assert answers["/api/artifacts/latest/filter"][0]["latest_id"] in {r["id"] for r in rows}
+
+    one = _validator(doc, _answer_schema(doc, "get", "/api/artifacts/{artifact_id}", "200"))
+    for row in rows:
+        got = await stack.client.get(f"/api/artifacts/{row['id']}")
+        assert got.status_code == 200
+        one.validate(got.json())
+    latest = await stack.client.get("/api/artifacts/sales-report/latest")
+    _validator(doc, _answer_schema(doc, "get", "/api/artifacts/{key}/latest", "200")).validate(
+        latest.json()
+    )
+    missing = await stack.client.get(f"/api/artifacts/{_id(999)}")
+    assert missing.status_code == 404
+    _validator(doc, _answer_schema(doc, "get", "/api/artifacts/{artifact_id}", "404")).validate(
+        missing.json()
+    )
+
+    # what the document refuses, the service refuses, with the documented error bodies
+    refused = _validator(doc, _answer_schema(doc, "post", "/api/artifacts/filter", "422"))
+    for bad in ({"limit": 201}, {"limit": -1}, {"sort": "NEWEST"}, {"artifacts": {"bogus": 1}}):
+        assert not _validator(doc, _body_schema(doc, "/api/artifacts/filter")).is_valid(bad)
+        resp = await stack.client.post("/api/artifacts/filter", json=bad)
+        assert resp.status_code == 422, bad
+        refused.validate(resp.json())
+
+    # and the answer schemas are strict enough to catch a wrong answer
+    wrong = [{**rows[0], "id": "not-a-uuid"}, {k: v for k, v in rows[0].items() if k != "id"}]
+    for answer in wrong:
+        assert not _validator(
+            doc, _answer_schema(doc, "post", "/api/artifacts/filter", "200")
+        ).is_valid([answer])
