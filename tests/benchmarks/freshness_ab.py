@@ -106,19 +106,49 @@ def _host() -> dict[str, float]:
         fields = stat.readline().split()[1:]
     for name, value in zip(("user", "nice", "system", "idle", "iowait"), fields, strict=False):
         out[f"host_cpu_{name}"] = float(value)
+    with open("/proc/vmstat") as vmstat:  # reads from disk: page-ins (kB), major faults
+        for line in vmstat:
+            name, _, value = line.partition(" ")
+            if name in ("pgpgin", "pgmajfault"):
+                out[f"host_{name}"] = float(value)
+    return out
+
+
+def _process(pid: int, label: str) -> dict[str, float]:
+    """A process's major page faults, CPU jiffies and bytes read from disk (its state store
+    served from the page cache or not)."""
+    out: dict[str, float] = {}
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rpartition(")")[2].split()
+        out[f"{label}_majflt"] = float(fields[9])
+        out[f"{label}_cpu"] = float(fields[11]) + float(fields[12])
+        with open(f"/proc/{pid}/io") as io:
+            for line in io:
+                name, _, value = line.partition(":")
+                if name == "read_bytes":
+                    out[f"{label}_read_bytes"] = float(value)
+    except (OSError, IndexError, ValueError):
+        pass
     return out
 
 
 async def _timeline(
-    http: httpx.AsyncClient, port: int, samples: list[dict[str, float]], every_s: float = 0.5
+    http: httpx.AsyncClient,
+    port: int,
+    pid: int,
+    samples: list[dict[str, float]],
+    every_s: float = 0.5,
 ) -> None:
-    """Sample the indexer's /metrics and Elasticsearch's node stats until cancelled: what
-    the indexer and Elasticsearch did second by second while a rate was measured."""
+    """Sample the indexer's /metrics and process figures (`pid`) and Elasticsearch's node
+    stats until cancelled: what the indexer and Elasticsearch did second by second while a
+    rate was measured."""
     t0 = time.monotonic()
     while True:
         try:
             sample = {"t": round(time.monotonic() - t0, 2)}
             sample.update(await _scrape(http, port))
+            sample.update(_process(pid, "indexer"))
             sample.update(await _es_stats(http))
             samples.append(sample)
         except httpx.HTTPError:
@@ -139,7 +169,7 @@ async def _rates(
     for rate, seconds in rates:
         before, t0 = await _scrape(http, port), time.monotonic()
         samples: list[dict[str, float]] = []
-        sampler = asyncio.create_task(_timeline(http, port, samples))
+        sampler = asyncio.create_task(_timeline(http, port, stack.indexer.proc.pid, samples))
         try:
             fresh = await run.freshness(stack, dataset, http, opts, rate, seconds)
         finally:
