@@ -294,7 +294,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
-    @app.get("/api/artifacts/{artifact_id}", **read_docs(Artifact, "artifact"))
+    @app.get("/api/artifacts/{artifact_id}", **read_docs(Artifact, "No artifact has this id."))
     async def read_artifact(artifact_id: str) -> Response:
         try:
             parsed = uuid.UUID(artifact_id)
@@ -308,7 +308,7 @@ def create_app(
         REQUESTS.labels("read", "200" if row else "404").inc()
         return _json(row) if row else _json({"detail": "Artifact not found."}, 404)
 
-    @app.get("/api/artifacts/{key}/latest", **read_docs(Artifact, "key's latest artifact"))
+    @app.get("/api/artifacts/{key}/latest", **read_docs(Artifact, "No artifact has this key."))
     async def read_latest_artifact(key: str) -> Response:
         try:
             row = await repo.latest_by_key(key)

@@ -204,13 +204,14 @@ def route_docs(route: PrefectRoute) -> dict[str, Any]:
     }
 
 
-def read_docs(answer: type[BaseModel], what: str) -> dict[str, Any]:
-    """The `add_api_route`/decorator keyword arguments of a GET route answering `answer`."""
+def read_docs(answer: type[BaseModel], missing: str) -> dict[str, Any]:
+    """The decorator keyword arguments of a GET route answering `answer`, or a 404 whose
+    meaning is `missing`."""
     return {
         "tags": [PREFECT_TAG],
         "responses": {
-            200: {"model": answer, "description": f"The {what}."},
-            404: {"model": Detail, "description": f"No such {what}."},
+            200: {"model": answer, "description": "The artifact, as Prefect gives it."},
+            404: {"model": Detail, "description": missing},
             503: {"model": Detail, "description": "Elasticsearch cannot answer."},
         },
     }
@@ -242,12 +243,9 @@ def add_request_bodies(document: dict[str, Any], default_limit: int) -> dict[str
     """`document` with the schemas of `request_schemas` among its components (in place).
 
     A schema FastAPI already put there under the same name (the search extension's
-    `prefect_filter` uses the same filter models) is kept: it is the same model's."""
+    `prefect_filter` uses the count requests and the filter models) is kept: it is the
+    same model's, and FastAPI's own references point to it."""
     components = document.setdefault("components", {}).setdefault("schemas", {})
     for name, schema in request_schemas(default_limit).items():
-        if name in REQUEST_MODELS_BY_NAME or name not in components:
-            components[name] = schema
+        components.setdefault(name, schema)
     return document
-
-
-REQUEST_MODELS_BY_NAME = {model.__name__: model for model in REQUEST_MODELS}
