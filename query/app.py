@@ -31,7 +31,14 @@ from pydantic import ValidationError
 
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
-from query.openapi import PREFECT_ROUTES, Artifact, add_request_bodies, read_docs, route_docs
+from query.openapi import (
+    PREFECT_ROUTES,
+    READ_PATHS,
+    Artifact,
+    add_request_bodies,
+    read_docs,
+    route_docs,
+)
 from query.repository import CursorExpiredError, Repository
 from query.request_id import RequestIdMiddleware
 from query.sort import sort_clauses
@@ -294,7 +301,7 @@ def create_app(
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 
-    @app.get("/api/artifacts/{artifact_id}", **read_docs(Artifact, "No artifact has this id."))
+    @app.get(READ_PATHS[0], **read_docs(Artifact, "No artifact has this id."))
     async def read_artifact(artifact_id: str) -> Response:
         try:
             parsed = uuid.UUID(artifact_id)
@@ -308,7 +315,7 @@ def create_app(
         REQUESTS.labels("read", "200" if row else "404").inc()
         return _json(row) if row else _json({"detail": "Artifact not found."}, 404)
 
-    @app.get("/api/artifacts/{key}/latest", **read_docs(Artifact, "No artifact has this key."))
+    @app.get(READ_PATHS[1], **read_docs(Artifact, "No artifact has this key."))
     async def read_latest_artifact(key: str) -> Response:
         try:
             row = await repo.latest_by_key(key)

@@ -81,6 +81,7 @@ def test_each_prefect_route_has_its_body_answer_and_errors() -> None:
         op = doc["paths"][path]["get"]
         assert op["responses"]["200"]["content"][JSON]["schema"]["$ref"].endswith("/" + what)
         assert op["responses"]["404"]["content"][JSON]["schema"]["$ref"].endswith("/Detail")
+        assert "422" not in op["responses"]  # any string is a valid id or key: never a 422
 
 
 @pytest.mark.parametrize("limit", [1, 50, 200, 1000])
