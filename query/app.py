@@ -35,7 +35,7 @@ from query.openapi import (
     PREFECT_ROUTES,
     READ_PATHS,
     Artifact,
-    add_request_bodies,
+    complete_document,
     read_docs,
     route_docs,
 )
@@ -296,8 +296,8 @@ def create_app(
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is None:
-            add_request_bodies(generate_openapi(), default_limit)
-        return app.openapi_schema or generate_openapi()
+            app.openapi_schema = complete_document(generate_openapi(), default_limit)
+        return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]  # FastAPI's documented override
 

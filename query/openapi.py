@@ -7,9 +7,9 @@ they answer, for `/docs`, `/openapi.json` and any generated client:
 
 - `route_docs`: the keyword arguments of `add_api_route` for one route (summary,
   description, the responses with their schemas, the request body by reference);
-- `add_request_bodies`: the request models' schemas put into the document's components
+- `complete_document`: the request models' schemas put into the document's components
   (the references of `route_docs` point there), with `limit` bounded as the service
-  bounds it (`QUERY_DEFAULT_LIMIT`).
+  bounds it (`QUERY_DEFAULT_LIMIT`), and the 422 FastAPI lists for the GET routes dropped.
 
 The response models below describe the answers; the routes never build them (the
 documents come from Elasticsearch already in Prefect's shape and are written as they are).
@@ -244,7 +244,7 @@ def request_schemas(default_limit: int) -> dict[str, Any]:
     return schemas
 
 
-def add_request_bodies(document: dict[str, Any], default_limit: int) -> dict[str, Any]:
+def complete_document(document: dict[str, Any], default_limit: int) -> dict[str, Any]:
     """`document` with the schemas of `request_schemas` among its components, and without
     the 422 FastAPI lists for the GET routes, which never answer one (in place).
 
