@@ -28,6 +28,7 @@ from indexer import keys
 from indexer.graph import Refs
 from indexer.state import Tx
 from services.documents import ascii_lower, collection_id, id_order
+from services.trigrams import trigram_text
 
 Doc = dict[str, Any]
 
@@ -220,7 +221,8 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
         "task_run_id": tr_id,
         "created_us": earliest["created_us"],
         "updated_us": latest["created_us"],
-        "key_ci": ascii_lower(key),
+        "key_ci": (folded := ascii_lower(key)),
+        "key_tri": trigram_text(folded),
         "live": True,
     }
     if text:

@@ -375,15 +375,10 @@ def create_app(
 
     @app.get("/api/ready")
     async def ready() -> Response:
-        if await repo.ping():
+        why = await repo.unready()
+        if why is None:
             return _json({"status": "ready"})
-        return _json(
-            {
-                "status": "unavailable",
-                "detail": "Elasticsearch or the artifact index is not reachable.",
-            },
-            503,
-        )
+        return _json({"status": "unavailable", "detail": why}, 503)
 
     # What Prefect's client asks besides the artifact routes. ``/admin/version``
     # names the Prefect release whose API is served (the client compares its

@@ -12,6 +12,11 @@ case folding under the C collation), so the pattern's literal characters are
 folded the same way and the result is matched, case-sensitively, against that
 field with Elasticsearch's ``wildcard`` query (``*`` any run, ``?`` one code
 point, backslash escapes).
+
+Where the field has a trigram sibling (``key_tri``, ``services.trigrams``), a value
+whose pattern is a plain substring test of three characters or more (no ``%`` or ``_``
+left inside once the wrapping ones are taken off) is answered by a phrase of its
+trigrams instead: exact, and it does not walk every key (``contains_literal``).
 """
 
 from __future__ import annotations
@@ -19,13 +24,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import Enum
 
-_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+from services.documents import ascii_lower
+
 _WILDCARD_SPECIAL = frozenset("*?\\")
-
-
-def ascii_lower(text: str) -> str:
-    """Lowercase only ``A``-``Z``; every other character is kept as is."""
-    return text.translate(_ASCII_LOWER)
 
 
 class TokenKind(Enum):
@@ -97,3 +98,21 @@ def tokens_to_wildcard(tokens: list[Token]) -> str:
 def contains_to_wildcard(value: str) -> str:
     """The ES wildcard equivalent of Prefect's ``ILIKE '%' || value || '%'``."""
     return tokens_to_wildcard(parse_like_pattern(f"%{value}%"))
+
+
+def contains_literal(value: str) -> str | None:
+    """The folded text that ``ILIKE '%' || value || '%'`` looks for, when the pattern is a
+    plain substring test; None when wildcards (``%``, ``_``) remain inside it, or when the
+    pattern is not wrapped in ``%`` on both sides (a value ending in one backslash)."""
+    tokens = parse_like_pattern(f"%{value}%")
+    start, end = 0, len(tokens)
+    if tokens[-1].kind is not TokenKind.ANY_RUN:
+        return None
+    while start < end and tokens[start].kind is TokenKind.ANY_RUN:
+        start += 1
+    while end > start and tokens[end - 1].kind is TokenKind.ANY_RUN:
+        end -= 1
+    inner = tokens[start:end]
+    if any(token.kind is not TokenKind.LITERAL for token in inner):
+        return None
+    return ascii_lower("".join(token.char for token in inner))

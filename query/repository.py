@@ -43,7 +43,7 @@ from query.windows import (
 )
 from services.documents import collection_id
 from services.errors import BackendUnavailableError, ServiceError, TranslationError
-from services.es.indices import IndexNames
+from services.es.indices import SCHEMA_VERSION, IndexNames, outdated_indices
 
 _TOO_COMPLEX_MARKERS = (
     "determinizing automaton",
@@ -595,9 +595,24 @@ class Repository:
             )
         return {**answers[0], "aggregations": answers[1].get("aggregations", {})}
 
-    async def ping(self) -> bool:
-        """Whether the artifact alias is reachable."""
+    async def unready(self) -> str | None:
+        """Why queries cannot be answered now (None: they can). The artifact and collection
+        aliases must exist and point at indices this release's schema made: an older one
+        lacks fields the queries read (e.g. `key_tri`), so its answers would be wrong,
+        not slow, until `replay` rebuilds it."""
+        aliases = [self.names.artifacts, self.names.collections]
         try:
-            return bool(await self.es.indices.exists_alias(name=self.names.artifacts))
+            if not await self.es.indices.exists_alias(name=aliases):
+                return "Elasticsearch answers, but the artifact indices do not exist."
+            found = await self.es.indices.get_mapping(
+                index=aliases, filter_path=["*.mappings._meta", "*.mappings.dynamic"]
+            )
         except _ES_ERRORS:
-            return False
+            return "Elasticsearch or the artifact index is not reachable."
+        old = outdated_indices(found.body)
+        if old:
+            return (
+                f"{', '.join(old)} {'was' if len(old) == 1 else 'were'} made by an older "
+                f"release than schema version {SCHEMA_VERSION}: run `replay` to rebuild."
+            )
+        return None

@@ -31,7 +31,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from query.like import contains_to_wildcard
+from query.like import contains_literal, contains_to_wildcard
 from services.errors import TranslationError
 from services.prefect.filters import (
     ArtifactCollectionFilter,
@@ -46,6 +46,7 @@ from services.prefect.filters import (
     TaskRunFilterFlowRunId,
     TaskRunFilterState,
 )
+from services.trigrams import MAX_CHARS, MIN_CHARS, trigram_tokens
 
 Query = dict[str, Any]
 """An Elasticsearch query clause, as the JSON-ready dict the client sends."""
@@ -181,8 +182,19 @@ def wildcard(field: str, pattern: str) -> Query:
     return {"wildcard": {field: {"value": pattern}}}
 
 
+TRIGRAM_FIELDS: dict[str, str] = {"key_ci": "key_tri"}
+"""Folded fields with a trigram sibling (``services.trigrams``), on both indices."""
+
+
 def contains(ci_field: str, value: str) -> Query:
-    """Prefect's ``ILIKE '%value%'`` on the ASCII-lowercased sibling field."""
+    """Prefect's ``ILIKE '%value%'`` on the ASCII-lowercased sibling field: a phrase of
+    trigrams when the field has them and the pattern is a plain substring test of three to
+    `MAX_CHARS` characters, else a wildcard."""
+    trigrams = TRIGRAM_FIELDS.get(ci_field)
+    if trigrams is not None:
+        literal = contains_literal(value)
+        if literal is not None and MIN_CHARS <= len(literal) <= MAX_CHARS:
+            return {"match_phrase": {trigrams: " ".join(trigram_tokens(literal))}}
     return wildcard(ci_field, contains_to_wildcard(value))
 
 

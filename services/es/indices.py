@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _KW: dict[str, Any] = {"type": "keyword"}
 _LONG: dict[str, Any] = {"type": "long"}
@@ -17,6 +17,8 @@ _OPAQUE: dict[str, Any] = {"type": "object", "enabled": False}
 # to 10 ms of Elasticsearch, and cost 30 % more Elasticsearch time on a raw bulk load, 8 %
 # on the indexer's, and 5 % more index (docs/benchmarks/RESULTS.md)
 _TEXT: dict[str, Any] = {"type": "text"}
+# the folded key's trigrams (services/trigrams.py): positions for phrases, nothing to score
+_TRIGRAMS: dict[str, Any] = {"type": "text", "analyzer": "whitespace", "norms": False}
 
 
 def _obj(**fields: dict[str, Any]) -> dict[str, Any]:
@@ -79,6 +81,7 @@ _COMMON = {
     "updated": _STORED_ONLY,
     "key": _KW,
     "key_ci": _KW,
+    "key_tri": _TRIGRAMS,
     "type": _KW,
     "description": {"type": "text", "index": False},
     "data": _OPAQUE,
@@ -94,8 +97,13 @@ _COMMON = {
     "v": _obj(k=_KW, s=_KW, n=_KW, d=_KW, b=_KW),
 }
 
+SCHEMA_META = "schema_version"
+"""`_meta` key of the artifact and collection mappings: the `SCHEMA_VERSION` that made the
+index. Indices of older releases lack it; the query service is not ready on them."""
+
 ARTIFACTS_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
+    "_meta": {SCHEMA_META: SCHEMA_VERSION},
     "properties": {
         **_COMMON,
         "live": _BOOL,
@@ -105,6 +113,7 @@ ARTIFACTS_MAPPING: dict[str, Any] = {
 }
 COLLECTIONS_MAPPING: dict[str, Any] = {
     "dynamic": "strict",
+    "_meta": {SCHEMA_META: SCHEMA_VERSION},
     "properties": {**_COMMON, "latest_id": _KW, "live": _BOOL, **_REFS},
 }
 CONTROL_MAPPING: dict[str, Any] = {
@@ -224,6 +233,17 @@ class IndexNames:
 
 
 _KINDS = ("artifacts", "collections", "control")
+
+
+def outdated_indices(mappings: dict[str, Any], version: int = SCHEMA_VERSION) -> list[str]:
+    """The indices of a `GET <index>/_mapping` answer that an older schema version made
+    (no `_meta.schema_version`, or a smaller one), sorted."""
+    old = []
+    for index, body in mappings.items():
+        made_by = (body.get("mappings", {}).get("_meta") or {}).get(SCHEMA_META)
+        if not isinstance(made_by, int) or made_by < version:
+            old.append(index)
+    return sorted(old)
 
 
 MAX_RESULT_WINDOW = 50_000

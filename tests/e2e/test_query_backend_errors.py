@@ -17,7 +17,7 @@ from elasticsearch import AsyncElasticsearch
 from query.app import create_app
 from services.config import ElasticsearchSettings, QuerySettings
 from services.es.admin import drop_indices, ensure_indices
-from services.es.indices import IndexNames
+from services.es.indices import COLLECTIONS_MAPPING, IndexNames
 
 CLOSED = "http://127.0.0.1:1"
 ARTIFACT_ID = "0f9e5d1c-7a0b-4c2d-8e3f-1a2b3c4d5e6f"
@@ -128,3 +128,33 @@ async def test_odd_bodies_never_500(empty_index: ElasticsearchSettings) -> None:
             )
             assert resp.status_code == status, (content[:40], resp.text[:200])
             resp.json()  # always valid JSON
+
+
+async def test_indices_an_older_schema_made_are_not_ready(elasticsearch_url: str) -> None:
+    """An index made before `key_tri` existed would answer key `like_` filters wrongly, not
+    slowly: readiness says so (and names `replay`) until it is rebuilt."""
+    names = IndexNames(f"old-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url)
+    await ensure_indices(es, names)
+    settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=names.prefix)
+    try:
+        async with _client(settings) as client:
+            assert (await client.get("/api/ready")).json() == {"status": "ready"}
+            # what an older release made: the same mapping without the schema's `_meta`
+            old = f"{names.prefix}collections-v3"
+            mapping = {k: v for k, v in COLLECTIONS_MAPPING.items() if k != "_meta"}
+            await es.indices.create(index=old, mappings=mapping)
+            current = names.concrete(names.collections)
+            await es.indices.update_aliases(
+                actions=[
+                    {"remove": {"index": current, "alias": names.collections}},
+                    {"add": {"index": old, "alias": names.collections}},
+                ]
+            )
+            resp = await client.get("/api/ready")
+            assert resp.status_code == 503
+            detail = resp.json()["detail"]
+            assert old in detail and "replay" in detail and current not in detail
+    finally:
+        await drop_indices(es, names)
+        await es.close()

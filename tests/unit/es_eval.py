@@ -4,7 +4,8 @@ Used only by tests: it lets the property tests run translated queries against
 Python dict documents and compare with a direct implementation of Prefect's SQL
 semantics. Supported: ``bool`` (filter/must/must_not/should with
 ``minimum_should_match``), ``term``, ``terms``, ``exists``, ``range``,
-``wildcard``, ``match_all``, ``match_none``. Dotted field names walk plain
+``wildcard``, ``match_phrase`` (on whitespace-separated tokens, as the ``whitespace``
+analyzer splits them), ``match_all``, ``match_none``. Dotted field names walk plain
 objects; arrays match when any element matches; ``null`` and ``[]`` are absent.
 """
 
@@ -55,6 +56,12 @@ def wildcard_match(pattern: str, value: str) -> bool:
     return wildcard_regex(pattern).fullmatch(value) is not None
 
 
+def _has_run(tokens: list[str], wanted: list[str]) -> bool:
+    """Whether `wanted` occurs in `tokens` at consecutive positions."""
+    size = len(wanted)
+    return size > 0 and any(tokens[i : i + size] == wanted for i in range(len(tokens) - size + 1))
+
+
 def _same(a: Any, b: Any) -> bool:
     return type(a) is type(b) and a == b
 
@@ -88,6 +95,12 @@ def evaluate(query: dict[str, Any], doc: dict[str, Any]) -> bool:
         return any(
             isinstance(v, str) and wildcard_match(spec["value"], v)
             for v in field_values(doc, field)
+        )
+    if kind == "match_phrase":
+        ((field, phrase),) = body.items()
+        wanted = phrase.split()
+        return any(
+            isinstance(v, str) and _has_run(v.split(), wanted) for v in field_values(doc, field)
         )
     if kind == "bool":
         unknown = set(body) - {"filter", "must", "must_not", "should", "minimum_should_match"}

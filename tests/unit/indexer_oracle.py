@@ -88,6 +88,7 @@ def expected_documents(dataset: Dataset) -> tuple[dict[str, Doc], dict[str, Doc]
             "created_us": earliest,
             "updated_us": latest["created_us"],
             "key_ci": latest["key_ci"],
+            "key_tri": latest["key_tri"],
             "live": True,
             **refs(latest.get("flow_run_id"), latest.get("task_run_id")),
         }

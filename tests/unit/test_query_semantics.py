@@ -20,6 +20,7 @@ from sql_ref import pg_ilike
 from query.like import ascii_lower
 from query.translate import translate_artifact_query, translate_collection_query
 from services.prefect import filters as f
+from services.trigrams import trigram_text
 
 Tri = bool | None
 
@@ -28,8 +29,10 @@ UUIDS = [
     "00000000-0000-0000-0000-00000000000b",
     "00000000-0000-0000-0000-00000000000c",
 ]
-NAMES = ["Alpha", "alpha-2", "Beta", "b_ta", "g%m", "x\\y", "", "ÄLPHA"]
+NAMES = ["Alpha", "alpha-2", "Beta", "b_ta", "g%m", "x\\y", "", "ÄLPHA", "a~lph alpha", "aaaa"]
 LIKES = ["a", "A", "%", "_", "b_t", "\\", "x\\\\y", "%m", "ph", "ä", "", "LP"]
+# three characters or more: answered by trigram phrases on `key_tri` when plain
+LIKES += ["alp", "LPHA", "pha-", "~lp", "h a", "ÄLP", "aaa", "aaaa", "a%ph", "al_h", "lph\\"]
 TAGS = ["t1", "t2", "t3"]
 STATES = ["COMPLETED", "FAILED", "RUNNING"]
 TIMES = [0, 1_000_000, 2_000_001]
@@ -403,6 +406,8 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
         "updated_us": 1,
     }
     with_ci(doc, "key", "key_ci")
+    if doc.get("key_ci") is not None:
+        doc["key_tri"] = trigram_text(doc["key_ci"])
     if draw(st.booleans()):
         fr = draw(flow_runs_docs())
         doc["fr"] = fr
