@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from query.app import create_app
 from query.openapi import PREFECT_ROUTES, Artifact, ArtifactCollection
 from services.config import ElasticsearchSettings, QuerySettings
+from services.documents import ARTIFACT_RESPONSE_FIELDS, COLLECTION_RESPONSE_FIELDS
 
 JSON = "application/json"
 
@@ -122,3 +123,15 @@ def test_the_answers_are_described_as_prefect_describes_them(
             assert not nullable
             continue
         assert nullable == theirs[name], name
+
+
+@pytest.mark.parametrize(
+    ("model", "read"),
+    [(Artifact, ARTIFACT_RESPONSE_FIELDS), (ArtifactCollection, COLLECTION_RESPONSE_FIELDS)],
+)
+def test_the_answers_are_described_with_the_fields_the_service_reads(
+    model: type[BaseModel], read: tuple[str, ...]
+) -> None:
+    """The document's models repeat the response fields of `services/documents.py` (what
+    the handlers take from `_source`): a field added to one must be added to the other."""
+    assert list(model.model_fields) == list(read)
