@@ -45,6 +45,7 @@ from services.contract_fast import FastArtifact
 from services.documents import artifact_own_fields, entity_part
 from services.errors import PoisonEventError
 from services.search_text import searchable
+from services.trigrams import trigram_text
 
 Doc = dict[str, Any]
 TP = tuple[str, int]
@@ -424,6 +425,11 @@ class Step:
             else:
                 own = state["p"]
                 doc = refs.attach(dict(own), own.get("flow_run_id"), own.get("task_run_id"))
+                folded = own.get("key_ci")
+                if folded is not None:
+                    # derived here, not kept: smaller state, and states written before
+                    # schema version 4 build complete documents
+                    doc["key_tri"] = trigram_text(folded)
                 if self.topo.search_text:
                     text = state.get("s")  # absent in states written before it was kept
                     doc["x"], doc["v"] = text or searchable(own)

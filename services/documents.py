@@ -23,7 +23,6 @@ from services.contract import (
     TaskRunData,
 )
 from services.contract_fast import FastArtifact, FastDeployment, FastFlow, FastFlowRun, FastTaskRun
-from services.trigrams import trigram_text
 
 # a snapshot from either parser: same field names, ids as UUID or canonical str
 AnyFlow = FlowData | FastFlow
@@ -233,6 +232,5 @@ def artifact_own_fields(data: AnyArtifact, version: int) -> Doc:
     }
     doc["id_hi"], doc["id_lo"] = id_order(doc["id"])
     if data.key is not None:
-        doc["key_ci"] = folded = ascii_lower(data.key)
-        doc["key_tri"] = trigram_text(folded)
+        doc["key_ci"] = ascii_lower(data.key)
     return doc

@@ -39,6 +39,9 @@ def trigram_tokens(folded: str) -> list[str]:
     """The tokens of the trigrams of `folded`, in order (none below three characters)."""
     if len(folded) < MIN_CHARS:
         return []
+    if folded.isascii() and folded.isprintable() and " " not in folded and "~" not in folded:
+        # the common key: every character stands for itself (about half the time)
+        return [folded[i : i + 3] for i in range(len(folded) - 2)]
     chars = [_char(char) for char in folded]
     return [chars[i] + chars[i + 1] + chars[i + 2] for i in range(len(chars) - 2)]
 

@@ -26,6 +26,7 @@ from services.documents import (
     flow_run_part,
     task_run_part,
 )
+from services.trigrams import trigram_text
 
 Doc = dict[str, Any]
 
@@ -67,6 +68,8 @@ def expected_documents(dataset: Dataset) -> tuple[dict[str, Doc], dict[str, Doc]
     for art in dataset.artifacts:
         own = artifact_own_fields(ArtifactData.model_validate(art), 0)
         own.pop("version")
+        if own.get("key_ci") is not None:
+            own["key_tri"] = trigram_text(own["key_ci"])
         artifacts[art["id"]] = {**own, **refs(art.get("flow_run_id"), art.get("task_run_id"))}
     collections: dict[str, Doc] = {}
     for col in dataset.collections():
