@@ -104,7 +104,11 @@ def contains_literal(value: str) -> str | None:
     """The folded text that ``ILIKE '%' || value || '%'`` looks for, when the pattern is a
     plain substring test; None when wildcards (``%``, ``_``) remain inside it, or when the
     pattern is not wrapped in ``%`` on both sides (a value ending in one backslash)."""
-    tokens = parse_like_pattern(f"%{value}%")
+    return tokens_literal(parse_like_pattern(f"%{value}%"))
+
+
+def tokens_literal(tokens: list[Token]) -> str | None:
+    """`contains_literal` of an already parsed ``%value%`` pattern."""
     start, end = 0, len(tokens)
     if tokens[-1].kind is not TokenKind.ANY_RUN:
         return None

@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Sequence
 from typing import Any
 
-from elasticsearch import ApiError, AsyncElasticsearch, TransportError
+from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
 from prometheus_client import Counter
 
 from query.extension import (
@@ -602,11 +602,11 @@ class Repository:
         not slow, until `replay` rebuilds it."""
         aliases = [self.names.artifacts, self.names.collections]
         try:
-            if not await self.es.indices.exists_alias(name=aliases):
-                return "Elasticsearch answers, but the artifact indices do not exist."
             found = await self.es.indices.get_mapping(
                 index=aliases, filter_path=["*.mappings._meta", "*.mappings.dynamic"]
             )
+        except NotFoundError:  # either alias missing
+            return "Elasticsearch answers, but the artifact indices do not exist."
         except _ES_ERRORS:
             return "Elasticsearch or the artifact index is not reachable."
         old = outdated_indices(found.body)

@@ -31,7 +31,7 @@ from uuid import UUID
 
 from pydantic import BaseModel
 
-from query.like import contains_literal, contains_to_wildcard
+from query.like import parse_like_pattern, tokens_literal, tokens_to_wildcard
 from services.errors import TranslationError
 from services.prefect.filters import (
     ArtifactCollectionFilter,
@@ -190,12 +190,13 @@ def contains(ci_field: str, value: str) -> Query:
     """Prefect's ``ILIKE '%value%'`` on the ASCII-lowercased sibling field: a phrase of
     trigrams when the field has them and the pattern is a plain substring test of three to
     `MAX_CHARS` characters, else a wildcard."""
+    tokens = parse_like_pattern(f"%{value}%")  # parsed once for either query
     trigrams = TRIGRAM_FIELDS.get(ci_field)
     if trigrams is not None:
-        literal = contains_literal(value)
+        literal = tokens_literal(tokens)
         if literal is not None and MIN_CHARS <= len(literal) <= MAX_CHARS:
             return {"match_phrase": {trigrams: " ".join(trigram_tokens(literal))}}
-    return wildcard(ci_field, contains_to_wildcard(value))
+    return wildcard(ci_field, tokens_to_wildcard(tokens))
 
 
 def epoch_us(moment: datetime) -> int:
