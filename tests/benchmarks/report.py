@@ -1,4 +1,6 @@
-"""Turn the benchmark's raw results into RESULTS.md, SIZING.md and PNG plots."""
+"""Turn a benchmark run's raw results into its report (`report-<mode>.md`), sizing model
+(`sizing-<mode>.md`) and PNG plots. RESULTS.md and SIZING.md are kept by hand from these
+reports and other runs; nothing here writes them."""
 
 from __future__ import annotations
 
@@ -98,8 +100,6 @@ MET, MISSED, NA = "met", "**missed**", "not evaluated"
 NOT_MEASURED = "not measured in this run"
 PREVIOUS = REPO_ROOT / "docs" / "benchmarks" / "results-full-indexer-v1.json"
 """The previous full run (indexer v1), compared with when the results carry no "previous"."""
-ANALYSIS = Path(__file__).with_name("analysis.md")
-"""Why targets are missed and what was done: a hand-written section of RESULTS.md."""
 
 
 def _fmt(x: Any, digits: int = 2) -> str:
@@ -891,9 +891,6 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
             f"The indexer redesign has its own targets: {judged.count(MET)} of {len(judged)} "
             "evaluated rows met. See *Targets of the indexer redesign* under Indexing.",
         ]
-    if results["mode"] == "full" and ANALYSIS.exists():
-        # written by hand from this run's figures; regenerate with --report after editing
-        lines += ["", ANALYSIS.read_text().strip()]
     lines += [
         "",
         "## Datasets",
@@ -1602,8 +1599,8 @@ def sizing_md(results: dict[str, Any]) -> str:
         "# Sizing for 100 million artifacts",
         "",
         f"Derived from the measurements of the **{n:,}-artifact** scale of the `{mode}` run "
-        f"([RESULTS.md](RESULTS.md), [results-{mode}.json](results-{mode}.json)); "
-        "`python -m tests.benchmarks.run` regenerates this file from the largest scale it "
+        f"([report-{mode}.md](report-{mode}.md), [results-{mode}.json](results-{mode}.json)); "
+        "`python -m tests.benchmarks.run` writes this file again from the largest scale it "
         "ran. All inputs were measured on one small machine shared by every process of the "
         "benchmark, so per-core figures are conservative. Assumptions are marked "
         "**(assumed)** and model outputs *extrapolated*; everything else is measured. "
@@ -1635,12 +1632,27 @@ def sizing_md(results: dict[str, Any]) -> str:
 # ----------------------------------------------------------------------------- all
 
 
-def write_all(results: dict[str, Any], out: Path) -> None:
+def report_paths(results: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """Where a run's generated report and sizing model go: ``report-<mode>.md`` and
+    ``sizing-<mode>.md`` beside its ``results-<mode>.json``. Never ``RESULTS.md`` or
+    ``SIZING.md``: those are the kept record, written by hand from the generated reports
+    and other runs, which a new run must not overwrite."""
+    mode = results["mode"]
+    return out / f"report-{mode}.md", out / f"sizing-{mode}.md"
+
+
+def write_all(results: dict[str, Any], out: Path) -> list[Path]:
+    """Write the run's report, its sizing model (when a scale has what it needs) and its
+    plots into `out`; the files written."""
     out.mkdir(parents=True, exist_ok=True)
     images = plots(results, out)
-    (out / "RESULTS.md").write_text(results_md(results, images))
+    report_md, sizing = report_paths(results, out)
+    report_md.write_text(results_md(results, images))
+    written = [report_md, *(out / image for image in images)]
     if _sizing_scale(results) is not None:
-        (out / "SIZING.md").write_text(sizing_md(results))
+        sizing.write_text(sizing_md(results))
+        written.append(sizing)
+    return written
 
 
 def summary(results: dict[str, Any]) -> str:

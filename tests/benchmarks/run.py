@@ -24,7 +24,10 @@ PostgreSQL over HTTP (1 worker, ``tests/benchmarks/prefect_server.py``). Then:
    ``backfill-prefect``, Prefect commit -> searchable at a steady rate of flow runs with
    artifacts, and the bridge's and PostgreSQL's costs (``tests/benchmarks/sync_bench.py``).
 
-Results go to ``docs/benchmarks`` (RESULTS.md, SIZING.md, PNG plots, raw JSON).
+Results go to ``docs/benchmarks``: the raw JSON (``results-<mode>.json``), a generated
+report (``report-<mode>.md``), sizing model (``sizing-<mode>.md``) and PNG plots.
+RESULTS.md and SIZING.md are the record kept by hand from those and other runs: no run
+overwrites them.
 Every loop is bounded in count and time; traffic goes to 127.0.0.1 only.
 Topics, indices and the child processes are removed at the end; the Prefect
 database is kept for reuse (``--drop-prefect-db`` drops it).
@@ -141,14 +144,13 @@ class Options:
     queries_only: bool = False
     """The query service only: the initial load, the query mix's latency, the paging runs
     (`paging`) and the search extension (`search_extension`); no ceiling, throughput,
-    indexer runs, alerts or sync; the results go to results-queries.json and RESULTS.md
-    is not regenerated."""
+    indexer runs, alerts or sync; the results go to results-queries.json (no report)."""
     search_only: bool = False
     """The search extension only (`search_extension`), after the initial load: no Prefect,
     no query mix; results-search.json."""
     indexer_only: bool = False
     """Issue 11's figures only: no Prefect, no query latency or throughput, no alerts or
-    sync; the results go to results-indexer.json and RESULTS.md is not regenerated."""
+    sync; the results go to results-indexer.json (no report)."""
     skip: frozenset[str] = frozenset()
     """Side loads left out (`SIDE_LOADS`): absent from the results, "not measured"."""
 
@@ -202,7 +204,8 @@ def parse_options(argv: Sequence[str] | None = None) -> Options:
         "--report",
         type=Path,
         metavar="RESULTS_JSON",
-        help="only regenerate RESULTS.md, SIZING.md and the plots from a results JSON",
+        help="only write the report, sizing model and plots of a results JSON "
+        "(report-<mode>.md, sizing-<mode>.md)",
     )
     args = parser.parse_args(argv)
     if args.report is not None:

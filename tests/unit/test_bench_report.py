@@ -103,8 +103,7 @@ def new_format(old: dict[str, Any], name: str = "100000") -> dict[str, Any]:
 def test_old_results_still_render(tmp_path: Path) -> None:
     old = _old()
     report.write_all(old, tmp_path)
-    text = (tmp_path / "RESULTS.md").read_text()
-    sizing = (tmp_path / "SIZING.md").read_text()
+    text, sizing = (path.read_text() for path in report.report_paths(old, tmp_path))
     assert report.NOT_MEASURED in text
     assert "entity bytes/doc" not in text
     assert "| entities" not in sizing and "entity bytes" not in sizing
@@ -120,8 +119,7 @@ def test_new_results_render_beside_previous(tmp_path: Path, embedded: bool) -> N
     if embedded:
         new["previous"] = old
     report.write_all(new, tmp_path)
-    text = (tmp_path / "RESULTS.md").read_text()
-    sizing = (tmp_path / "SIZING.md").read_text()
+    text, sizing = (path.read_text() for path in report.report_paths(new, tmp_path))
     assert "| 100,000: previous run | 100,000: this run |" in text
     assert "1,000,000: previous run" not in text  # only scales this run measured
     assert "0.08x" in text  # the previous run's own ratio
@@ -172,8 +170,28 @@ def test_missing_kinds_and_sections(tmp_path: Path) -> None:
     for key in ("load_noisy", "load_backlog", "load_noisy_backlog", "load_replicas", "restart"):
         del scale[key]
     report.write_all(new, tmp_path)
-    assert report.NOT_MEASURED in (tmp_path / "RESULTS.md").read_text()
-    assert report.NOT_MEASURED in (tmp_path / "SIZING.md").read_text()
+    for path in report.report_paths(new, tmp_path):
+        assert report.NOT_MEASURED in path.read_text()
+
+
+def test_a_run_never_overwrites_the_kept_record(tmp_path: Path) -> None:
+    """RESULTS.md and SIZING.md are written by hand from many runs: a new run (or
+    `--report`) writes its own report, sizing model and plots beside them and leaves them
+    as they were."""
+    kept = {name: f"# {name}: measured by hand, kept\n" for name in ("RESULTS.md", "SIZING.md")}
+    for name, text in kept.items():
+        (tmp_path / name).write_text(text)
+    new = new_format(_old())
+    written = report.write_all(new, tmp_path)
+    assert {path.read_text() for path in tmp_path.glob("*.md") if path.name in kept} == set(
+        kept.values()
+    )
+    assert [path.name for path in written if path.suffix == ".md"] == [
+        f"report-{new['mode']}.md",
+        f"sizing-{new['mode']}.md",
+    ]
+    assert all(path.exists() and path.parent == tmp_path for path in written)
+    assert f"[report-{new['mode']}.md](report-{new['mode']}.md)" in written[-1].read_text()
 
 
 def test_alert_latency_target_and_section() -> None:
