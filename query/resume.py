@@ -20,6 +20,15 @@ the boundary), the boundary is forgotten and the page is searched from the start
 The remembered values are never trusted, only checked, so the cache needs no
 invalidation; it only has to be bounded.
 
+A page asked again (a UI polling its current page, a client repeating a request) also
+has a boundary at its *end*: the page's last hit, remembered when it was answered. Where
+Elasticsearch cannot skip documents for the order (``bound_helps``: a sort on ``key``,
+which it compares document by document), the page is then searched only among the
+documents that sort at or before that end (``at_or_before``). Exact for the same reason:
+those documents are a prefix of the ranking, so when the prefix still holds the whole
+page, its hits are the page; when it holds fewer (documents deleted or moved), the
+bound is forgotten and the page searched without it.
+
 Pure: no I/O. `query.repository` does the requests.
 """
 
@@ -96,6 +105,19 @@ def at_or_before(sort: Sequence[SortClause], values: Sequence[Any]) -> Query:
     return {"bool": {"should": branches, "minimum_should_match": 1}}
 
 
+_UNSKIPPED_SORT_FIELDS = frozenset({"key"})
+"""Fields whose sort makes Elasticsearch compare every matching document (a keyword sort
+does not skip non-competitive ones: on 100k artifacts a page of 50 by `key` 5-6 ms, among
+the documents at or before its end 3.5 ms; by `created_us`, a point field, 4.5 ms either
+way, and by the index's own sort, id, 2.7 ms against 5.4 ms bounded)."""
+
+
+def bound_helps(sort: Sequence[SortClause]) -> bool:
+    """Whether searching only the documents at or before a page's end makes its search
+    cheaper: the order's first field is one Elasticsearch cannot skip on."""
+    return bool(sort) and _sort_keys(sort[:1])[0].field in _UNSKIPPED_SORT_FIELDS
+
+
 def shape_key(index: str, query: Query, sort: Sequence[SortClause]) -> bytes:
     """What makes two requests rank the same documents the same way."""
     shape = [index, query, list(sort)]
@@ -113,6 +135,14 @@ class Start:
     boundary: int
     values: list[Any]
     skip: int
+
+
+@dataclass(frozen=True, slots=True)
+class End:
+    """A page's end: ``boundary`` documents sort at or before ``values`` (when it was seen)."""
+
+    boundary: int
+    values: list[Any]
 
 
 class Boundaries:
@@ -148,6 +178,14 @@ class Boundaries:
         self._data.move_to_end(shape)
         marks.move_to_end(best)
         return Start(best, marks[best], offset - best)
+
+    def end(self, shape: bytes, at_least: int, max_extra: int) -> End | None:
+        """The nearest boundary at or after ``at_least`` within ``max_extra`` hits, if any."""
+        marks = self._data.get(shape)
+        if not marks:
+            return None
+        best = min((b for b in marks if at_least <= b <= at_least + max_extra), default=None)
+        return None if best is None else End(best, marks[best])
 
     def remember(self, shape: bytes, boundary: int, values: Sequence[Any]) -> None:
         """``values`` are the sort values of the hit at position ``boundary - 1``."""

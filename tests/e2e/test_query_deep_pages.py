@@ -285,3 +285,65 @@ async def test_sequential_pages_continue_and_stay_exact_under_writes(
     # changes 1 and 2 move the boundary (5 + 5 pages), 0 and 3 keep it (4 + 5 continued)
     assert _continuations("moved") - moved == 10
     assert _continuations("continued") - continued == 9
+
+
+def _bounds(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("query_page_bounds_total", {"outcome": outcome})
+    return value or 0.0
+
+
+@pytest.mark.parametrize("sort", ["KEY_ASC", "KEY_DESC"])
+async def test_pages_asked_again_are_bounded_by_their_end_and_stay_exact_under_writes(
+    elasticsearch_url: str, sort: str
+) -> None:
+    """The same pages asked again and again, as a UI polling its page does: a page by
+    `key` is then searched only up to its remembered end (query/resume.py). Between
+    rounds, documents are added inside a page (the prefix holds more than the page),
+    deleted inside it (the prefix holds fewer: searched again without the bound), added
+    or deleted before it. Every answer must be exactly its slice of the order of the
+    documents present when it was asked."""
+    rng = random.Random(sort + "again")
+    docs = {d["id"]: d for d in _artifacts(11)[:2_000]}
+    names = IndexNames(f"again-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
+    await ensure_indices(es, names, shards=2)
+    bounded, short = _bounds("bounded"), _bounds("short")
+    offsets = (0, 100, 1_300)
+    try:
+        actions = ({"_index": names.artifacts, "_id": i, "_source": d} for i, d in docs.items())
+        await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
+        await es.indices.refresh(index=names.artifacts)
+        extra = iter(_artifacts(12))
+        async with _client(elasticsearch_url, names.prefix, ES_DEFAULT_WINDOW) as client:
+            for round_ in range(12):
+                for offset in offsets:
+                    want = expected_order(list(docs.values()), sort)[offset : offset + 50]
+                    body = {"sort": sort, "offset": offset, "limit": 50}
+                    assert await _page(client, body) == want, (round_, offset)
+                order = expected_order(list(docs.values()), sort)
+                offset = offsets[round_ % len(offsets)]
+                change = round_ % 4
+                if change in (0, 2):  # a new document inside (0) or before (2) that page
+                    low, high = (offset, offset + 50) if change == 0 else (0, offset)
+                    new = next(extra)
+                    while (
+                        not low
+                        <= expected_order([*docs.values(), new], sort).index(new["id"])
+                        < max(high, 1)
+                    ):
+                        new = next(extra)
+                    docs[new["id"]] = new
+                    await es.index(index=names.artifacts, id=new["id"], document=new)
+                else:  # a document inside (1) or before (3) that page deleted
+                    low, high = (offset, offset + 50) if change == 1 else (0, max(offset, 1))
+                    gone = order[rng.randrange(low, high)]
+                    del docs[gone]
+                    await es.delete(index=names.artifacts, id=gone)
+                await es.indices.refresh(index=names.artifacts)
+    finally:
+        await drop_indices(es, names)
+        await es.close()
+    # every page after the first round had its end remembered; deletions inside a page
+    # cut its prefix short at least once
+    assert _bounds("bounded") - bounded >= 20
+    assert _bounds("short") - short >= 1

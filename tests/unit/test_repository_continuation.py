@@ -14,7 +14,8 @@ import asyncio
 from typing import Any
 
 from query.extension import SearchRequest
-from query.repository import PAGE_CONTINUATIONS, Repository
+from query.repository import PAGE_BOUNDS, PAGE_CONTINUATIONS, Repository
+from query.resume import at_or_before
 from services.es.indices import IndexNames
 
 SORT = [{"key": {"order": "asc", "missing": "_last"}}]
@@ -162,3 +163,50 @@ async def test_a_failed_search_of_hits_and_facets_is_run_as_one_search() -> None
     assert single["aggs"] and single["size"] == 1
     assert [h.artifact["key"] for h in answer.hits] == ["a"]
     assert es.closed == es.opened == ["pit-0"]
+
+
+class ShortWhenBounded(FakeEs):
+    """A bounded search finds one hit fewer than asked: a document inside the page was
+    deleted since its end was remembered."""
+
+    async def search(self, *, body: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        answer = await super().search(body=body, **kwargs)
+        if body["query"] != QUERY:
+            answer["hits"]["hits"] = answer["hits"]["hits"][:-1]
+        return answer
+
+
+def _bounds(outcome: str) -> float:
+    return float(PAGE_BOUNDS.labels(outcome)._value.get())
+
+
+async def test_a_page_asked_again_is_searched_up_to_its_end() -> None:
+    es = FakeEs({})
+    repo = Repository(es, IndexNames("t-"), max_result_window=100, page_boundaries=8)  # type: ignore[arg-type]
+    before = _bounds("bounded")
+    first = await repo.search(QUERY, SORT, offset=0, limit=2, collection=False)
+    again = await repo.search(QUERY, SORT, offset=0, limit=2, collection=False)
+    assert first == again == [{"key": "a"}, {"key": "b"}]
+    assert es.searches[0]["query"] == QUERY
+    assert es.searches[1]["query"] == {"bool": {"filter": [QUERY, at_or_before(SORT, ["b"])]}}
+    assert _bounds("bounded") == before + 1
+
+
+async def test_a_bound_short_of_the_page_is_searched_again_without_it() -> None:
+    es = ShortWhenBounded({})
+    repo = Repository(es, IndexNames("t-"), max_result_window=100, page_boundaries=8)  # type: ignore[arg-type]
+    before = _bounds("short"), _bounds("bounded")
+    await repo.search(QUERY, SORT, offset=0, limit=2, collection=False)
+    again = await repo.search(QUERY, SORT, offset=0, limit=2, collection=False)
+    assert again == [{"key": "a"}, {"key": "b"}]
+    assert [s["query"] == QUERY for s in es.searches] == [True, False, True]
+    assert (_bounds("short"), _bounds("bounded")) == (before[0] + 1, before[1])
+
+
+async def test_orders_elasticsearch_skips_on_are_not_bounded() -> None:
+    es = FakeEs({})
+    repo = Repository(es, IndexNames("t-"), max_result_window=100, page_boundaries=8)  # type: ignore[arg-type]
+    by_id = [{"id_hi": {"order": "desc"}}, {"id_lo": {"order": "desc"}}]
+    for _ in range(2):
+        await repo.search(QUERY, by_id, offset=0, limit=2, collection=False)
+    assert [s["query"] for s in es.searches] == [QUERY, QUERY]

@@ -15,7 +15,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from query.resume import Boundaries, at_or_before, shape_key
+from query.resume import Boundaries, End, at_or_before, bound_helps, shape_key
 from query.sort import ID_DESC, sort_clauses
 from services.prefect.sorting import ArtifactSort
 
@@ -178,3 +178,49 @@ def test_shape_key_takes_a_lone_surrogate() -> None:
     """Prefect accepts `"\\ud800"` in a filter value; the key must not fail on it."""
     one = shape_key("i", {"terms": {"key": ["\ud800"]}}, ID_DESC)
     assert one != shape_key("i", {"terms": {"key": ["\ud801"]}}, ID_DESC)
+
+
+@settings(max_examples=300, deadline=None)
+@given(documents(), documents(), st.sampled_from(list(ArtifactSort)), st.data())
+def test_a_page_bounded_by_an_old_end_is_its_slice_when_the_prefix_holds_it(
+    docs: list[Doc], added: list[Doc], sort_value: ArtifactSort, data: st.DataObject
+) -> None:
+    """A page's end remembered from an earlier answer, then documents deleted and added:
+    the documents at or before that end, in order, start with the page whenever there
+    are enough of them (else the repository searches again without the bound)."""
+    sort = sort_clauses(sort_value, collection=False)
+    ordered = es_order(sort, docs)
+    offset = data.draw(st.integers(0, len(ordered) - 1))
+    limit = data.draw(st.integers(1, len(ordered) - offset))
+    end = values_of(sort, ordered[offset + limit - 1])
+    deleted = data.draw(st.sets(st.integers(0, len(ordered) - 1)))
+    ids = {(d["id_hi"], d["id_lo"]) for d in docs}
+    present = [d for i, d in enumerate(docs) if i not in deleted] + [
+        d for d in added if (d["id_hi"], d["id_lo"]) not in ids
+    ]
+    now = es_order(sort, present)
+    bounded = [d for d in now if matches(at_or_before(sort, end), d)]
+    assert bounded == now[: len(bounded)]  # a prefix of today's order
+    if len(bounded) >= offset + limit:
+        assert bounded[offset : offset + limit] == now[offset : offset + limit]
+
+
+def test_boundaries_end_at_the_nearest_within_reach() -> None:
+    marks = Boundaries(shapes=4)
+    for b in (50, 100, 230):
+        marks.remember(b"s", b, [b])
+    assert marks.end(b"s", 100, 50) == End(100, [100])
+    assert marks.end(b"s", 60, 50) == End(100, [100])
+    assert marks.end(b"s", 101, 50) is None  # 230 is too far
+    assert marks.end(b"s", 101, 200) == End(230, [230])
+    assert marks.end(b"other", 0, 1_000) is None
+    marks.forget(b"s", 100)
+    assert marks.end(b"s", 60, 50) is None
+
+
+def test_only_orders_elasticsearch_cannot_skip_are_bounded() -> None:
+    assert bound_helps(sort_clauses(ArtifactSort.KEY_ASC, collection=False))
+    assert bound_helps(sort_clauses(ArtifactSort.KEY_DESC, collection=True))
+    for other in (ArtifactSort.ID_DESC, ArtifactSort.CREATED_DESC, ArtifactSort.UPDATED_DESC):
+        assert not bound_helps(sort_clauses(other, collection=False))
+    assert not bound_helps([])
