@@ -14,6 +14,7 @@ boundary (no overlap, no gap), ``limit`` 0 and offsets past the end.
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 import uuid
@@ -224,6 +225,24 @@ async def test_limit_zero_and_offsets_past_the_end(
         LATENCIES[f"window {window} offset 2**62"] = time.perf_counter() - started
 
 
+@contextlib.asynccontextmanager
+async def _loaded(
+    elasticsearch_url: str, label: str, docs: dict[str, dict[str, Any]]
+) -> AsyncIterator[tuple[AsyncElasticsearch, IndexNames]]:
+    """A two-shard artifact index of its own holding `docs`, refreshed; dropped after."""
+    names = IndexNames(f"{label}-{uuid.uuid4().hex[:8]}-")
+    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
+    await ensure_indices(es, names, shards=2)
+    try:
+        actions = ({"_index": names.artifacts, "_id": i, "_source": d} for i, d in docs.items())
+        await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
+        await es.indices.refresh(index=names.artifacts)
+        yield es, names
+    finally:
+        await drop_indices(es, names)
+        await es.close()
+
+
 def _continuations(outcome: str) -> float:
     value = REGISTRY.get_sample_value("query_page_continuations_total", {"outcome": outcome})
     return value or 0.0
@@ -242,14 +261,8 @@ async def test_sequential_pages_continue_and_stay_exact_under_writes(
     """
     rng = random.Random(sort)
     docs = {d["id"]: d for d in _artifacts(7)[:3_000]}
-    names = IndexNames(f"seq-{uuid.uuid4().hex[:8]}-")
-    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
-    await ensure_indices(es, names, shards=2)
     continued, moved = _continuations("continued"), _continuations("moved")
-    try:
-        actions = ({"_index": names.artifacts, "_id": i, "_source": d} for i, d in docs.items())
-        await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
-        await es.indices.refresh(index=names.artifacts)
+    async with _loaded(elasticsearch_url, "seq", docs) as (es, names):
         extra = iter(_artifacts(8))
         async with _client(elasticsearch_url, names.prefix, ES_DEFAULT_WINDOW) as client:
             for page in range(20):
@@ -279,9 +292,6 @@ async def test_sequential_pages_continue_and_stay_exact_under_writes(
                     docs[new["id"]] = new
                     await es.index(index=names.artifacts, id=new["id"], document=new)
                 await es.indices.refresh(index=names.artifacts)
-    finally:
-        await drop_indices(es, names)
-        await es.close()
     # changes 1 and 2 move the boundary (5 + 5 pages), 0 and 3 keep it (4 + 5 continued)
     assert _continuations("moved") - moved == 10
     assert _continuations("continued") - continued == 9
@@ -304,15 +314,9 @@ async def test_pages_asked_again_are_bounded_by_their_end_and_stay_exact_under_w
     documents present when it was asked."""
     rng = random.Random(sort + "again")
     docs = {d["id"]: d for d in _artifacts(11)[:2_000]}
-    names = IndexNames(f"again-{uuid.uuid4().hex[:8]}-")
-    es = AsyncElasticsearch(elasticsearch_url, request_timeout=120)
-    await ensure_indices(es, names, shards=2)
     bounded, short = _bounds("bounded"), _bounds("short")
     offsets = (0, 100, 1_300)
-    try:
-        actions = ({"_index": names.artifacts, "_id": i, "_source": d} for i, d in docs.items())
-        await async_bulk(es, actions, chunk_size=5_000, raise_on_error=True)
-        await es.indices.refresh(index=names.artifacts)
+    async with _loaded(elasticsearch_url, "again", docs) as (es, names):
         extra = iter(_artifacts(12))
         async with _client(elasticsearch_url, names.prefix, ES_DEFAULT_WINDOW) as client:
             for round_ in range(12):
@@ -340,9 +344,6 @@ async def test_pages_asked_again_are_bounded_by_their_end_and_stay_exact_under_w
                     del docs[gone]
                     await es.delete(index=names.artifacts, id=gone)
                 await es.indices.refresh(index=names.artifacts)
-    finally:
-        await drop_indices(es, names)
-        await es.close()
     # every page after the first round had its end remembered; deletions inside a page
     # cut its prefix short at least once
     assert _bounds("bounded") - bounded >= 20
