@@ -248,11 +248,16 @@ class Repository:
             return None
         return self.boundaries.end(shape, offset + limit, limit)
 
-    def _short(self, shape: bytes, end: End) -> None:
-        """Fewer hits than the page at or before its remembered end: documents were
-        deleted or moved since, the bound is forgotten and the page searched without it."""
-        self.boundaries.forget(shape, end.boundary)
-        PAGE_BOUNDS.labels("short").inc()
+    def _bound_held(self, shape: bytes, end: End, hits: int, wanted: int) -> bool:
+        """Whether the documents at or before `end` held the `wanted` hits. Fewer means
+        documents were deleted or moved since: the bound is forgotten, and the caller
+        searches the page again without it."""
+        if hits < wanted:
+            self.boundaries.forget(shape, end.boundary)
+            PAGE_BOUNDS.labels("short").inc()
+            return False
+        PAGE_BOUNDS.labels("bounded").inc()
+        return True
 
     def _remember(
         self, shape: bytes, sort: Sequence[SortClause], end: int, hit: dict[str, Any]
@@ -297,11 +302,8 @@ class Repository:
             allow_partial_search_results=False,
         )
         hits = resp.get("hits", {}).get("hits", [])
-        if end is not None:
-            if len(hits) < plan.size + before:
-                self._short(shape, end)
-                return await self._from_start(index, shape, query, sort, plan, collection)
-            PAGE_BOUNDS.labels("bounded").inc()
+        if end is not None and not self._bound_held(shape, end, len(hits), plan.size + before):
+            return await self._from_start(index, shape, query, sort, plan, collection)
         if before and hits:
             self._remember(shape, sort, plan.from_, hits[0])
         page = hits[before:]
@@ -358,11 +360,8 @@ class Repository:
             PAGE_CONTINUATIONS.labels("moved").inc()
             return None
         hits = answers[0].get("hits", {}).get("hits", [])
-        if end is not None:
-            if len(hits) < start.skip + limit:
-                self._short(shape, end)
-                return await self._continue(index, shape, query, sort, start, limit, collection)
-            PAGE_BOUNDS.labels("bounded").inc()
+        if end is not None and not self._bound_held(shape, end, len(hits), start.skip + limit):
+            return await self._continue(index, shape, query, sort, start, limit, collection)
         PAGE_CONTINUATIONS.labels("continued").inc()
         page = hits[start.skip :]
         self._remember_end(shape, sort, start.boundary + start.skip, page)
