@@ -207,6 +207,7 @@ def create_app(
         query.page_boundaries,
         window_pages=query.relevance_window_pages,
         window_min_matches=query.relevance_window_min_matches,
+        request_cache=query.request_cache,
     )
     default_limit = query.default_limit
 

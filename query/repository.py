@@ -191,8 +191,16 @@ class Repository:
         window_pages: int = 5,
         windows: int = 128,
         window_min_matches: int = 20_000,
+        request_cache: bool = True,
     ) -> None:
         self.es = es
+        # Elasticsearch's shard request cache for every search (by default it caches only
+        # searches without hits): an identical search is answered from it until the
+        # shard's next refresh that changed documents, so answers stay exact
+        self._cache: bool | None = True if request_cache else None  # None: the default
+        self._whole: dict[str, Any] = {"allow_partial_search_results": False}  # _msearch
+        if request_cache:
+            self._whole["request_cache"] = True
         self.names = names
         self.max_result_window = max_result_window
         self.boundaries = Boundaries(page_boundaries)
@@ -300,6 +308,7 @@ class Repository:
             body=body,
             filter_path="hits.hits._source,hits.hits.sort",
             allow_partial_search_results=False,
+            request_cache=self._cache,
         )
         hits = resp.get("hits", {}).get("hits", [])
         if end is not None and not self._bound_held(shape, end, len(hits), plan.size + before):
@@ -374,7 +383,7 @@ class Repository:
         (so they see the same documents), or None when any of them failed. The point in
         time is closed in the background."""
         pit_id = (await self.es.open_point_in_time(index=index, keep_alive="30s"))["id"]
-        whole = {"allow_partial_search_results": False}  # a shard failure is an error
+        whole = self._whole  # a shard failure is an error
         try:
             searches: list[dict[str, Any]] = []
             for body in bodies:
@@ -424,7 +433,9 @@ class Repository:
                     with_source=keep_from < size,
                 )
                 body["pit"] = {"id": pit_id, "keep_alive": "1m"}
-                resp = await self.es.search(body=body, allow_partial_search_results=False)
+                resp = await self.es.search(
+                    body=body, allow_partial_search_results=False, request_cache=self._cache
+                )
                 hits = resp["hits"]["hits"]
                 pit_id = resp.get("pit_id", pit_id)
                 if 0 < keep_from <= len(hits):  # the hit just before the page
@@ -520,13 +531,18 @@ class Repository:
                 if windowed is not None:
                     return windowed
                 body["search_after"] = after
-                resp = await self.es.search(body=body, allow_partial_search_results=False)
+                resp = await self.es.search(
+                    body=body, allow_partial_search_results=False, request_cache=self._cache
+                )
                 pit_id = resp.get("pit_id", pit_id)
             elif "aggs" in body and req.limit:
                 resp = await self._hits_and_facets(index, body)
             else:
                 resp = await self.es.search(
-                    index=index, body=body, allow_partial_search_results=False
+                    index=index,
+                    body=body,
+                    allow_partial_search_results=False,
+                    request_cache=self._cache,
                 )
         except _ES_ERRORS as exc:
             raise _search_error(exc) from exc
@@ -571,7 +587,7 @@ class Repository:
             rank.update(size=window_size(req.limit, self.window_pages), _source=False)
             if not req.track_total:  # every match is scored anyway: counting is cheap
                 rank["track_total_hits"] = max(self.window_min_matches, 1)
-            whole = {"allow_partial_search_results": False}  # a shard failure is an error
+            whole = self._whole  # a shard failure is an error
             page_body = {**body, "search_after": after, "pit": pit}
             resp = await self.es.msearch(
                 searches=[whole, {**rank, "search_after": after, "pit": pit}, whole, page_body]
@@ -602,7 +618,9 @@ class Repository:
                 "track_total_hits": False,
                 "pit": pit,
             }
-            resp = await self.es.search(body=fetch, allow_partial_search_results=False)
+            resp = await self.es.search(
+                body=fetch, allow_partial_search_results=False, request_cache=self._cache
+            )
             answer = resp if isinstance(resp, dict) else resp.body
             outcome = "remembered"
         pit_id = answer.get("pit_id", pit_id)
@@ -642,7 +660,10 @@ class Repository:
         answers = await self._in_one_pit(index, [body, counts])
         if answers is None:
             return await self.es.search(
-                index=index, body={**body, "aggs": aggs}, allow_partial_search_results=False
+                index=index,
+                body={**body, "aggs": aggs},
+                allow_partial_search_results=False,
+                request_cache=self._cache,
             )
         return {**answers[0], "aggregations": answers[1].get("aggregations", {})}
 

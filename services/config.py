@@ -227,6 +227,9 @@ class QuerySettings(BaseSettings):
     relevance_window_pages: int = Field(default=5, ge=1, le=50)
     # ... for searches matching at least this many artifacts (fewer: ranking is cheap)
     relevance_window_min_matches: int = Field(default=20_000, ge=0)
+    # searches ask Elasticsearch's shard request cache (query/repository.py); false: only
+    # Elasticsearch's default (searches without hits)
+    request_cache: bool = True
     auth_string: SecretStr | None = None
     api_keys: list[SecretStr] = Field(default_factory=list)
     # where the search page links runs to (the Prefect UI's base URL)

@@ -927,11 +927,19 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
         if not lat:
             continue
         n_meas = {v["a"]["n"] for v in _queries(scale).values()}
+        plain = any("p" in v for v in lat.values())
         lines += [
             f"### {int(name):,} artifacts",
             "",
             "(a) this service over HTTP, (b) the same translated request straight to "
-            "Elasticsearch, (c) Prefect 3.9.1 over HTTP. Milliseconds; "
+            "Elasticsearch, (c) Prefect 3.9.1 over HTTP"
+            + (
+                ", (p) the service remembering nothing between requests (no page "
+                "boundaries, no request cache for searches with hits)"
+                if plain
+                else ""
+            )
+            + ". Milliseconds; "
             f"{results['options']['warmup']} warm-up + "
             f"{min(n_meas) if min(n_meas) == max(n_meas) else f'{min(n_meas)}-{max(n_meas)}'} "
             "measured "
@@ -939,19 +947,25 @@ def results_md(results: dict[str, Any], images: list[str]) -> str:
             "or task run (EXISTS sub-queries in Prefect).",
             "",
             "| query | join | (a) p50 | (a) p95 | (b) p50 | (b) p95 | (c) p50 | (c) p95 | a/b | "
-            "c/a | answers |",
-            "|---|---|---|---|---|---|---|---|---|---|---|",
+            "c/a |" + (" (p) p50 | c/p |" if plain else "") + " answers |",
+            "|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if plain else "") + "---|",
         ]
         for q, v in lat.items():
             if "skipped" in v:
-                lines.append(f"| {q} | | skipped: {v['skipped']} | | | | | | | | |")
+                blank = " | |" if plain else ""
+                lines.append(f"| {q} | | skipped: {v['skipped']} | | | | | | | |{blank} |")
                 continue
             agree = "same" if v["answers_agree"] else f"differ {v['answers']}"
+            extra = (
+                f" {v['p']['p50']:.2f} | {v['c_over_p']:.1f} |"
+                if "p" in v
+                else (" | |" if plain else "")
+            )
             lines.append(
                 f"| {q} | {'yes' if v['join'] else ''} | {v['a']['p50']:.2f} | "
                 f"{v['a']['p95']:.2f} | {v['b']['p50']:.2f} | {v['b']['p95']:.2f} | "
                 f"{v['c']['p50']:.1f} | {v['c']['p95']:.1f} | {v['a_over_b']:.2f} | "
-                f"{v['c_over_a']:.1f} | {agree} |"
+                f"{v['c_over_a']:.1f} |{extra} {agree} |"
             )
         img = f"latency-{mode}-{name}.png"
         if img in images:

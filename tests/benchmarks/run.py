@@ -535,22 +535,9 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 del records
                 release_memory()
                 result["settled"] = await settle(http, stack.names)
+                plain_url = await _start_plain(env, log_dir, children)
                 if opts.queries_only:
-                    result["latency"] = await latency(stack, load_mix(), http, opts)
-                # the same API without what it remembers between pages, side by side: page
-                # boundaries (QUERY_PAGE_BOUNDARIES=0) and relevance windows
-                # (QUERY_RELEVANCE_WINDOW_PAGES=1)
-                plain_port = free_port()
-                plain = Child(
-                    "api-plain",
-                    ["-m", "artifact_search.cli", "api", "--port", str(plain_port)],
-                    {**env, "QUERY_PAGE_BOUNDARIES": "0", "QUERY_RELEVANCE_WINDOW_PAGES": "1"},
-                    log_dir,
-                )
-                children.append(plain)
-                plain_url = f"http://127.0.0.1:{plain_port}/api"
-                await wait_http_ok(plain, plain_url + "/health", 60)
-                if opts.queries_only:
+                    result["latency"] = await latency(stack, load_mix(), http, opts, plain_url)
                     result["paging"] = await paging(stack, opts, plain_url)
                 result["search"] = await search_extension(stack, opts, plain_url)
                 return result
@@ -566,7 +553,8 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
             if not opts.indexer_only:
                 mix = load_mix()
                 result["settled"] = await settle(http, stack.names)
-                result["latency"] = await latency(stack, mix, http, opts)
+                plain_url = await _start_plain(env, log_dir, children)
+                result["latency"] = await latency(stack, mix, http, opts, plain_url)
                 result["throughput"] = await throughput(stack, mix, opts, result["latency"])
             result["freshness"] = {}
             for rate, seconds in opts.fresh:
@@ -619,6 +607,29 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 log_dir,
             ).proc.wait(120)
     return result
+
+
+async def _start_plain(env: dict[str, str], log_dir: Path, children: list[Child]) -> str:
+    """The same API without what it remembers between requests, to run side by side: page
+    boundaries (QUERY_PAGE_BOUNDARIES=0), relevance windows (QUERY_RELEVANCE_WINDOW_PAGES=1)
+    and Elasticsearch's request cache for searches with hits (QUERY_REQUEST_CACHE=false).
+    Its URL."""
+    port = free_port()
+    plain = Child(
+        "api-plain",
+        ["-m", "artifact_search.cli", "api", "--port", str(port)],
+        {
+            **env,
+            "QUERY_PAGE_BOUNDARIES": "0",
+            "QUERY_RELEVANCE_WINDOW_PAGES": "1",
+            "QUERY_REQUEST_CACHE": "false",
+        },
+        log_dir,
+    )
+    children.append(plain)
+    url = f"http://127.0.0.1:{port}/api"
+    await wait_http_ok(plain, url + "/health", 60)
+    return url
 
 
 async def _start_prefect(prefect: Child, port: int, opts: Options, result: dict[str, Any]) -> None:
@@ -762,9 +773,16 @@ def _shape(answer: Any) -> Any:
 
 
 async def latency(
-    stack: Stack, mix: list[MixQuery], http: httpx.AsyncClient, opts: Options
+    stack: Stack,
+    mix: list[MixQuery],
+    http: httpx.AsyncClient,
+    opts: Options,
+    plain_url: str | None = None,
 ) -> dict[str, Any]:
-    """Sequential latency per query, (a)/(b)/(c) interleaved in rotating order."""
+    """Sequential latency per query, (a)/(b)/(c) interleaved in rotating order, and (p)
+    with `plain_url`: the same API remembering nothing between requests (`_start_plain`),
+    so what the service's memory (page boundaries, Elasticsearch's request cache) does to a
+    query asked again is shown beside it."""
     meter = Http()
     window = QuerySettings().max_result_window  # what the service is configured with
     repo = Repository(RawEs(meter), stack.names, window)  # type: ignore[arg-type]
@@ -782,9 +800,11 @@ async def latency(
                 "b": q.direct(repo),
                 "c": lambda q=q: meter.post_json(stack.prefect_url + q.endpoint, q.body),
             }
-            times: dict[str, list[float]] = {"a": [], "b": [], "c": []}
+            if plain_url is not None:
+                calls["p"] = lambda q=q: meter.post_json(plain_url + q.endpoint, q.body)
+            times: dict[str, list[float]] = {s: [] for s in calls}
             shapes: dict[str, Any] = {}
-            order = ["a", "b", "c"]
+            order = list(calls)
             started = time.perf_counter()
             for i in range(opts.warmup + opts.measured):
                 order = order[1:] + order[:1]
@@ -804,15 +824,22 @@ async def latency(
                 "endpoint": q.endpoint,
                 **{s: summary_ms(v) for s, v in times.items()},
                 "answers": shapes,
-                "answers_agree": shapes.get("a") == shapes.get("c") == shapes.get("b"),
+                "answers_agree": len({repr(shape) for shape in shapes.values()}) == 1,
             }
             entry["a_over_b"] = round(entry["a"]["p50"] / entry["b"]["p50"], 2)
             entry["c_over_a"] = round(entry["c"]["p50"] / entry["a"]["p50"], 2)
+            if "p" in times:
+                entry["c_over_p"] = round(entry["c"]["p50"] / entry["p"]["p50"], 2)
             out[q.name] = entry
             _log(
                 f"    {q.name:30s} a p50 {entry['a']['p50']:8.2f}ms  b {entry['b']['p50']:8.2f}ms  "
                 f"c {entry['c']['p50']:9.2f}ms  a/b {entry['a_over_b']:5.2f}  "
                 f"c/a {entry['c_over_a']:7.1f}"
+                + (
+                    f"  p {entry['p']['p50']:8.2f}ms c/p {entry['c_over_p']:6.1f}"
+                    if "p" in entry
+                    else ""
+                )
                 + ("" if entry["answers_agree"] else f"  answers differ {shapes}")
             )
     finally:
@@ -940,18 +967,24 @@ async def search_extension(
     try:
         for name, body in SEARCHES:
             counted = await meter.post_json(url, {**body, "limit": 0, "track_total": True})
-            times: dict[str, list[float]] = {"plain": [], "facets": []}
             variants = {
                 "plain": {**body, "limit": 20},
                 "facets": {**body, "limit": 20, "facets": SEARCH_FACETS, "histogram": "month"},
             }
+            # "..._uncached": the same request to the API without Elasticsearch's request
+            # cache (`_start_plain`): what a query costs when it was not just asked
+            targets = [(v, url, variants[v]) for v in variants]
+            if unwindowed is not None:
+                targets += [(f"{v}_uncached", unwindowed, variants[v]) for v in variants]
+            times: dict[str, list[float]] = {label: [] for label, _, _ in targets}
             hits = 0
             for i in range(opts.warmup + opts.measured):
-                for variant in ("plain", "facets") if i % 2 == 0 else ("facets", "plain"):
+                shift = i % len(targets)
+                for label, target, request in targets[shift:] + targets[:shift]:
                     t = time.perf_counter()
-                    answer = await meter.post_json(url, variants[variant])
+                    answer = await meter.post_json(target, request)
                     if i >= opts.warmup:
-                        times[variant].append(time.perf_counter() - t)
+                        times[label].append(time.perf_counter() - t)
                     hits = len(answer["hits"])
             out[name] = {
                 "matches": counted["total"],
@@ -962,6 +995,12 @@ async def search_extension(
             _log(
                 f"    search {name:26s} {counted['total']:>9,} matches  p50 {plain:7.2f}ms  "
                 f"with facets {faceted:7.2f}ms"
+                + (
+                    f"  uncached {out[name]['plain_uncached']['p50']:7.2f} / "
+                    f"{out[name]['facets_uncached']['p50']:7.2f}ms"
+                    if "plain_uncached" in out[name]
+                    else ""
+                )
             )
         newest: list[dict[str, str]] = [{"field": "created", "order": "desc"}]
         walks: list[tuple[str, Any, bool, str]] = [

@@ -109,9 +109,9 @@ async def deep(elasticsearch_url: str) -> AsyncIterator[tuple[list[dict[str, Any
             print("\ndeep page latencies (s):", {k: round(v, 3) for k, v in LATENCIES.items()})
 
 
-def _client(elasticsearch_url: str, prefix: str, window: int) -> httpx.AsyncClient:
+def _client(elasticsearch_url: str, prefix: str, window: int, **settings: Any) -> httpx.AsyncClient:
     app = create_app(
-        QuerySettings(max_result_window=window),
+        QuerySettings(max_result_window=window, **settings),
         ElasticsearchSettings(url=elasticsearch_url, index_prefix=prefix),
     )
     return httpx.AsyncClient(
@@ -348,3 +348,55 @@ async def test_pages_asked_again_are_bounded_by_their_end_and_stay_exact_under_w
     # cut its prefix short at least once
     assert _bounds("bounded") - bounded >= 20
     assert _bounds("short") - short >= 1
+
+
+async def _request_cache(es: AsyncElasticsearch, index: str) -> tuple[int, int]:
+    """Elasticsearch's shard request cache counters of `index`: (hits, misses)."""
+    stats = await es.indices.stats(index=index, metric="request_cache")
+    cache = stats["_all"]["total"]["request_cache"]
+    return int(cache["hit_count"]), int(cache["miss_count"])
+
+
+@pytest.mark.parametrize("request_cache", [True, False])
+async def test_pages_asked_again_come_from_the_request_cache_until_a_refresh_changes_them(
+    elasticsearch_url: str, request_cache: bool
+) -> None:
+    """Pages with hits are answered from Elasticsearch's shard request cache when asked
+    again (QUERY_REQUEST_CACHE, on by default; Elasticsearch alone caches only searches
+    without hits), and a refresh that changed documents empties it: after a write the
+    same request answers the new order, never a cached one."""
+    docs = {d["id"]: d for d in _artifacts(21)[:2_000]}
+    bodies = [
+        {"sort": "KEY_ASC", "offset": 1_000, "limit": 50},
+        {"sort": "CREATED_DESC", "offset": 0, "limit": 50},
+        {"sort": "ID_DESC", "offset": 300, "limit": 50},
+    ]
+    async with _loaded(elasticsearch_url, "cache", docs) as (es, names):
+        extra = iter(_artifacts(22))
+        settings = {"request_cache": request_cache, "page_boundaries": 0}
+        async with _client(
+            elasticsearch_url, names.prefix, ES_DEFAULT_WINDOW, **settings
+        ) as client:
+            for round_ in range(3):
+                before = await _request_cache(es, names.artifacts)
+                for body in bodies:
+                    want = expected_order(list(docs.values()), body["sort"])
+                    start = body["offset"]
+                    for _ in range(3):
+                        got = await _page(client, body)
+                        assert got == want[start : start + 50], (round_, body)
+                hits, misses = await _request_cache(es, names.artifacts)
+                if request_cache:
+                    # each body: searched once per shard, then answered from the cache
+                    assert misses - before[1] >= len(bodies), round_
+                    assert hits - before[0] >= 2 * len(bodies), round_
+                else:
+                    assert (hits, misses) == before, round_
+                for _ in range(5):  # documents added: the next round's pages change
+                    new = next(extra)
+                    docs[new["id"]] = new
+                    await es.index(index=names.artifacts, id=new["id"], document=new)
+                gone = expected_order(list(docs.values()), "KEY_ASC")[1_010]
+                del docs[gone]
+                await es.delete(index=names.artifacts, id=gone)
+                await es.indices.refresh(index=names.artifacts)
