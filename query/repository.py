@@ -188,7 +188,7 @@ class Repository:
         names: IndexNames,
         max_result_window: int,
         page_boundaries: int = 1024,
-        window_pages: int = 5,
+        window_pages: int = 20,
         windows: int = 128,
         window_min_matches: int = 20_000,
         request_cache: bool = True,

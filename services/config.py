@@ -224,7 +224,7 @@ class QuerySettings(BaseSettings):
     page_boundaries: int = Field(default=1024, ge=0)
     # a relevance cursor page of the search extension ranks this many pages at once and
     # answers the next ones from that ranking (query/windows.py); 1: every page ranks
-    relevance_window_pages: int = Field(default=5, ge=1, le=50)
+    relevance_window_pages: int = Field(default=20, ge=1, le=50)
     # ... for searches matching at least this many artifacts (fewer: ranking is cheap)
     relevance_window_min_matches: int = Field(default=20_000, ge=0)
     # searches ask Elasticsearch's shard request cache (query/repository.py); false: only

@@ -638,7 +638,8 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
             transport=httpx.ASGITransport(app=app), base_url="http://svc", timeout=60
         )
 
-    windowed = client(QuerySettings(relevance_window_min_matches=16))  # 16 match
+    # 16 match; windows of 3 pages of 2, so the 8-page walk ranks more than one window
+    windowed = client(QuerySettings(relevance_window_min_matches=16, relevance_window_pages=3))
     unwindowed = client(QuerySettings(relevance_window_pages=1))
     body: dict[str, Any] = {"q": "revenue", "limit": 2}
     try:
@@ -656,7 +657,7 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
         ranking = everything["hits"]
         assert len(ranking) == 16 and everything["next_cursor"] is None
         assert len({h["score"] for h in ranking}) >= 4  # ties and distinct scores
-        remembered = _windowed_count("remembered")
+        remembered, ranked = _windowed_count("remembered"), _windowed_count("ranked")
 
         async def write_late(n: int) -> None:  # after page 2: a better match than any
             if n == 1:
@@ -667,6 +668,7 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
         walked = await _walk([windowed], body, write_late)
         assert walked == ranking  # the snapshot of page 2, in the ranking's order
         assert _windowed_count("remembered") - remembered >= 4  # pages 3.. from windows
+        assert _windowed_count("ranked") - ranked >= 2  # a window ran out: ranked again
         assert _windowed_count("refused") == 0
 
         after = (await search(stack, {**body, "limit": 50}))["hits"]
