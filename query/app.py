@@ -208,12 +208,14 @@ def create_app(
         window_pages=query.relevance_window_pages,
         window_min_matches=query.relevance_window_min_matches,
         request_cache=query.request_cache,
+        rank_ahead=query.relevance_rank_ahead,
     )
     default_limit = query.default_limit
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
+        await repo.aclose()
         await es.close()
         flush_tracing()  # uvicorn ends the process with the SIGTERM it got, right after this
 

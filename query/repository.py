@@ -163,6 +163,13 @@ WINDOWED_PAGES = Counter(
     ["outcome"],
 )
 
+RANKED_AHEAD = Counter(
+    "query_search_windows_ranked_ahead_total",
+    "Windows of relevance cursor pages ranked in the background when the window before ran "
+    "out (started), and pages that had to wait for one still being ranked (awaited)",
+    ["outcome"],
+)
+
 
 def _raise_missing_index(resp: Any) -> None:
     """A get with ``ignore_status=404`` answers an error body when the index is missing."""
@@ -192,6 +199,7 @@ class Repository:
         windows: int = 128,
         window_min_matches: int = 20_000,
         request_cache: bool = True,
+        rank_ahead: bool = True,
     ) -> None:
         self.es = es
         # Elasticsearch's shard request cache for every search (by default it caches only
@@ -208,6 +216,9 @@ class Repository:
         self.window_pages = window_pages
         self.window_min_matches = window_min_matches
         self.windows = Windows(windows)
+        # windows being ranked in the background, by the key they will be remembered under
+        self.rank_ahead = rank_ahead
+        self._ahead: dict[bytes, asyncio.Task[Window | None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
     def _index(self, collection: bool) -> str:
@@ -579,14 +590,23 @@ class Repository:
         `_msearch` (each scores every match, on a thread of its own: the page takes as
         long as without windows), and the page must be the window's first hits. None when
         a search failed or an answer is not the window's hits in order (never expected):
-        the caller then searches as without windows. `bound`: the request's fingerprint."""
-        window = self.windows.take(Windows.key(pit_id, after, bound))
+        the caller then searches as without windows. `bound`: the request's fingerprint.
+        When a full page uses up its window, the next window is ranked in the background
+        (`_rank_ahead`); the page asked next takes it, or waits for it if still ranking."""
+        key = Windows.key(pit_id, after, bound)
+        window = self.windows.take(key)
+        if window is None and (ahead := self._ahead.pop(key, None)) is not None:
+            RANKED_AHEAD.labels(outcome="awaited").inc()
+            try:
+                window = await ahead  # ranked in the background, not done yet
+            except Exception:  # never expected: the page ranks as usual
+                window = None
         pit = {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE}
+        rank = {k: v for k, v in body.items() if k != "highlight"}
+        rank.update(size=window_size(req.limit, self.window_pages), _source=False)
+        if not req.track_total:  # every match is scored anyway: counting is cheap
+            rank["track_total_hits"] = max(self.window_min_matches, 1)
         if window is None:
-            rank = {k: v for k, v in body.items() if k != "highlight"}
-            rank.update(size=window_size(req.limit, self.window_pages), _source=False)
-            if not req.track_total:  # every match is scored anyway: counting is cheap
-                rank["track_total_hits"] = max(self.window_min_matches, 1)
             whole = self._whole  # a shard failure is an error
             page_body = {**body, "search_after": after, "pit": pit}
             resp = await self.es.msearch(
@@ -634,6 +654,16 @@ class Repository:
             next_cursor = encode_cursor(pit_id, page[-1].sort, req)
             if rest is not None:
                 self.windows.put(Windows.key(pit_id, page[-1].sort, bound), rest)
+            elif outcome != "small" and self.rank_ahead:
+                self._rank_ahead(
+                    Windows.key(pit_id, page[-1].sort, bound),
+                    {
+                        **rank,
+                        "search_after": page[-1].sort,
+                        "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
+                    },
+                    req.track_total,
+                )
         else:  # the last page: the point in time is no longer needed
             with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=pit_id)
@@ -643,6 +673,45 @@ class Repository:
             total=window.total,  # None unless the request tracks totals
             facets=None,
         )
+
+    async def aclose(self) -> None:
+        """Stop the windows being ranked in the background (before the client closes)."""
+        ahead, self._ahead = list(self._ahead.values()), {}
+        for task in ahead:
+            task.cancel()
+        await asyncio.gather(*ahead, return_exceptions=True)
+
+    def _rank_ahead(self, key: bytes, rank: dict[str, Any], track_total: bool) -> None:
+        """Rank the window after a window that ran out, in the background, to be remembered
+        under `key` (the cursor just handed out): a walk's next page then finds it ranked,
+        or waits for the rest of its ranking instead of ranking. Exact as any window: the
+        same query under the same point in time. At most `windows` at once."""
+        if key in self._ahead or len(self._ahead) >= self.windows.capacity:
+            return
+
+        async def ranking() -> Window | None:
+            try:
+                resp = await self.es.search(
+                    body=rank, allow_partial_search_results=False, request_cache=self._cache
+                )
+            except _ES_ERRORS:
+                return None  # the page that needs it ranks as usual
+            answer = resp if isinstance(resp, dict) else resp.body
+            counted = answer.get("hits", {}).get("total")
+            total = counted.get("value") if counted and track_total else None
+            return Window(ranked(answer.get("hits", {}).get("hits", [])), total)
+
+        def done(task: asyncio.Task[Window | None]) -> None:
+            if self._ahead.get(key) is not task:
+                return  # a page took it while it was running
+            del self._ahead[key]
+            if not task.cancelled() and task.exception() is None and (window := task.result()):
+                self.windows.put(key, window)
+
+        task = asyncio.create_task(ranking())
+        self._ahead[key] = task
+        task.add_done_callback(done)
+        RANKED_AHEAD.labels(outcome="started").inc()
 
     async def _hits_and_facets(self, index: str, body: dict[str, Any]) -> Any:
         """A first page with facets: its hits and its facet counts as two searches of one

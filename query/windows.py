@@ -29,6 +29,9 @@ took 5-20 % longer on average (every fifth page runs two searches). So the ranki
 counts the matches up to `min_matches`, and a walk with fewer is marked small and
 searched without windows from then on.
 
+When a page uses up its window, `query.repository` ranks the next window in the background
+(under the same point in time, so it is the same window), and the walk's next page takes it.
+
 Pure: no I/O. `query.repository` does the requests.
 """
 

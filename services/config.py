@@ -227,6 +227,8 @@ class QuerySettings(BaseSettings):
     relevance_window_pages: int = Field(default=20, ge=1, le=50)
     # ... for searches matching at least this many artifacts (fewer: ranking is cheap)
     relevance_window_min_matches: int = Field(default=20_000, ge=0)
+    # when a walk's window runs out, the next one is ranked in the background right away
+    relevance_rank_ahead: bool = True
     # searches ask Elasticsearch's shard request cache (query/repository.py); false: only
     # Elasticsearch's default (searches without hits)
     request_cache: bool = True

@@ -1,0 +1,183 @@
+"""Relevance windows ranked ahead (query/repository.py `_rank_ahead`), over a fake client.
+
+When a full page uses up its window, the next window is ranked in the background; the
+page asked next takes it (fetched by id, no ranking in its own request), or waits for
+a ranking still running. The fake answers from one fixed ranking, as a point in time
+would; what is checked is that every walk is exactly that ranking, and which requests
+made it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from elasticsearch import ConnectionError as EsConnectionError
+
+from query.extension import SearchRequest
+from query.repository import RANKED_AHEAD, WINDOWED_PAGES, Repository
+from services.es.indices import IndexNames
+
+# 23 matches, scores tied in threes: the order is (score desc, then position)
+RANKING = [
+    {"_id": f"d{i:02d}", "_score": 100 - i // 3, "sort": [100 - i // 3, i], "_source": {"n": i}}
+    for i in range(23)
+]
+LIMIT = 2
+PAGES = 3  # windows of 6 hits
+
+
+def _after(search_after: list[Any] | None) -> int:
+    if search_after is None:
+        return 0
+    return next(i for i, h in enumerate(RANKING) if h["sort"] == list(search_after)) + 1
+
+
+class FakeEs:
+    """Answers every search from `RANKING`; background rankings wait for `gate`."""
+
+    def __init__(self) -> None:
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.searches: list[dict[str, Any]] = []
+        self.msearches = 0
+        self.closed: list[str] = []
+
+    def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
+        query = body["query"]
+        ids = None
+        if isinstance(query, dict) and "bool" in query and "filter" in query["bool"]:
+            for clause in query["bool"]["filter"]:
+                if "ids" in clause:
+                    ids = set(clause["ids"]["values"])
+        if ids is not None:
+            hits = [h for h in RANKING if h["_id"] in ids]
+        else:
+            start = _after(body.get("search_after"))
+            hits = RANKING[start : start + body["size"]]
+        out: dict[str, Any] = {"hits": {"hits": hits, "total": {"value": len(RANKING)}}}
+        if "pit" in body:
+            out["pit_id"] = body["pit"]["id"]
+        return out
+
+    async def search(self, *, body: dict[str, Any], **_: Any) -> dict[str, Any]:
+        self.searches.append(body)
+        if body.get("_source") is False:  # a ranking outside `_msearch`: ranked ahead
+            await self.gate.wait()
+        return self._answer(body)
+
+    async def msearch(self, *, searches: list[dict[str, Any]], **_: Any) -> dict[str, Any]:
+        self.msearches += 1
+        return {"responses": [self._answer(body) for body in searches[1::2]]}
+
+    async def open_point_in_time(self, *, index: str, keep_alive: str) -> dict[str, Any]:
+        return {"id": "pit-1"}
+
+    async def close_point_in_time(self, *, id: str) -> dict[str, Any]:
+        self.closed.append(id)
+        return {"succeeded": True}
+
+
+def _repo(es: FakeEs, rank_ahead: bool = True) -> Repository:
+    return Repository(
+        es,  # type: ignore[arg-type]
+        IndexNames("t-"),
+        max_result_window=100,
+        window_pages=PAGES,
+        window_min_matches=1,
+        rank_ahead=rank_ahead,
+    )
+
+
+def _count(counter: Any, outcome: str) -> float:
+    return float(counter.labels(outcome)._value.get())
+
+
+async def _walk(repo: Repository, between: Any = None) -> list[str]:
+    ids: list[str] = []
+    cursor = None
+    for n in range(50):
+        req = SearchRequest(q="revenue", limit=LIMIT, cursor=cursor)
+        answer = await repo.extension_search(req)
+        ids += [f"d{hit.artifact['n']:02d}" for hit in answer.hits]
+        cursor = answer.next_cursor
+        if cursor is None:
+            return ids
+        if between is not None:
+            await between(n)
+    raise AssertionError("the walk did not end")
+
+
+async def _paced(_: int) -> None:
+    for _ in range(5):  # a client between pages: the background ranking runs
+        await asyncio.sleep(0)
+
+
+async def test_a_paced_walk_ranks_only_its_first_window_in_a_request() -> None:
+    es = FakeEs()
+    started = _count(RANKED_AHEAD, "started")
+    assert await _walk(_repo(es), _paced) == [h["_id"] for h in RANKING]
+    # page 1 is a plain search, page 2 ranks pages 2-4 beside itself in one `_msearch`;
+    # every later window was ranked in the background before its first page was asked
+    assert es.msearches == 1
+    # windows from hit 8 on: 8-13, 14-19, 20-22 (the last short: the walk ends in it)
+    assert _count(RANKED_AHEAD, "started") - started == 3
+    ahead = [b for b in es.searches if b.get("_source") is False]
+    assert [_after(b["search_after"]) for b in ahead] == [8, 14, 20]
+    assert all(b["size"] == LIMIT * PAGES and "highlight" not in b for b in ahead)
+    assert es.closed == ["pit-1"]  # the last page closes the point in time
+
+
+async def test_a_page_asked_while_its_window_is_ranked_waits_for_it() -> None:
+    es = FakeEs()
+    repo = _repo(es)
+    awaited = _count(RANKED_AHEAD, "awaited")
+    remembered = _count(WINDOWED_PAGES, "remembered")
+
+    async def hold_then_release(n: int) -> None:
+        if n == 3:  # page 4 used up the first window: its successor is being ranked
+            es.gate.clear()
+            asyncio.get_running_loop().call_later(0.01, es.gate.set)
+
+    es.gate.set()
+    walked = await _walk(repo, hold_then_release)
+    assert walked == [h["_id"] for h in RANKING]
+    assert _count(RANKED_AHEAD, "awaited") - awaited >= 1
+    assert es.msearches == 1  # nothing ranked again in a request
+    assert _count(WINDOWED_PAGES, "remembered") - remembered == 12 - 2
+
+
+async def test_without_ranking_ahead_every_window_ranks_in_a_request() -> None:
+    es = FakeEs()
+    started = _count(RANKED_AHEAD, "started")
+    assert await _walk(_repo(es, rank_ahead=False), _paced) == [h["_id"] for h in RANKING]
+    assert es.msearches == 4  # pages 2, 5, 8 and 11 rank their windows
+    assert _count(RANKED_AHEAD, "started") == started
+
+
+async def test_a_failed_ranking_ahead_leaves_the_page_to_rank_as_usual() -> None:
+    es = FakeEs()
+
+    async def failing(*, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        if body.get("_source") is False:
+            raise EsConnectionError("down")
+        return await FakeEs.search(es, body=body, **kw)
+
+    es.search = failing  # type: ignore[method-assign]
+    assert await _walk(_repo(es), _paced) == [h["_id"] for h in RANKING]
+    assert es.msearches == 4  # each failed ranking: the next window ranked in its page
+
+
+async def test_closing_stops_the_rankings_in_flight() -> None:
+    es = FakeEs()
+    repo = _repo(es)
+    cursor = None
+    for _ in range(4):  # page 4 uses up the first window: its successor starts ranking
+        answer = await repo.extension_search(SearchRequest(q="revenue", limit=LIMIT, cursor=cursor))
+        cursor = answer.next_cursor
+    es.gate.clear()  # the ranking has not run yet: it waits for the gate
+    await asyncio.sleep(0)
+    pending = list(repo._ahead.values())
+    assert len(pending) == 1 and not pending[0].done()
+    await repo.aclose()
+    assert pending[0].cancelled() and not repo._ahead
