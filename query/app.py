@@ -209,6 +209,7 @@ def create_app(
         window_min_matches=query.relevance_window_min_matches,
         request_cache=query.request_cache,
         rank_ahead=query.relevance_rank_ahead,
+        rank_ahead_pages=query.relevance_rank_ahead_pages,
     )
     default_limit = query.default_limit
 

@@ -36,6 +36,7 @@ from query.windows import (
     Window,
     Windows,
     in_order,
+    next_window_after,
     ranked,
     split,
     window_size,
@@ -200,6 +201,7 @@ class Repository:
         window_min_matches: int = 20_000,
         request_cache: bool = True,
         rank_ahead: bool = True,
+        rank_ahead_pages: int = 0,
     ) -> None:
         self.es = es
         # Elasticsearch's shard request cache for every search (by default it caches only
@@ -217,7 +219,9 @@ class Repository:
         self.window_min_matches = window_min_matches
         self.windows = Windows(windows)
         # windows being ranked in the background, by the key they will be remembered under
+        # ... starting when `rank_ahead_pages` pages or fewer of a window are left (0: used up)
         self.rank_ahead = rank_ahead
+        self.rank_ahead_pages = rank_ahead_pages
         self._ahead: dict[bytes, asyncio.Task[Window | None]] = {}
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -591,8 +595,9 @@ class Repository:
         long as without windows), and the page must be the window's first hits. None when
         a search failed or an answer is not the window's hits in order (never expected):
         the caller then searches as without windows. `bound`: the request's fingerprint.
-        When a full page uses up its window, the next window is ranked in the background
-        (`_rank_ahead`); the page asked next takes it, or waits for it if still ranking."""
+        When a full page leaves `rank_ahead_pages` pages or fewer of its window (0: none),
+        the next window is ranked in the background (`_rank_ahead`); the page asked after
+        the window takes it, or waits for it if still ranking."""
         key = Windows.key(pit_id, after, bound)
         window = self.windows.take(key)
         if window is None and (ahead := self._ahead.pop(key, None)) is not None:
@@ -618,7 +623,8 @@ class Repository:
             ranking, answer = answers
             counted = ranking.get("hits", {}).get("total")
             total = counted.get("value") if counted and req.track_total else None
-            window = Window(ranked(ranking.get("hits", {}).get("hits", [])), total)
+            hits = ranking.get("hits", {}).get("hits", [])
+            window = Window(ranked(hits), total, more=len(hits) >= rank["size"])
             outcome = "ranked"
             if not worth_a_window(counted, self.window_min_matches):
                 self.windows.mark_small(Windows.walk(answer.get("pit_id", pit_id), bound))
@@ -654,12 +660,13 @@ class Repository:
             next_cursor = encode_cursor(pit_id, page[-1].sort, req)
             if rest is not None:
                 self.windows.put(Windows.key(pit_id, page[-1].sort, bound), rest)
-            elif outcome != "small" and self.rank_ahead:
+            end = next_window_after(window, rest, req.limit, self.rank_ahead_pages)
+            if outcome != "small" and self.rank_ahead and end is not None:
                 self._rank_ahead(
-                    Windows.key(pit_id, page[-1].sort, bound),
+                    Windows.key(pit_id, end, bound),
                     {
                         **rank,
-                        "search_after": page[-1].sort,
+                        "search_after": end,
                         "pit": {"id": pit_id, "keep_alive": PIT_KEEP_ALIVE},
                     },
                     req.track_total,
@@ -682,12 +689,13 @@ class Repository:
         await asyncio.gather(*ahead, return_exceptions=True)
 
     def _rank_ahead(self, key: bytes, rank: dict[str, Any], track_total: bool) -> None:
-        """Rank the window after a window that ran out, in the background, to be remembered
-        under `key` (the cursor just handed out): a walk's next page then finds it ranked,
-        or waits for the rest of its ranking instead of ranking. Exact as any window: the
-        same query under the same point in time. At most `windows` at once."""
-        if key in self._ahead or len(self._ahead) >= self.windows.capacity:
-            return
+        """Rank the window after a window nearly or wholly answered, in the background, to
+        be remembered under `key` (the cursor the window's last page hands out): the walk's
+        page after the window then finds it ranked, or waits for the rest of its ranking
+        instead of ranking. Exact as any window: the same query under the same point in
+        time. At most `windows` at once."""
+        if key in self._ahead or key in self.windows or len(self._ahead) >= self.windows.capacity:
+            return  # already ranked or ranking (a walk's later pages ask again)
 
         async def ranking() -> Window | None:
             try:
@@ -699,7 +707,8 @@ class Repository:
             answer = resp if isinstance(resp, dict) else resp.body
             counted = answer.get("hits", {}).get("total")
             total = counted.get("value") if counted and track_total else None
-            return Window(ranked(answer.get("hits", {}).get("hits", [])), total)
+            hits = answer.get("hits", {}).get("hits", [])
+            return Window(ranked(hits), total, more=len(hits) >= rank["size"])
 
         def done(task: asyncio.Task[Window | None]) -> None:
             if self._ahead.get(key) is not task:

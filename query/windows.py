@@ -29,8 +29,11 @@ took 5-20 % longer on average (every fifth page runs two searches). So the ranki
 counts the matches up to `min_matches`, and a walk with fewer is marked small and
 searched without windows from then on.
 
-When a page uses up its window, `query.repository` ranks the next window in the background
-(under the same point in time, so it is the same window), and the walk's next page takes it.
+When a page leaves `ahead` pages or fewer of its window to answer (0: when it uses the
+window up), `query.repository` ranks the next window in the background, after the
+window's last hit (under the same point in time, so it is the same window), and the
+walk's page after the window takes it. Ranked while the walk's last pages of the window
+are answered, it is usually there when asked, even for a client that pages without pause.
 
 Pure: no I/O. `query.repository` does the requests.
 """
@@ -58,10 +61,12 @@ class Ranked:
 
 @dataclass(frozen=True, slots=True)
 class Window:
-    """Hits ranked after a cursor, not answered yet, and the total of the search."""
+    """Hits ranked after a cursor, not answered yet, and the total of the search; `more`:
+    whether hits may follow the last one (False when the ranking came back short)."""
 
     hits: list[Ranked]
     total: int | None
+    more: bool = True
 
 
 def window_size(limit: int, pages: int) -> int:
@@ -79,7 +84,18 @@ def ranked(hits: Sequence[dict[str, Any]]) -> list[Ranked]:
 def split(window: Window, limit: int) -> tuple[list[Ranked], Window | None]:
     """A page of `limit` hits off the window, and what is left of it (None: nothing)."""
     page, rest = window.hits[:limit], window.hits[limit:]
-    return page, (Window(rest, window.total) if rest else None)
+    return page, (Window(rest, window.total, window.more) if rest else None)
+
+
+def next_window_after(window: Window, rest: Window | None, limit: int, ahead: int) -> Any:
+    """The sort values after which the window that follows `window` is to be ranked now,
+    once a page of `limit` was taken off `window` leaving `rest`: its last hit's, when at
+    most `ahead` pages are left to answer and hits may follow it; None otherwise."""
+    if not window.more or not window.hits:
+        return None
+    if rest is not None and len(rest.hits) > ahead * limit:
+        return None
+    return window.hits[-1].sort
 
 
 def in_order(page: Sequence[Ranked], hits: Sequence[dict[str, Any]]) -> bool:
@@ -144,3 +160,6 @@ class Windows:
 
     def __len__(self) -> int:
         return len(self._windows)
+
+    def __contains__(self, key: bytes) -> bool:
+        return key in self._windows

@@ -227,8 +227,11 @@ class QuerySettings(BaseSettings):
     relevance_window_pages: int = Field(default=20, ge=1, le=50)
     # ... for searches matching at least this many artifacts (fewer: ranking is cheap)
     relevance_window_min_matches: int = Field(default=20_000, ge=0)
-    # when a walk's window runs out, the next one is ranked in the background right away
+    # a walk's next window is ranked in the background before it is asked for ...
     relevance_rank_ahead: bool = True
+    # ... from the page that leaves this many pages of the current window or fewer to
+    # answer (0: from the page that uses it up)
+    relevance_rank_ahead_pages: int = Field(default=10, ge=0, le=50)
     # searches ask Elasticsearch's shard request cache (query/repository.py); false: only
     # Elasticsearch's default (searches without hits)
     request_cache: bool = True

@@ -539,7 +539,14 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 if opts.queries_only:
                     result["latency"] = await latency(stack, load_mix(), http, opts, plain_url)
                     result["paging"] = await paging(stack, opts, plain_url)
-                result["search"] = await search_extension(stack, opts, plain_url)
+                # the next relevance window ranked only once the last one is used up
+                late_url = await _start_api_variant(
+                    "api-rank-late",
+                    {**env, "QUERY_RELEVANCE_RANK_AHEAD_PAGES": "0"},
+                    log_dir,
+                    children,
+                )
+                result["search"] = await search_extension(stack, opts, plain_url, late_url)
                 return result
             events = len(records)
             del records  # the side loads regenerate theirs in child processes
@@ -614,10 +621,8 @@ async def _start_plain(env: dict[str, str], log_dir: Path, children: list[Child]
     boundaries (QUERY_PAGE_BOUNDARIES=0), relevance windows (QUERY_RELEVANCE_WINDOW_PAGES=1)
     and Elasticsearch's request cache for searches with hits (QUERY_REQUEST_CACHE=false).
     Its URL."""
-    port = free_port()
-    plain = Child(
+    return await _start_api_variant(
         "api-plain",
-        ["-m", "artifact_search.cli", "api", "--port", str(port)],
         {
             **env,
             "QUERY_PAGE_BOUNDARIES": "0",
@@ -625,10 +630,19 @@ async def _start_plain(env: dict[str, str], log_dir: Path, children: list[Child]
             "QUERY_REQUEST_CACHE": "false",
         },
         log_dir,
+        children,
     )
-    children.append(plain)
+
+
+async def _start_api_variant(
+    name: str, env: dict[str, str], log_dir: Path, children: list[Child]
+) -> str:
+    """One more API process on the same stack with `env`; its URL."""
+    port = free_port()
+    child = Child(name, ["-m", "artifact_search.cli", "api", "--port", str(port)], env, log_dir)
+    children.append(child)
     url = f"http://127.0.0.1:{port}/api"
-    await wait_http_ok(plain, url + "/health", 60)
+    await wait_http_ok(child, url + "/health", 60)
     return url
 
 
@@ -948,7 +962,7 @@ SEARCH_FACETS = ["type", "flow", "deployment", "flow_run_state", "tags", "create
 
 
 async def search_extension(
-    stack: Stack, opts: Options, plain_url: str | None = None
+    stack: Stack, opts: Options, plain_url: str | None = None, late_url: str | None = None
 ) -> dict[str, Any]:
     """`POST /ext/v1/artifacts/search`: full text, typed values, facets, cursor pages.
 
@@ -960,12 +974,16 @@ async def search_extension(
     targets: full text p50 <= 25 ms, with facets <= 40 ms, a cursor page <= 15 ms at any
     depth. With `plain_url` (an API that remembers nothing between pages), the
     relevance walks also run there, each right after its windowed twin (query/windows.py).
+    With `late_url` (an API that ranks a walk's next window only when a page uses the last
+    one up, `QUERY_RELEVANCE_RANK_AHEAD_PAGES=0`), the relevance walks with snippets run
+    there too (`..._ranked_late`).
     """
     meter = Http()
     url = stack.api_url.removesuffix("/api") + "/ext/v1/artifacts/search"
     unwindowed = (
         None if plain_url is None else plain_url.removesuffix("/api") + "/ext/v1/artifacts/search"
     )
+    late = None if late_url is None else late_url.removesuffix("/api") + "/ext/v1/artifacts/search"
     out: dict[str, Any] = {}
     try:
         for name, body in SEARCHES:
@@ -1015,6 +1033,9 @@ async def search_extension(
             ("relevance_no_highlight", None, False, url, 0.0),
             ("relevance_paced", None, True, url, PACE_S),
         ]
+        if late is not None:
+            walks.insert(2, ("relevance_ranked_late", None, True, late, 0.0))
+            walks.append(("relevance_paced_ranked_late", None, True, late, PACE_S))
         if unwindowed is not None:
             walks.insert(2, ("relevance_unwindowed", None, True, unwindowed, 0.0))
             walks.append(("relevance_no_highlight_unwindowed", None, False, unwindowed, 0.0))

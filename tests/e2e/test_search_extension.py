@@ -645,8 +645,15 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
             transport=httpx.ASGITransport(app=app), base_url="http://svc", timeout=60
         )
 
-    # 16 match; windows of 3 pages of 2, so the 8-page walk ranks more than one window
-    windowed = client(QuerySettings(relevance_window_min_matches=16, relevance_window_pages=3))
+    # 16 match; windows of 3 pages of 2, so the 8-page walk ranks more than one window;
+    # the next window is ranked from the page that leaves one page of the current one
+    windowed = client(
+        QuerySettings(
+            relevance_window_min_matches=16,
+            relevance_window_pages=3,
+            relevance_rank_ahead_pages=1,
+        )
+    )
     unwindowed = client(QuerySettings(relevance_window_pages=1))
     body: dict[str, Any] = {"q": "revenue", "limit": 2}
     try:
@@ -667,7 +674,10 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
         remembered, ranked = _windowed_count("remembered"), _windowed_count("ranked")
         ahead = _ranked_ahead("started")
 
+        started: list[float] = []
+
         async def write_late(n: int) -> None:  # after page 2: a better match than any
+            started.append(_ranked_ahead("started") - ahead)
             if n == 1:
                 late = {**LATE, "data": "revenue revenue revenue revenue revenue"}
                 await stack.pipeline.load(_records({"late": late}), batch=10)
@@ -678,6 +688,9 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
         assert _windowed_count("remembered") - remembered >= 4  # pages 3.. from windows
         # a window ran out: the next one ranked (in the background, or by its first page)
         assert _windowed_count("ranked") - ranked + _ranked_ahead("started") - ahead >= 2
+        # page 2 ranked hits 3-8 (pages 2-4); page 3, leaving one page of it, started
+        # ranking hits 9-14 before page 4 was asked; page 6 started hits 15-16 (the last)
+        assert started[:4] == [0, 0, 1, 1] and started[-1] == 2, started
         assert _windowed_count("refused") == 0
 
         after = (await search(stack, {**body, "limit": 50}))["hits"]

@@ -8,6 +8,7 @@ from query.windows import (
     Window,
     Windows,
     in_order,
+    next_window_after,
     ranked,
     split,
     window_size,
@@ -87,3 +88,29 @@ def test_small_walks_are_remembered_within_the_capacity() -> None:
     assert not windows.is_small(walks[0])  # the least recently marked went first
     assert windows.is_small(walks[1]) and windows.is_small(walks[2])
     assert not windows.is_small(Windows.walk("pit1", "another request"))
+
+
+def test_the_next_window_is_ranked_from_the_page_that_leaves_few_pages_of_this_one() -> None:
+    whole = Window(_hits(10), None)  # 5 pages of 2
+    end = whole.hits[-1].sort
+    window: Window | None = whole
+    taken = []
+    while window is not None:
+        _, rest = split(window, 2)
+        taken.append(next_window_after(window, rest, 2, ahead=2))
+        window = rest
+    # pages leave 4, 3, 2, 1, 0 pages: from the third page on, ranked after the last hit
+    assert taken == [None, None, end, end, end]
+    last = Window(_hits(2), None)
+    assert next_window_after(last, None, 2, ahead=0) == last.hits[-1].sort  # used up
+    two = Window(_hits(4), None)
+    assert next_window_after(two, split(two, 2)[1], 2, ahead=0) is None  # a page is left
+
+
+def test_no_window_is_ranked_after_a_ranking_that_came_back_short() -> None:
+    short = Window(_hits(3), None, more=False)
+    _, rest = split(short, 2)
+    assert rest is not None and not rest.more  # what is left keeps it
+    assert next_window_after(short, rest, 2, ahead=5) is None
+    assert next_window_after(rest, None, 2, ahead=0) is None
+    assert next_window_after(Window([], None), None, 2, ahead=5) is None

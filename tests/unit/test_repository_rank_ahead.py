@@ -78,7 +78,7 @@ class FakeEs:
         return {"succeeded": True}
 
 
-def _repo(es: FakeEs, rank_ahead: bool = True) -> Repository:
+def _repo(es: FakeEs, rank_ahead: bool = True, ahead_pages: int = 0) -> Repository:
     return Repository(
         es,  # type: ignore[arg-type]
         IndexNames("t-"),
@@ -86,6 +86,7 @@ def _repo(es: FakeEs, rank_ahead: bool = True) -> Repository:
         window_pages=PAGES,
         window_min_matches=1,
         rank_ahead=rank_ahead,
+        rank_ahead_pages=ahead_pages,
     )
 
 
@@ -126,6 +127,42 @@ async def test_a_paced_walk_ranks_only_its_first_window_in_a_request() -> None:
     assert [_after(b["search_after"]) for b in ahead] == [8, 14, 20]
     assert all(b["size"] == LIMIT * PAGES and "highlight" not in b for b in ahead)
     assert es.closed == ["pit-1"]  # the last page closes the point in time
+
+
+def _fetched(body: dict[str, Any]) -> set[str]:
+    """The ids a fetch by id asked for (empty for any other search)."""
+    query = body["query"]
+    if not (isinstance(query, dict) and "bool" in query):
+        return set()
+    return {i for c in query["bool"].get("filter", []) if "ids" in c for i in c["ids"]["values"]}
+
+
+async def test_the_next_window_is_ranked_while_the_last_page_of_this_one_is_still_to_come() -> None:
+    es = FakeEs()
+    started = _count(RANKED_AHEAD, "started")
+    awaited = _count(RANKED_AHEAD, "awaited")
+    assert await _walk(_repo(es, ahead_pages=1), _paced) == [h["_id"] for h in RANKING]
+    assert es.msearches == 1
+    # each window of 3 pages starts its successor's ranking from its second page, so
+    # every window's last page (d06-d07, d12-d13, d18-d19) is fetched after that ranking
+    # was sent: the same rankings as ranking when a window is used up, one page earlier
+    assert _count(RANKED_AHEAD, "started") - started == 3
+    assert _count(RANKED_AHEAD, "awaited") == awaited
+    rankings = [i for i, b in enumerate(es.searches) if b.get("_source") is False]
+    assert [_after(es.searches[i]["search_after"]) for i in rankings] == [8, 14, 20]
+    lasts = ({"d06", "d07"}, {"d12", "d13"}, {"d18", "d19"})
+    for i, last_page in zip(rankings, lasts, strict=True):
+        later = [_fetched(b) for b in es.searches[i + 1 :]]
+        assert last_page in later, f"{sorted(last_page)} was fetched before the next ranking"
+    # the short last window (3 hits of 6) ranks nothing after it
+    assert all(_after(b["search_after"]) <= 20 for b in es.searches if b.get("_source") is False)
+
+
+async def test_a_walk_without_pauses_is_exact_when_rankings_run_ahead() -> None:
+    es = FakeEs()
+    for ahead in (0, 1, 2, 5):
+        es.searches.clear()
+        assert await _walk(_repo(es, ahead_pages=ahead)) == [h["_id"] for h in RANKING]
 
 
 async def test_a_page_asked_while_its_window_is_ranked_waits_for_it() -> None:
