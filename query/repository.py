@@ -201,7 +201,7 @@ class Repository:
         window_min_matches: int = 20_000,
         request_cache: bool = True,
         rank_ahead: bool = True,
-        rank_ahead_pages: int = 0,
+        rank_ahead_pages: int = 10,
     ) -> None:
         self.es = es
         # Elasticsearch's shard request cache for every search (by default it caches only
