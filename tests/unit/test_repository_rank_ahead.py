@@ -33,6 +33,14 @@ def _after(search_after: list[Any] | None) -> int:
     return next(i for i, h in enumerate(RANKING) if h["sort"] == list(search_after)) + 1
 
 
+def _fetched(body: dict[str, Any]) -> set[str]:
+    """The ids a fetch by id asked for (empty for any other search)."""
+    query = body["query"]
+    if not (isinstance(query, dict) and "bool" in query):
+        return set()
+    return {i for c in query["bool"].get("filter", []) if "ids" in c for i in c["ids"]["values"]}
+
+
 class FakeEs:
     """Answers every search from `RANKING`; background rankings wait for `gate`."""
 
@@ -44,13 +52,8 @@ class FakeEs:
         self.closed: list[str] = []
 
     def _answer(self, body: dict[str, Any]) -> dict[str, Any]:
-        query = body["query"]
-        ids = None
-        if isinstance(query, dict) and "bool" in query and "filter" in query["bool"]:
-            for clause in query["bool"]["filter"]:
-                if "ids" in clause:
-                    ids = set(clause["ids"]["values"])
-        if ids is not None:
+        ids = _fetched(body)
+        if ids:
             hits = [h for h in RANKING if h["_id"] in ids]
         else:
             start = _after(body.get("search_after"))
@@ -127,14 +130,6 @@ async def test_a_paced_walk_ranks_only_its_first_window_in_a_request() -> None:
     assert [_after(b["search_after"]) for b in ahead] == [8, 14, 20]
     assert all(b["size"] == LIMIT * PAGES and "highlight" not in b for b in ahead)
     assert es.closed == ["pit-1"]  # the last page closes the point in time
-
-
-def _fetched(body: dict[str, Any]) -> set[str]:
-    """The ids a fetch by id asked for (empty for any other search)."""
-    query = body["query"]
-    if not (isinstance(query, dict) and "bool" in query):
-        return set()
-    return {i for c in query["bool"].get("filter", []) if "ids" in c for i in c["ids"]["values"]}
 
 
 async def test_the_next_window_is_ranked_while_the_last_page_of_this_one_is_still_to_come() -> None:
