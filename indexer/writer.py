@@ -57,12 +57,13 @@ class WriteRejectedError(TransientError):
 
 @dataclass(frozen=True, slots=True)
 class Versioned:
-    """One document write with its external version."""
+    """One document write with its external version; `body` is `source` as JSON."""
 
     index: str
     doc_id: str
     version: int
     source: dict[str, Any]
+    body: bytes
 
 
 @dataclass
@@ -100,7 +101,7 @@ class BulkWriter:
         lines: list[bytes] = []
         for item in part:
             lines.append(_action(item.index, item.doc_id, item.version))
-            lines.append(orjson.dumps(item.source))
+            lines.append(item.body)
         body = b"\n".join(lines) + b"\n"
         try:
             with BULK_SECONDS.time():
