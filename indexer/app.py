@@ -12,7 +12,8 @@ Two consumers feed one `Processor` (indexer/runtime.py):
   before the group subscriber starts, so a backlog of artifacts finds its parents.
 
 Offsets are committed to Kafka after each step only for monitoring (lag): the group's
-under `KAFKA_GROUP_ID`, the global consumer's under `<group>.global.<instance id>`.
+under `KAFKA_GROUP_ID`, the global consumer's under `<group>.global.<instance id>`; one
+commit per consumer is in flight, the steps committed meanwhile are merged into the next.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from services.errors import PermanentError
 from services.es.admin import ensure_indices
 from services.es.client import make_es_client
 from services.es.indices import IndexNames
-from services.kafka import broker_kwargs, commit_offsets
+from services.kafka import OffsetCommits, broker_kwargs, commit_offsets
 from services.telemetry import kafka_middlewares
 
 log = logging.getLogger("indexer")
@@ -130,6 +131,7 @@ class Indexer:
         self.refresher: Refresher | None = None
         self._refreshing: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
+        self._offsets = OffsetCommits()
         self.fatal: BaseException | None = None
         self._on_fatal: Callable[[], None] | None = None
         self._register()
@@ -331,7 +333,7 @@ class Indexer:
         assert processor is not None
 
         def committed(result: StepResult) -> None:
-            self._spawn(self._commit(consumer, result))
+            self._committed(consumer, result)
 
         try:
             follow(await processor.submit(records, committed))
@@ -392,19 +394,20 @@ class Indexer:
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
-    async def _commit(self, consumer: AIOKafkaConsumer, result: StepResult) -> None:
-        """Commit the step's positions to Kafka (monitoring only) and export the lag."""
+    def _committed(self, consumer: AIOKafkaConsumer, result: StepResult) -> None:
+        """Export the lag of a committed step and commit its positions to Kafka (monitoring
+        only; `OffsetCommits` merges the steps committed while a commit is in flight)."""
         assigned = consumer.assignment()
         positions = {
             TopicPartition(*tp): pos
             for tp, pos in result.positions.items()
             if TopicPartition(*tp) in assigned
         }
-        await commit_offsets(consumer, positions)
         for tp, position in positions.items():
             highwater = consumer.highwater(tp)
             if highwater is not None:
                 metrics.LAG.labels(tp.topic, str(tp.partition)).set(max(highwater - position, 0))
+        self._offsets.add(consumer, positions)
 
 
 def asyncapi_json(kafka: KafkaSettings | None = None) -> str:

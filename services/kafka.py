@@ -110,3 +110,36 @@ async def commit_offsets(consumer: AIOKafkaConsumer, positions: dict[TopicPartit
         log.info("commit refused after a rebalance (positions live in the store)")
     except (KafkaError, TimeoutError) as exc:
         log.warning("offset commit failed (%r); positions live in the store", exc)
+
+
+class OffsetCommits:
+    """Monitoring commits that keep up with any step rate: at most one commit per consumer
+    is in flight; positions added meanwhile are merged (a later step's positions replace an
+    earlier one's) and sent together when it returns. Nothing is awaited by `add`."""
+
+    def __init__(self) -> None:
+        self._pending: dict[AIOKafkaConsumer, dict[TopicPartition, int]] = {}
+        self._running: dict[AIOKafkaConsumer, asyncio.Task[None]] = {}
+
+    def add(self, consumer: AIOKafkaConsumer, positions: dict[TopicPartition, int]) -> None:
+        """Commit `positions` (of partitions still assigned when the commit is sent)."""
+        if not positions:
+            return
+        self._pending.setdefault(consumer, {}).update(positions)
+        if consumer not in self._running:
+            self._running[consumer] = asyncio.create_task(self._run(consumer))
+
+    async def _run(self, consumer: AIOKafkaConsumer) -> None:
+        try:
+            while pending := self._pending.pop(consumer, None):
+                assigned = consumer.assignment()
+                await commit_offsets(
+                    consumer, {tp: p for tp, p in pending.items() if tp in assigned}
+                )
+        finally:
+            del self._running[consumer]
+
+    async def wait(self) -> None:
+        """Until every position added so far was sent (or its commit failed and was logged)."""
+        while self._running:
+            await asyncio.gather(*self._running.values(), return_exceptions=True)

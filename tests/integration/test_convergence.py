@@ -36,6 +36,7 @@ from indexer import parents as indexer_parents
 from indexer.app import Indexer
 from indexer.local import LocalPipeline
 from indexer.store import MemoryStore
+from services import kafka as services_kafka
 from services.config import ElasticsearchSettings, IndexerSettings, KafkaSettings
 from services.contract import ENTITIES
 from services.es.admin import drop_indices, ensure_indices
@@ -254,7 +255,7 @@ async def test_a_restarted_replica_shows_its_positions_to_lag_monitoring(
         groups = [kafka.group_id, f"{kafka.group_id}.global.a"]
         if lost == "never_committed":
             with monkeypatch.context() as patch:
-                for module in (indexer_app, indexer_parents):
+                for module in (indexer_app, indexer_parents, services_kafka):
                     patch.setattr(module, "commit_offsets", _no_commit)
                 indexer = await _converge(servers, settings, dataset)
         else:
