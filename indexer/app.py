@@ -151,6 +151,8 @@ class Indexer:
             max_records=self.settings.max_batch,
             batch_timeout_ms=self.settings.batch_timeout_ms,
             max_partition_fetch_bytes=self.settings.max_partition_fetch_bytes,
+            fetch_min_bytes=self.settings.fetch_min_bytes,
+            fetch_max_wait_ms=self.settings.fetch_max_wait_ms,
             max_poll_interval_ms=900_000,
             listener=_Rebalance(self),
             parser=raw_parser,

@@ -162,6 +162,11 @@ class IndexerSettings(BaseSettings):
     # feed (KAFKA_TOPIC_CHANGES), after Elasticsearch accepted them: the alerts worker's input
     publish_changes: bool = False
     batch_timeout_ms: int = Field(default=100, ge=1)
+    # the group consumer's fetches: Kafka answers once this many bytes are ready or after
+    # `fetch_max_wait_ms`, so a moderate rate makes fewer, larger steps (each step pays a
+    # bulk request, a store commit and an offset commit) for at most that much latency
+    fetch_min_bytes: int = Field(default=1_048_576, ge=1)
+    fetch_max_wait_ms: int = Field(default=50, ge=0)
     # Kafka's per-partition fetch size (aiokafka's default): one fetch round brings at
     # most this much of each partition, so it also sets how topics interleave.
     max_partition_fetch_bytes: int = Field(default=1_048_576, ge=1024)
