@@ -210,6 +210,7 @@ def create_app(
         request_cache=query.request_cache,
         rank_ahead=query.relevance_rank_ahead,
         rank_ahead_pages=query.relevance_rank_ahead_pages,
+        pages_ahead=query.pages_ahead,
     )
     default_limit = query.default_limit
 

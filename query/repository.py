@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,6 +173,25 @@ RANKED_AHEAD = Counter(
 )
 
 
+PAGES_AHEAD = Counter(
+    "query_search_pages_ahead_total",
+    "Cursor pages of the search extension fetched in the background after the page before "
+    "was answered (started), answered from that fetch (taken), or dropped unasked to keep "
+    "at most `QUERY_PAGES_AHEAD` (evicted)",
+    ["outcome"],
+)
+
+
+_Page = tuple[SearchResponse, str | None]
+"""A page of the search extension and the point in time to close once it is answered."""
+
+
+def _retrieved(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's failure as seen (its page is asked again if needed)."""
+    if not task.cancelled():
+        task.exception()
+
+
 def _raise_missing_index(resp: Any) -> None:
     """A get with ``ignore_status=404`` answers an error body when the index is missing."""
     if "error" in resp:
@@ -202,6 +222,7 @@ class Repository:
         request_cache: bool = True,
         rank_ahead: bool = True,
         rank_ahead_pages: int = 10,
+        pages_ahead: int = 64,
     ) -> None:
         self.es = es
         # Elasticsearch's shard request cache for every search (by default it caches only
@@ -223,6 +244,10 @@ class Repository:
         self.rank_ahead = rank_ahead
         self.rank_ahead_pages = rank_ahead_pages
         self._ahead: dict[bytes, asyncio.Task[Window | None]] = {}
+        # the next page of a cursor walk, fetched once a page was answered, by the
+        # (cursor, request) it answers; at most `pages_ahead` (0: none), oldest dropped
+        self.pages_ahead = pages_ahead
+        self._pages: OrderedDict[tuple[str, str], asyncio.Task[_Page]] = OrderedDict()
         self._closing: set[asyncio.Task[None]] = set()
 
     def _index(self, collection: bool) -> str:
@@ -521,7 +546,53 @@ class Repository:
         The first page is a plain search; its cursor holds the last hit's sort values.
         The first page asked with a cursor opens a point in time, which every later page
         reuses (and keeps alive): only clients that do page hold a point in time.
+
+        Once a page asked with a cursor is answered, the page after it is fetched in the
+        background (`_fetch_ahead`), and asking for it takes that answer. Exact: both are
+        the same request under the same point in time, which sees the same documents
+        whenever it is asked (a write made after the fetch is outside the walk's snapshot
+        either way).
         """
+        page: _Page | None = None
+        if req.cursor is not None and self._pages:
+            ahead = self._pages.pop((req.cursor, fingerprint(req)), None)
+            if ahead is not None:
+                with contextlib.suppress(Exception):  # failed: asked again, as usual
+                    page = await ahead
+                if page is not None:
+                    PAGES_AHEAD.labels(outcome="taken").inc()
+        if page is None:
+            page = await self._page(req)
+        response, finished = page
+        if finished is not None:  # the last page: the point in time is no longer needed
+            with contextlib.suppress(*_ES_ERRORS):
+                await self.es.close_point_in_time(id=finished)
+        elif req.cursor is not None and response.next_cursor is not None and self.pages_ahead:
+            self._fetch_ahead(req.model_copy(update={"cursor": response.next_cursor}))
+        return response
+
+    def _fetch_ahead(self, req: SearchRequest) -> None:
+        """Fetch the page `req` asks for in the background, to be taken when it is asked.
+        At most `pages_ahead` are kept (in flight or answered): the oldest is dropped, and
+        the point in time of a dropped last page closed (others expire unused)."""
+        key = (req.cursor or "", fingerprint(req))
+        if key in self._pages:
+            return
+        task = asyncio.create_task(self._page(req))
+        task.add_done_callback(_retrieved)
+        self._pages[key] = task
+        PAGES_AHEAD.labels(outcome="started").inc()
+        while len(self._pages) > self.pages_ahead:
+            _, old = self._pages.popitem(last=False)
+            PAGES_AHEAD.labels(outcome="evicted").inc()
+            if not old.done():
+                old.cancel()
+            elif not old.cancelled() and old.exception() is None and (pit := old.result()[1]):
+                self._close_later(pit)
+
+    async def _page(self, req: SearchRequest) -> _Page:
+        """A page of the search extension, and the point in time to close once it is
+        answered (its walk's last page; None otherwise)."""
         index = self._index(req.latest_per_key)
         body = build_body(req, first_page=req.cursor is None)
         pit_id: str | None = None
@@ -564,20 +635,21 @@ class Repository:
         answer: dict[str, Any] = resp if isinstance(resp, dict) else resp.body
         hits = answer.get("hits", {}).get("hits", [])
         next_cursor = None
+        finished = None
         if req.limit and len(hits) == req.limit:
             # (a point in time appends its own tie-breaker; the sort is total without it)
             after = hits[-1]["sort"] if pit_id else hits[-1]["sort"][: len(body["sort"])]
             next_cursor = encode_cursor(pit_id or "", after, req)
-        elif pit_id:  # the last page: the point in time is no longer needed
-            with contextlib.suppress(*_ES_ERRORS):
-                await self.es.close_point_in_time(id=pit_id)
+        elif pit_id:  # the last page
+            finished = pit_id
         total = answer.get("hits", {}).get("total", {}).get("value") if req.track_total else None
-        return SearchResponse(
+        response = SearchResponse(
             hits=read_hits(answer),
             next_cursor=next_cursor,
             total=total,
             facets=read_facets(answer, req),
         )
+        return response, finished
 
     async def _windowed_page(
         self,
@@ -586,7 +658,7 @@ class Repository:
         after: list[Any],
         req: SearchRequest,
         bound: str,
-    ) -> SearchResponse | None:
+    ) -> _Page | None:
         """A relevance cursor page from a window of ranked hits (query/windows.py).
 
         With a window remembered under this cursor, the page's hits are fetched by id.
@@ -671,19 +743,19 @@ class Repository:
                     },
                     req.track_total,
                 )
-        else:  # the last page: the point in time is no longer needed
-            with contextlib.suppress(*_ES_ERRORS):
-                await self.es.close_point_in_time(id=pit_id)
-        return SearchResponse(
+        response = SearchResponse(
             hits=read_hits(answer),
             next_cursor=next_cursor,
             total=window.total,  # None unless the request tracks totals
             facets=None,
         )
+        return response, None if next_cursor else pit_id  # the last page: close it
 
     async def aclose(self) -> None:
-        """Stop the windows being ranked in the background (before the client closes)."""
-        ahead, self._ahead = list(self._ahead.values()), {}
+        """Stop the windows being ranked and the pages fetched in the background (before
+        the client closes)."""
+        ahead: list[asyncio.Task[Any]] = [*self._ahead.values(), *self._pages.values()]
+        self._ahead, self._pages = {}, OrderedDict()
         for task in ahead:
             task.cancel()
         await asyncio.gather(*ahead, return_exceptions=True)

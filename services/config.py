@@ -237,6 +237,9 @@ class QuerySettings(BaseSettings):
     # ... from the page that leaves this many pages of the current window or fewer to
     # answer (0: from the page that uses it up)
     relevance_rank_ahead_pages: int = Field(default=10, ge=0, le=50)
+    # once a cursor page is answered, the walk's next page is fetched in the background
+    # and answered from that when asked; at most this many kept at once (0: none)
+    pages_ahead: int = Field(default=64, ge=0, le=10_000)
     # searches ask Elasticsearch's shard request cache (query/repository.py); false: only
     # Elasticsearch's default (searches without hits)
     request_cache: bool = True

@@ -652,6 +652,7 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
             relevance_window_min_matches=16,
             relevance_window_pages=3,
             relevance_rank_ahead_pages=1,
+            pages_ahead=0,  # when rankings start, page by page (pages fetched ahead: below)
         )
     )
     unwindowed = client(QuerySettings(relevance_window_pages=1))
@@ -704,6 +705,66 @@ async def test_relevance_cursor_pages_from_windows_are_the_ranking(
     finally:
         await windowed.aclose()
         await unwindowed.aclose()
+
+
+def _pages_ahead(outcome: str) -> float:
+    value = REGISTRY.get_sample_value("query_search_pages_ahead_total", {"outcome": outcome})
+    return value or 0.0
+
+
+async def test_cursor_pages_fetched_ahead_are_the_pages_asked(
+    stack: Stack, elasticsearch_url: str
+) -> None:
+    """Once a cursor page is answered, the service fetches the next one in the background
+    and answers it from that fetch. Walks in relevance order (pages from windows) and in
+    `created` order (`search_after`) are, page for page, the walks of a service that
+    fetches nothing ahead — hits, scores, highlights — also when a better match is written
+    after a page whose successor was already fetched: the walk stays in its snapshot."""
+    await stack.pipeline.load(_records(WINDOWED), batch=100)
+    await stack.es.indices.refresh(index=stack.names.artifacts)
+    settings = ElasticsearchSettings(url=elasticsearch_url, index_prefix=stack.names.prefix)
+
+    def client(pages_ahead: int) -> httpx.AsyncClient:
+        query = QuerySettings(
+            relevance_window_min_matches=1, relevance_window_pages=3, pages_ahead=pages_ahead
+        )
+        return httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=create_app(query, settings)),
+            base_url="http://svc",
+            timeout=60,
+        )
+
+    ahead, plain = client(8), client(0)
+    relevance: dict[str, Any] = {"q": "revenue", "limit": 2}
+    created: dict[str, Any] = {**relevance, "sort": [{"field": "created", "order": "asc"}]}
+    try:
+        before = await _walk([plain], relevance)
+        assert len(before) == 16
+        pages: list[int] = []
+
+        async def write_late(n: int) -> None:
+            pages.append(n)
+            if n == 2:  # page 3 answered, page 4 fetched or being fetched: a better match
+                late = {**LATE, "data": "revenue revenue revenue revenue revenue"}
+                await stack.pipeline.load(_records({"late": late}), batch=10)
+                await stack.es.indices.refresh(index=stack.names.artifacts)
+
+        taken = _pages_ahead("taken")
+        assert await _walk([ahead], relevance, write_late) == before  # its snapshot
+        # pages 1 and 2 are asked (the first cursor page opens the point in time); each
+        # later page was taken from the fetch its predecessor started
+        assert _pages_ahead("taken") - taken == len(pages) + 1 - 2
+        after = await _walk([plain], relevance)
+        assert len(after) == 17 and after[0]["artifact"]["id"] == A["late"]
+        for body in (relevance, created):
+            taken = _pages_ahead("taken")
+            assert await _walk([ahead], body) == await _walk([plain], body)
+            assert _pages_ahead("taken") - taken == 7  # 17 hits: 9 pages, 7 fetched ahead
+        # a walk continued by another replica (no fetch of its own) is the same walk
+        assert await _walk([ahead, ahead, ahead, plain, ahead], relevance) == after
+    finally:
+        await ahead.aclose()
+        await plain.aclose()
 
 
 async def test_bad_queries_get_clear_errors(stack: Stack) -> None:

@@ -4,18 +4,19 @@ When a full page uses up its window, the next window is ranked in the background
 page asked next takes it (fetched by id, no ranking in its own request), or waits for
 a ranking still running. The fake answers from one fixed ranking, as a point in time
 would; what is checked is that every walk is exactly that ranking, and which requests
-made it.
+made it. Below: the next page fetched in the background once a cursor page is answered.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 from elasticsearch import ConnectionError as EsConnectionError
 
 from query.extension import SearchRequest
-from query.repository import RANKED_AHEAD, WINDOWED_PAGES, Repository
+from query.repository import PAGES_AHEAD, RANKED_AHEAD, WINDOWED_PAGES, Repository
 from services.es.indices import IndexNames
 
 # 23 matches, scores tied in threes: the order is (score desc, then position)
@@ -90,6 +91,7 @@ def _repo(es: FakeEs, rank_ahead: bool = True, ahead_pages: int = 0) -> Reposito
         window_min_matches=1,
         rank_ahead=rank_ahead,
         rank_ahead_pages=ahead_pages,
+        pages_ahead=0,  # the rankings' own order of requests (pages fetched ahead: below)
     )
 
 
@@ -213,3 +215,80 @@ async def test_closing_stops_the_rankings_in_flight() -> None:
     assert len(pending) == 1 and not pending[0].done()
     await repo.aclose()
     assert pending[0].cancelled() and not repo._ahead
+
+
+# -- the next page fetched in the background once a cursor page is answered ---------------
+
+
+def _requests(es: FakeEs) -> list[str]:
+    """Every search sent, as comparable text, in no particular order."""
+    return sorted(json.dumps(b, sort_keys=True) for b in es.searches)
+
+
+def _ahead_repo(es: FakeEs, pages_ahead: int) -> Repository:
+    return Repository(
+        es,  # type: ignore[arg-type]
+        IndexNames("t-"),
+        max_result_window=100,
+        window_pages=PAGES,
+        window_min_matches=1,
+        pages_ahead=pages_ahead,
+    )
+
+
+async def test_each_page_after_the_first_cursor_page_is_taken_from_its_fetch_ahead() -> None:
+    for between in (_paced, None):  # a client that pauses, one that asks at once
+        plain, ahead = FakeEs(), FakeEs()
+        assert await _walk(_ahead_repo(plain, 0), between) == [h["_id"] for h in RANKING]
+        taken = _count(PAGES_AHEAD, "taken")
+        assert await _walk(_ahead_repo(ahead, 8), between) == [h["_id"] for h in RANKING]
+        # 12 pages: the first is plain, the second (the first with a cursor) is asked;
+        # each of the other ten was fetched once the page before it was answered
+        assert _count(PAGES_AHEAD, "taken") - taken == 10
+        # ... by the very requests the walk sends without fetching ahead: nothing more
+        assert _requests(ahead) == _requests(plain)
+        assert ahead.msearches == plain.msearches == 1
+        assert ahead.closed == plain.closed == ["pit-1"]  # once, when the last page is answered
+
+
+async def test_a_page_fetched_ahead_that_failed_is_asked_again() -> None:
+    es = FakeEs()
+    failed: list[set[str]] = []
+
+    async def failing_once(*, body: dict[str, Any], **kw: Any) -> dict[str, Any]:
+        if _fetched(body) == {"d10", "d11"} and not failed:
+            failed.append(_fetched(body))
+            raise EsConnectionError("down")
+        return await FakeEs.search(es, body=body, **kw)
+
+    es.search = failing_once  # type: ignore[method-assign]
+    taken = _count(PAGES_AHEAD, "taken")
+    assert await _walk(_ahead_repo(es, 8), _paced) == [h["_id"] for h in RANKING]
+    assert failed == [{"d10", "d11"}]
+    assert _count(PAGES_AHEAD, "taken") - taken == 9  # page 6 was asked again
+    assert es.closed == ["pit-1"]
+
+
+async def test_pages_fetched_ahead_are_bounded_and_a_dropped_one_is_asked_again() -> None:
+    es = FakeEs()
+    repo = _ahead_repo(es, 1)
+    evicted = _count(PAGES_AHEAD, "evicted")
+    walks = {}
+    for q in ("revenue", "report"):  # two walks, each to its first cursor page
+        first = await repo.extension_search(SearchRequest(q=q, limit=LIMIT))
+        assert first.next_cursor is not None
+        second = await repo.extension_search(
+            SearchRequest(q=q, limit=LIMIT, cursor=first.next_cursor)
+        )
+        walks[q] = second.next_cursor
+        await _paced(0)
+    # the second walk's fetch ahead dropped the first walk's: one kept
+    assert _count(PAGES_AHEAD, "evicted") - evicted == 1
+    assert len(repo._pages) == 1
+    taken = _count(PAGES_AHEAD, "taken")
+    third = await repo.extension_search(
+        SearchRequest(q="revenue", limit=LIMIT, cursor=walks["revenue"])
+    )
+    assert _count(PAGES_AHEAD, "taken") == taken  # asked: the walk goes on, exactly
+    assert [f"d{h.artifact['n']:02d}" for h in third.hits] == ["d04", "d05"]
+    await repo.aclose()
