@@ -539,14 +539,11 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
                 if opts.queries_only:
                     result["latency"] = await latency(stack, load_mix(), http, opts, plain_url)
                     result["paging"] = await paging(stack, opts, plain_url)
-                # the next relevance window ranked only once the last one is used up
-                late_url = await _start_api_variant(
-                    "api-rank-late",
-                    {**env, "QUERY_RELEVANCE_RANK_AHEAD_PAGES": "0"},
-                    log_dir,
-                    children,
+                # cursor pages asked of Elasticsearch when asked, none fetched ahead
+                behind_url = await _start_api_variant(
+                    "api-not-ahead", {**env, "QUERY_PAGES_AHEAD": "0"}, log_dir, children
                 )
-                result["search"] = await search_extension(stack, opts, plain_url, late_url)
+                result["search"] = await search_extension(stack, opts, plain_url, behind_url)
                 return result
             events = len(records)
             del records  # the side loads regenerate theirs in child processes
@@ -618,8 +615,9 @@ async def run_scale(opts: Options, n: int, machine: dict[str, Any]) -> dict[str,
 
 async def _start_plain(env: dict[str, str], log_dir: Path, children: list[Child]) -> str:
     """The same API without what it remembers between requests, to run side by side: page
-    boundaries (QUERY_PAGE_BOUNDARIES=0), relevance windows (QUERY_RELEVANCE_WINDOW_PAGES=1)
-    and Elasticsearch's request cache for searches with hits (QUERY_REQUEST_CACHE=false).
+    boundaries (QUERY_PAGE_BOUNDARIES=0), relevance windows (QUERY_RELEVANCE_WINDOW_PAGES=1),
+    Elasticsearch's request cache for searches with hits (QUERY_REQUEST_CACHE=false) and
+    cursor pages fetched ahead (QUERY_PAGES_AHEAD=0).
     Its URL."""
     return await _start_api_variant(
         "api-plain",
@@ -628,6 +626,7 @@ async def _start_plain(env: dict[str, str], log_dir: Path, children: list[Child]
             "QUERY_PAGE_BOUNDARIES": "0",
             "QUERY_RELEVANCE_WINDOW_PAGES": "1",
             "QUERY_REQUEST_CACHE": "false",
+            "QUERY_PAGES_AHEAD": "0",
         },
         log_dir,
         children,
@@ -964,7 +963,7 @@ SEARCH_FACETS = ["type", "flow", "deployment", "flow_run_state", "tags", "create
 
 
 async def search_extension(
-    stack: Stack, opts: Options, plain_url: str | None = None, late_url: str | None = None
+    stack: Stack, opts: Options, plain_url: str | None = None, behind_url: str | None = None
 ) -> dict[str, Any]:
     """`POST /ext/v1/artifacts/search`: full text, typed values, facets, cursor pages.
 
@@ -977,16 +976,19 @@ async def search_extension(
     depth; the walks without pauses `WALK_ROUNDS` times, interleaved. With `plain_url` (an
     API that remembers nothing between pages), the
     relevance walks also run there, each right after its windowed twin (query/windows.py).
-    With `late_url` (an API that ranks a walk's next window only when a page uses the last
-    one up, `QUERY_RELEVANCE_RANK_AHEAD_PAGES=0`), the relevance walks with snippets run
-    there too (`..._ranked_late`).
+    With `behind_url` (an API that fetches no cursor page ahead, `QUERY_PAGES_AHEAD=0`), the
+    walks with snippets run there too (`..._not_ahead`), each as fast as the API answers
+    and paced. (Until 2026-12-05 that API ranked windows late instead,
+    `..._ranked_late`.)
     """
     meter = Http()
     url = stack.api_url.removesuffix("/api") + "/ext/v1/artifacts/search"
     unwindowed = (
         None if plain_url is None else plain_url.removesuffix("/api") + "/ext/v1/artifacts/search"
     )
-    late = None if late_url is None else late_url.removesuffix("/api") + "/ext/v1/artifacts/search"
+    behind = (
+        None if behind_url is None else behind_url.removesuffix("/api") + "/ext/v1/artifacts/search"
+    )
     out: dict[str, Any] = {}
     try:
         for name, body in SEARCHES:
@@ -1035,10 +1037,13 @@ async def search_extension(
             ("created_desc_no_highlight", newest, False, url, 0.0),
             ("relevance_no_highlight", None, False, url, 0.0),
             ("relevance_paced", None, True, url, PACE_S),
+            ("created_desc_paced", newest, True, url, PACE_S),
         ]
-        if late is not None:
-            walks.insert(2, ("relevance_ranked_late", None, True, late, 0.0))
-            walks.append(("relevance_paced_ranked_late", None, True, late, PACE_S))
+        if behind is not None:
+            walks.insert(2, ("relevance_not_ahead", None, True, behind, 0.0))
+            walks.insert(3, ("created_desc_not_ahead", newest, True, behind, 0.0))
+            walks.append(("relevance_paced_not_ahead", None, True, behind, PACE_S))
+            walks.append(("created_desc_paced_not_ahead", newest, True, behind, PACE_S))
         if unwindowed is not None:
             walks.insert(2, ("relevance_unwindowed", None, True, unwindowed, 0.0))
             walks.append(("relevance_no_highlight_unwindowed", None, False, unwindowed, 0.0))
