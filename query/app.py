@@ -28,6 +28,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Histogram, generate_latest
 from pydantic import ValidationError
+from starlette.background import BackgroundTask
 
 from query.auth import install_auth
 from query.extension import SearchRequest, SearchResponse
@@ -77,6 +78,13 @@ PREFECT_API_VERSION = "0.8.4"
 """The REST API version that Prefect release reports on ``GET /api/version``."""
 
 log = logging.getLogger(__name__)
+
+
+async def _start_all(starts: list[Callable[[], None]]) -> None:
+    """Run what a handler deferred until its answer was sent (Starlette's background
+    task, on the event loop)."""
+    for start in starts:
+        start()
 
 
 def _finite(value: Any) -> Any:
@@ -350,9 +358,12 @@ def create_app(
         Prefect's endpoint answers for `prefect_filter` (or `prefect_latest_filter`)."""
         start = time.perf_counter()
         try:
+            later: list[Callable[[], None]] = []
             with ES_LATENCY.labels("extension").time():
-                result = await repo.extension_search(req)
+                result = await repo.extension_search(req, later.append)
             response = _json(result.model_dump())
+            if later:  # the next cursor page's fetch starts once this answer is sent
+                response.background = BackgroundTask(_start_all, later)
         except CursorExpiredError as exc:
             response = _json({"detail": str(exc)}, 410)
         except TranslationError as exc:

@@ -10,7 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 from elasticsearch import ApiError, AsyncElasticsearch, NotFoundError, TransportError
@@ -184,6 +185,10 @@ PAGES_AHEAD = Counter(
 
 _Page = tuple[SearchResponse, str | None]
 """A page of the search extension and the point in time to close once it is answered."""
+
+
+def _now(start: Callable[[], None]) -> None:
+    start()
 
 
 def _retrieved(task: asyncio.Task[Any]) -> None:
@@ -540,7 +545,9 @@ class Repository:
             return None
         return source if source.get("key") == key else None
 
-    async def extension_search(self, req: SearchRequest) -> SearchResponse:
+    async def extension_search(
+        self, req: SearchRequest, defer: Callable[[Callable[[], None]], None] | None = None
+    ) -> SearchResponse:
         """A page of the search extension (query/extension.py, docs/search.md).
 
         The first page is a plain search; its cursor holds the last hit's sort values.
@@ -548,7 +555,9 @@ class Repository:
         reuses (and keeps alive): only clients that do page hold a point in time.
 
         Once a page asked with a cursor is answered, the page after it is fetched in the
-        background (`_fetch_ahead`), and asking for it takes that answer. Exact: both are
+        background (`_fetch_ahead`; handed to `defer` when given, which the API runs once
+        the answer is sent, so the fetch does not compete with sending it), and asking for
+        it takes that answer. Exact: both are
         the same request under the same point in time, which sees the same documents
         whenever it is asked (a write made after the fetch is outside the walk's snapshot
         either way).
@@ -568,7 +577,8 @@ class Repository:
             with contextlib.suppress(*_ES_ERRORS):
                 await self.es.close_point_in_time(id=finished)
         elif req.cursor is not None and response.next_cursor is not None and self.pages_ahead:
-            self._fetch_ahead(req.model_copy(update={"cursor": response.next_cursor}))
+            follow = req.model_copy(update={"cursor": response.next_cursor})
+            (defer or _now)(partial(self._fetch_ahead, follow))
         return response
 
     def _fetch_ahead(self, req: SearchRequest) -> None:

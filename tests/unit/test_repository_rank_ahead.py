@@ -292,3 +292,30 @@ async def test_pages_fetched_ahead_are_bounded_and_a_dropped_one_is_asked_again(
     assert _count(PAGES_AHEAD, "taken") == taken  # asked: the walk goes on, exactly
     assert [f"d{h.artifact['n']:02d}" for h in third.hits] == ["d04", "d05"]
     await repo.aclose()
+
+
+async def test_a_deferred_fetch_ahead_starts_only_when_the_api_runs_it() -> None:
+    es = FakeEs()
+    repo = _ahead_repo(es, 8)
+    first = await repo.extension_search(SearchRequest(q="revenue", limit=LIMIT))
+    second = await repo.extension_search(
+        SearchRequest(q="revenue", limit=LIMIT, cursor=first.next_cursor)
+    )
+    deferred: list[Any] = []
+    third = await repo.extension_search(
+        SearchRequest(q="revenue", limit=LIMIT, cursor=second.next_cursor), deferred.append
+    )
+    await _paced(0)
+    asked = len(es.searches)
+    assert len(deferred) == 1 and not repo._pages  # page 3 was taken from page 2's fetch
+    assert not any(_fetched(b) == {"d06", "d07"} for b in es.searches)  # page 4: not yet
+    deferred[0]()  # the API: once page 3's answer is sent
+    await _paced(0)
+    assert len(es.searches) == asked + 1 and _fetched(es.searches[-1]) == {"d06", "d07"}
+    taken = _count(PAGES_AHEAD, "taken")
+    fourth = await repo.extension_search(
+        SearchRequest(q="revenue", limit=LIMIT, cursor=third.next_cursor)
+    )
+    assert _count(PAGES_AHEAD, "taken") - taken == 1
+    assert [f"d{h.artifact['n']:02d}" for h in fourth.hits] == ["d06", "d07"]
+    await repo.aclose()
