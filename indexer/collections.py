@@ -22,6 +22,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
+
 from indexer import keys
 from indexer.graph import Refs
 from indexer.state import Tx
@@ -230,15 +232,14 @@ def build_collection(tx: Tx, refs: Refs, q: int, cid: str, text: bool = True) ->
     return refs.attach(doc, fr_id, tr_id)
 
 
-def remember_content(tx: Tx, q: int, cid: str, body: bytes) -> bool:
-    """Record the content a collection is written with (`body`: its document as JSON with
-    sorted keys); False when it is the content last written (a member that is neither the
-    latest nor the earliest joined: nothing to write).
+def remember_content(tx: Tx, q: int, cid: str, doc: Doc) -> bool:
+    """Record the content a collection is written with; False when it is the content last
+    written (a member that is neither the latest nor the earliest joined: nothing to write).
 
     Collections of popular keys change members in almost every step of a load, but their
     document only when the latest or the earliest member changes.
     """
-    digest = hashlib.blake2b(body, digest_size=12)
+    digest = hashlib.blake2b(orjson.dumps(doc, option=orjson.OPT_SORT_KEYS), digest_size=12)
     content = digest.hexdigest()
     summary_key = keys.collection(q, cid)
     summary = tx.get(summary_key) or dict(_EMPTY)

@@ -291,20 +291,12 @@ class Processor:
                 defer,
             )
             writes = [
-                Versioned(
-                    self.index_of(w.kind),
-                    w.doc_id,
-                    self._version(active[w.owner]),
-                    w.source,
-                    w.body,
-                )
+                Versioned(self.index_of(w.kind), w.doc_id, self._version(active[w.owner]), w.source)
                 for w in output.writes
             ]
             previous = self._inflight[-1] if self._inflight else None
-            # encoded now, while the step's values are still in the CPU's caches
-            changes = tx.changes()
             task = asyncio.create_task(
-                self._effects(tx, changes, output, writes, previous, started, on_commit, not defer)
+                self._effects(tx, output, writes, previous, started, on_commit, not defer)
             )
             self._inflight.append(task)
             self._last, self._last_done = tx, False
@@ -313,7 +305,6 @@ class Processor:
     async def _effects(
         self,
         tx: Tx,
-        changes: dict[bytes, bytes | None],
         output: StepOutput,
         writes: list[Versioned],
         previous: asyncio.Task[StepResult] | None,
@@ -339,6 +330,7 @@ class Processor:
                 await self._retry(partial(self._dead_letter, item))
             if previous is not None:
                 await previous  # commit in order; a failed predecessor fails this step too
+            changes = tx.changes()
             self.store.commit(changes)
             tx.committed()
             if self._last is tx:

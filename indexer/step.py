@@ -93,17 +93,12 @@ class Poison:
 
 @dataclass(frozen=True, slots=True)
 class DocWrite:
-    """One final document; `owner` is the group partition whose epoch fences it.
-
-    `body` is `source` as JSON, encoded when the document is built: its objects are still
-    in the CPU's caches then, and encoding them after the whole step costs about three
-    times as much (the `_bulk` bodies are written from `body`)."""
+    """One final document; `owner` is the group partition whose epoch fences it."""
 
     kind: str  # "artifact" | "collection"
     doc_id: str
     owner: TP
     source: Doc
-    body: bytes
 
 
 @dataclass
@@ -438,7 +433,7 @@ class Step:
                 if self.topo.search_text:
                     text = state.get("s")  # absent in states written before it was kept
                     doc["x"], doc["v"] = text or searchable(own)
-            self.out.writes.append(DocWrite("artifact", artifact_id, tp, doc, orjson.dumps(doc)))
+            self.out.writes.append(DocWrite("artifact", artifact_id, tp, doc))
         for cid, q in self.dirty.collections.items():
             tp = (members, q)
             if tp not in self.active or (defer and cid not in self.forced):
@@ -450,10 +445,9 @@ class Step:
                     self.out.marked += 1
                 continue
             doc = build_collection(self.tx, refs, q, cid, self.topo.search_text)
-            body = orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
-            changed = remember_content(self.tx, q, cid, body)
+            changed = remember_content(self.tx, q, cid, doc)
             if changed or self.replaying or cid in self.forced:
-                self.out.writes.append(DocWrite("collection", cid, tp, doc, body))
+                self.out.writes.append(DocWrite("collection", cid, tp, doc))
             else:
                 self.out.unchanged += 1
         for tp in sorted(deferred):  # the owner drains them once no step defers

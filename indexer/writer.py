@@ -57,13 +57,12 @@ class WriteRejectedError(TransientError):
 
 @dataclass(frozen=True, slots=True)
 class Versioned:
-    """One document write with its external version; `body` is `source` as JSON."""
+    """One document write with its external version."""
 
     index: str
     doc_id: str
     version: int
     source: dict[str, Any]
-    body: bytes
 
 
 @dataclass
@@ -101,7 +100,7 @@ class BulkWriter:
         lines: list[bytes] = []
         for item in part:
             lines.append(_action(item.index, item.doc_id, item.version))
-            lines.append(item.body)
+            lines.append(orjson.dumps(item.source))
         body = b"\n".join(lines) + b"\n"
         try:
             with BULK_SECONDS.time():
